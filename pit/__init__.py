@@ -1,36 +1,32 @@
-"""PiT: Pooling-based Vision Transformers (Heo et al., ICCV 2021). TEMPORARY STUB, replaced by the pit/ work."""
-from __future__ import annotations
+"""PiT: Pooling-based Vision Transformers (Heo et al., ICCV 2021), for the downstream suite.
 
-import timm
-import torch
-from torch import nn
+    import pit
+    model = pit.pit_s()                                   # official API; also timm.create_model('pit_s')
+    model = pit.create_model("pit_s", weights="pit_s_809.pth")
+    pixel_model = pit.create_pixel_model("deit_small_patch16_224", weights="deit_small.pth")  # [0,1] input
 
+Importing the package registers ``pit_ti``/``pit_xs``/``pit_s``/``pit_b`` (and ``*_distilled``)
+with timm's registry.
+"""
+from pit.factory import PIT_NAMES, create_model, guess_architecture, load_weights, read_state_dict
+from pit.flops import count_macs
+from pit.normalize import NormalizedModel, create_pixel_model
+from pit.pit import (
+    PoolingTransformer,
+    checkpoint_filter_fn,
+    pit_b,
+    pit_b_distilled,
+    pit_s,
+    pit_s_distilled,
+    pit_ti,
+    pit_ti_distilled,
+    pit_xs,
+    pit_xs_distilled,
+    resample_pos_embed,
+)
 
-def create_model(name: str, weights: str | None = None, num_classes: int | None = None, img_size=None,
-                 pretrained: bool = False, **kwargs) -> nn.Module:
-    """Stub: builds any timm model; the real factory also loads ``weights``."""
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    if img_size is not None:
-        kwargs["img_size"] = img_size
-    return timm.create_model(name, pretrained=pretrained, **kwargs)
-
-
-class NormalizedModel(nn.Module):
-    """Stub: takes [0,1] images and normalises inside."""
-
-    def __init__(self, model: nn.Module, mean=None, std=None) -> None:
-        super().__init__()
-        cfg = getattr(model, "pretrained_cfg", {}) or {}
-        mean = mean or cfg.get("mean", (0.485, 0.456, 0.406))
-        std = std or cfg.get("std", (0.229, 0.224, 0.225))
-        self.model = model
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean) / self.std)
-
-
-def create_pixel_model(name: str, **kwargs) -> NormalizedModel:
-    return NormalizedModel(create_model(name, **kwargs))
+__all__ = [
+    "PIT_NAMES", "PoolingTransformer", "NormalizedModel", "checkpoint_filter_fn", "count_macs", "create_model",
+    "create_pixel_model", "guess_architecture", "load_weights", "read_state_dict", "resample_pos_embed",
+    "pit_ti", "pit_xs", "pit_s", "pit_b", "pit_ti_distilled", "pit_xs_distilled", "pit_s_distilled", "pit_b_distilled",
+]

@@ -1,0 +1,75 @@
+"""Speed of robustness.attacks (FGSM, PGD L∞/L2) against torchattacks, same model and data, one run.
+
+    python benchmarks/bench_attacks.py                                   # CPU, resnet18 at 64 px
+    python benchmarks/bench_attacks.py --model pit_s --img-size 224 --batch-size 64 --device cuda
+
+Both sides attack the same ``pit.NormalizedModel`` (random init) on the same batch; each timing is the
+best of ``--repeats`` runs, taken alternately so load changes hit both alike. Prints a markdown
+table with the speed ratio (torchattacks time / ours: ≥1 means ours is no slower) and checks that
+the adversarial images agree (random start off).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torchattacks
+
+import pit
+from robustness.attacks import fgsm, pgd
+
+
+def _time(fn, device: torch.device) -> float:
+    """Wall time on CUDA; on CPU the process CPU time, which a machine shared with other jobs
+    disturbs far less than wall time (run with ``--threads 1`` so no thread spins idle)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="resnet18", help="pit.create_model name")
+    p.add_argument("--img-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=5, help="PGD steps")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (CPU timings are CPU time)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = pit.NormalizedModel(pit.create_model(args.model, num_classes=10)).to(device).eval()
+    x = torch.rand(args.batch_size, 3, args.img_size, args.img_size, device=device)
+    y = torch.randint(0, 10, (args.batch_size,), device=device)
+    eps, steps = 4 / 255, args.steps
+    cases = {
+        "FGSM": (lambda: fgsm(model, x, y, eps), torchattacks.FGSM(model, eps=eps)),
+        f"PGD L∞ ({steps} steps)": (lambda: pgd(model, x, y, eps, eps / 4, steps, random_start=False),
+                                    torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=steps, random_start=False)),
+        f"PGD L2 ({steps} steps)": (lambda: pgd(model, x, y, 0.5, 0.1, steps, random_start=False, norm="L2"),
+                                   torchattacks.PGDL2(model, eps=0.5, alpha=0.1, steps=steps, random_start=False)),
+    }
+    clock = "wall s" if device.type == "cuda" else f"CPU s, {args.threads} thread(s)"
+    print(f"device {device}, model {args.model}, batch {args.batch_size}, {args.img_size} px, torch {torch.__version__}")
+    print(f"\n| attack | ours ({clock}) | torchattacks ({clock}) | speed ratio | max abs diff |\n|---|---|---|---|---|")
+    for name, (ours, ref) in cases.items():
+        diff = (ours() - ref(x, y)).abs().max().item()  # also warms up both
+        t_ours, t_ref = [], []
+        for _ in range(args.repeats):
+            t_ours.append(_time(ours, device))
+            t_ref.append(_time(lambda: ref(x, y), device))
+        mo, mr = min(t_ours), min(t_ref)
+        print(f"| {name} | {mo:.4f} | {mr:.4f} | {mr / mo:.2f}× | {diff:.1e} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Memory and images/s of DETR vs Deformable DETR over pit_s / deit_small_patch16_224 / resnet50.
+
+Each (arch, backbone) runs in its own subprocess so that peak memory is its own: on CUDA the
+peak allocated memory of the timed passes, on CPU the growth of the process's peak RSS over
+the RSS after building the model (activations + workspace, not weights). Both heads use their
+papers' default sizes (DETR: 6+6 layers, FFN 2048, 100 queries; Deformable DETR: 6+6 layers,
+FFN 1024, 4 levels × 4 points, 300 queries), randomly initialised, inference or one training
+step (forward + backward) per iteration.
+
+    python benchmarks/bench_deformable.py                      # GPU at 800×1216 if available
+    python benchmarks/bench_deformable.py --size 320 --iters 3 # CPU at a reduced size
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+BACKBONES = ("pit_s", "deit_small_patch16_224", "resnet50")
+ARCHS = ("detr", "deformable")
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _current_rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def measure(arch: str, backbone: str, height: int, width: int, batch: int, iters: int, train: bool, device: str) -> dict:
+    """Build one detector and time ``iters`` passes on a (batch, 3, height, width) batch."""
+    from detection.build import build_detector
+
+    torch.manual_seed(0)
+    model = build_detector(arch=arch, backbone=backbone, num_classes=91).to(device)
+    model.train(train)
+    images = torch.randn(batch, 3, height, width, device=device)
+    mask = torch.zeros(batch, height, width, dtype=torch.bool, device=device)
+
+    def step() -> None:
+        if train:
+            out = model(images, mask)
+            loss = out["pred_logits"].float().mean() + out["pred_boxes"].float().mean()
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+        else:
+            with torch.no_grad():
+                model(images, mask)
+
+    step()  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    base_rss = _current_rss_mib()
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        memory = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        memory = max(_peak_rss_mib() - base_rss, 0.0)
+    elapsed = time.perf_counter() - start
+    return {
+        "arch": arch, "backbone": backbone, "size": [height, width], "batch": batch, "mode": "train" if train else "infer",
+        "device": device, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "images_per_s": batch * iters / elapsed, "peak_memory_mib": memory,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, nargs="+", default=None,
+                        help="input H [W] (default 800 1216 on GPU, 320 480 on CPU)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default 2 on GPU, 1 on CPU)")
+    parser.add_argument("--iters", type=int, default=None, help="timed iterations (default 20 on GPU, 3 on CPU)")
+    parser.add_argument("--train", action="store_true", help="time forward+backward instead of inference")
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
+    parser.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--one", nargs=2, metavar=("ARCH", "BACKBONE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    size = args.size or ([800, 1216] if cuda else [320, 480])
+    height, width = size[0], size[-1]
+    batch = args.batch or (2 if cuda else 1)
+    iters = args.iters or (20 if cuda else 3)
+    if args.one:
+        print(json.dumps(measure(args.one[0], args.one[1], height, width, batch, iters, args.train, device)))
+        return 0
+    rows = []
+    for backbone in args.backbones:
+        for arch in args.archs:
+            cmd = [sys.executable, __file__, "--one", arch, backbone, "--size", str(height), str(width),
+                   "--batch", str(batch), "--iters", str(iters)] + (["--train"] if args.train else [])
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode:
+                raise RuntimeError(f"{arch}/{backbone} failed:\n{proc.stderr[-2000:]}")
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print(f"device {device}, input {height}×{width}, batch {batch}, {iters} iters, {'train' if args.train else 'inference'}\n")
+    print("| backbone | head | params (M) | images/s | peak memory (MiB) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['backbone']} | {r['arch']} | {r['params_m']:.1f} | {r['images_per_s']:.2f} | {r['peak_memory_mib']:.0f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""``python eval.py detection train|eval|compare``: COCO detection with any backbone.
+
+    python eval.py detection train --backbone pit_s --backbone-weights pit_s_809.pth --coco /data/coco \
+        --epochs 50 --batch-size 2 --out runs/pit_s
+    torchrun --nproc_per_node 8 eval.py detection train ...      # DDP, batch size per process
+    python eval.py detection eval --checkpoint runs/pit_s/checkpoint.pth --coco /data/coco --out runs/pit_s
+    python eval.py detection compare --runs runs/pit_s runs/deit_s runs/r50 --out runs/compare
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from detection.build import ARCHS
+
+
+def _data_args(p: argparse.ArgumentParser, train: bool) -> None:
+    g = p.add_argument_group("data (either --coco or the explicit paths)")
+    g.add_argument("--coco", help="COCO root with train2017/, val2017/, annotations/instances_{train,val}2017.json")
+    if train:
+        g.add_argument("--train-ann", help="training annotation json (COCO format)")
+        g.add_argument("--train-images", help="training image folder")
+    g.add_argument("--val-ann", help="validation annotation json (COCO format)")
+    g.add_argument("--val-images", help="validation image folder")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    t = sub.add_parser("train", help="train a detector (resumable; torchrun for DDP)")
+    t.add_argument("--backbone", required=True, help="pit_s, deit_small_patch16_224, resnet50, or any timm name")
+    t.add_argument("--backbone-weights", help="local backbone checkpoint (PiT .pth, timm, DeiT, safetensors)")
+    t.add_argument("--arch", default="detr", choices=sorted(ARCHS), help="detector head")
+    _data_args(t, train=True)
+    t.add_argument("--out", required=True, help="run folder (run.json, log.jsonl, checkpoint.pth, eval.json)")
+    o = t.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int, default=50)
+    o.add_argument("--batch-size", type=int, default=2, help="per process")
+    o.add_argument("--lr", type=float, default=1e-4)
+    o.add_argument("--lr-backbone", type=float, default=1e-5)
+    o.add_argument("--weight-decay", type=float, default=1e-4)
+    o.add_argument("--clip-max-norm", type=float, default=0.1, help="gradient-norm clip (0 = off)")
+    o.add_argument("--lr-drop", type=int, help="epoch at which lr is multiplied by 0.1 (default: never)")
+    o.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation steps")
+    o.add_argument("--amp", action="store_true", help="mixed precision (bf16 where supported, else fp16); GPU only")
+    s = t.add_argument_group("image sizes")
+    s.add_argument("--scales", type=int, nargs="+", help="training short sides (default 480..800 step 32)")
+    s.add_argument("--max-size", type=int, help="longest side (default 1333)")
+    s.add_argument("--test-size", type=int, help="test short side (default 800)")
+    s.add_argument("--img-scale", type=float, default=1.0, help="multiply every size by this (e.g. 0.5 for small machines)")
+    m = t.add_argument_group("model")
+    m.add_argument("--model-kwargs", default="{}", help='JSON of model keywords, e.g. \'{"hidden_dim": 128, "num_queries": 50}\'')
+    r = t.add_argument_group("run")
+    r.add_argument("--resume", help="checkpoint of this run to continue exactly")
+    r.add_argument("--finetune", help="checkpoint to start from; mismatched heads are dropped with a warning")
+    r.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
+    r.add_argument("--num-workers", type=int, default=2)
+    r.add_argument("--seed", type=int, default=42)
+    r.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (and after the last)")
+    r.add_argument("--no-progress", action="store_true")
+
+    e = sub.add_parser("eval", help="COCO bbox mAP, FPS and visualisations of a checkpoint")
+    e.add_argument("--checkpoint", required=True)
+    _data_args(e, train=False)
+    e.add_argument("--out", required=True)
+    e.add_argument("--batch-size", type=int, default=2)
+    e.add_argument("--num-workers", type=int, default=2)
+    e.add_argument("--device")
+    e.add_argument("--save-vis", type=int, default=0, metavar="N", help="draw predictions vs ground truth on N images")
+    e.add_argument("--no-progress", action="store_true")
+
+    c = sub.add_parser("compare", help="markdown table + plot of several run folders")
+    c.add_argument("--runs", nargs="+", required=True)
+    c.add_argument("--out", help="folder for compare.md and compare_ap.png")
+
+
+def _paths(args: argparse.Namespace, train: bool) -> dict[str, str]:
+    from detection.data import coco_paths
+
+    keys = (["train_ann", "train_images"] if train else []) + ["val_ann", "val_images"]
+    explicit = {k: getattr(args, k) for k in keys}
+    if args.coco:
+        if any(explicit.values()):
+            raise ValueError("give either --coco or the explicit --*-ann/--*-images paths, not both")
+        return {k: v for k, v in coco_paths(args.coco).items() if k in keys}
+    missing = [f"--{k.replace('_', '-')}" for k, v in explicit.items() if not v]
+    if missing:
+        raise ValueError(f"no data given: pass --coco DIR or {' '.join(missing)}")
+    return explicit
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.action == "compare":
+        from detection.compare import compare_runs
+
+        print(compare_runs(args.runs, args.out))
+        return 0
+    from detection.engine import evaluate_checkpoint, train_detector
+
+    if args.action == "eval":
+        evaluate_checkpoint(args.checkpoint, **_paths(args, train=False), out=args.out, device=args.device,
+                            batch_size=args.batch_size, num_workers=args.num_workers, save_vis=args.save_vis,
+                            progress=not args.no_progress)
+        return 0
+    try:
+        model_kwargs = json.loads(args.model_kwargs)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--model-kwargs is not valid JSON: {exc}") from exc
+    train_detector(backbone=args.backbone, **_paths(args, train=True), out=args.out, arch=args.arch,
+                   backbone_weights=args.backbone_weights, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                   lr_backbone=args.lr_backbone, weight_decay=args.weight_decay, clip_max_norm=args.clip_max_norm,
+                   lr_drop=args.lr_drop, scales=args.scales, max_size=args.max_size, test_size=args.test_size,
+                   img_scale=args.img_scale, amp=args.amp, accum_steps=args.accum_steps, device=args.device,
+                   num_workers=args.num_workers, resume=args.resume, seed=args.seed, eval_every=args.eval_every,
+                   progress=not args.no_progress, model_kwargs=model_kwargs, finetune=args.finetune)
+    return 0

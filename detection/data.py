@@ -1,0 +1,146 @@
+"""COCO-format detection data: pycocotools loading, DETR's augmentation on torchvision
+``transforms.v2``, and a collate that pads batches with masks.
+
+Samples are ``(image (3, H, W) float in [0, 1] (NOT normalised: the engine normalises with the
+backbone's mean/std), target)`` with target ``labels`` (n,) contiguous 0..K-1, ``boxes`` (n, 4)
+normalised cxcywh w.r.t. the transformed image, ``image_id``, ``orig_size`` (h, w) and ``size``.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.ops import box_convert
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+DEFAULT_SCALES = list(range(480, 801, 32))
+
+
+def coco_paths(coco_dir: str | os.PathLike) -> dict[str, str]:
+    """Standard COCO layout → ``train_ann``, ``train_images``, ``val_ann``, ``val_images``."""
+    root = Path(coco_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"COCO folder {root} does not exist")
+    return {"train_ann": str(root / "annotations" / "instances_train2017.json"), "train_images": str(root / "train2017"),
+            "val_ann": str(root / "annotations" / "instances_val2017.json"), "val_images": str(root / "val2017")}
+
+
+def load_coco(ann_file: str | os.PathLike) -> COCO:
+    if not Path(ann_file).is_file():
+        raise FileNotFoundError(f"annotation file {ann_file} not found (pass --coco DIR with annotations/, or --train-ann/--val-ann)")
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(ann_file))
+
+
+class RandomSizeCrop(v2.Transform):
+    """Crop a random (h, w) with each side in [min_size, min(max_size, side)] (DETR's RandomSizeCrop)."""
+
+    def __init__(self, min_size: int, max_size: int) -> None:
+        super().__init__()
+        self.min_size, self.max_size = min_size, max_size
+
+    def make_params(self, flat_inputs: list) -> dict:
+        height, width = v2.query_size(flat_inputs)
+        h = int(torch.randint(min(self.min_size, height), min(height, self.max_size) + 1, ()))
+        w = int(torch.randint(min(self.min_size, width), min(width, self.max_size) + 1, ()))
+        return {"top": int(torch.randint(0, height - h + 1, ())), "left": int(torch.randint(0, width - w + 1, ())),
+                "height": h, "width": w}
+
+    def transform(self, inpt, params: dict):
+        return TF.crop(inpt, **params)
+
+
+def make_transforms(train: bool, scales: list[int] | None = None, max_size: int | None = None,
+                    test_size: int | None = None, img_scale: float = 1.0) -> v2.Transform:
+    """DETR's recipe: train = flip, then either a multi-scale resize of the short side (``scales``,
+    long side ≤ ``max_size``) or resize 400/500/600 + random crop 384–600 + multi-scale resize;
+    test = short side ``test_size`` (long ≤ ``max_size``). All sizes are multiplied by ``img_scale``."""
+    scaled = lambda v: max(int(round(v * img_scale)), 8)  # noqa: E731
+    scales = [scaled(s) for s in (scales or DEFAULT_SCALES)]
+    max_size = scaled(max_size or 1333)
+    test_size = scaled(test_size or 800)
+    to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    if not train:
+        return v2.Compose([*to_tensor, v2.Resize(test_size, max_size=max_size)])
+    crop = v2.Compose([v2.RandomShortestSize([scaled(s) for s in (400, 500, 600)]), RandomSizeCrop(scaled(384), scaled(600)),
+                       v2.RandomShortestSize(scales, max_size=max_size)])
+    return v2.Compose([*to_tensor, v2.RandomHorizontalFlip(),
+                       v2.RandomChoice([v2.RandomShortestSize(scales, max_size=max_size), crop]),
+                       v2.SanitizeBoundingBoxes(min_size=1.0)])
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """Any COCO-format set. Crowd boxes and degenerate boxes are dropped; category ids are mapped
+    to contiguous labels (``cat_ids[label]`` = COCO id, ``label_of[coco_id]`` = label)."""
+
+    def __init__(self, ann_file: str | os.PathLike, image_dir: str | os.PathLike, transforms: v2.Transform | None = None) -> None:
+        self.coco = load_coco(ann_file)
+        self.image_dir = Path(image_dir)
+        if not self.image_dir.is_dir():
+            raise FileNotFoundError(f"image folder {self.image_dir} not found")
+        self.ids = sorted(self.coco.getImgIds())
+        if not self.ids:
+            raise ValueError(f"{ann_file} lists no images: the dataset is empty")
+        self.cat_ids = sorted(self.coco.getCatIds())
+        if not self.cat_ids:
+            raise ValueError(f"{ann_file} has no categories")
+        self.label_of = {c: i for i, c in enumerate(self.cat_ids)}
+        self.category_names = [self.coco.cats[c]["name"] for c in self.cat_ids]
+        self.transforms = transforms
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.cat_ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict]:
+        image_id = self.ids[index]
+        info = self.coco.imgs[image_id]
+        path = self.image_dir / info["file_name"]
+        if not path.is_file():
+            raise FileNotFoundError(f"image {path} (id {image_id}) listed in the annotations is missing on disk")
+        with Image.open(path) as f:
+            image = f.convert("RGB")
+        width, height = image.size
+        anns = [a for a in self.coco.imgToAnns[image_id] if not a.get("iscrowd", 0)]
+        xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        boxes = box_convert(xywh, "xywh", "xyxy")
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        labels = torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64)[keep]
+        target = {"boxes": tv_tensors.BoundingBoxes(boxes[keep], format="XYXY", canvas_size=(height, width)),
+                  "labels": labels}
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        else:
+            image = TF.to_dtype(TF.to_image(image), torch.float32, scale=True)
+        h, w = image.shape[-2:]
+        boxes = box_convert(target["boxes"].as_subclass(torch.Tensor), "xyxy", "cxcywh")
+        boxes = boxes / torch.tensor([w, h, w, h], dtype=torch.float32)
+        return image.as_subclass(torch.Tensor), {
+            "boxes": boxes, "labels": target["labels"], "image_id": image_id,
+            "orig_size": torch.tensor([height, width]), "size": torch.tensor([h, w])}
+
+
+def collate(batch: list[tuple[Tensor, dict]]) -> tuple[Tensor, Tensor, list[dict]]:
+    """Pad to the largest (H, W) in the batch → images (B, 3, H, W) zero-padded, mask (B, H, W) True = padding."""
+    images, targets = zip(*batch)
+    height = max(i.shape[1] for i in images)
+    width = max(i.shape[2] for i in images)
+    out = images[0].new_zeros(len(images), 3, height, width)
+    mask = torch.ones(len(images), height, width, dtype=torch.bool)
+    for k, image in enumerate(images):
+        out[k, :, : image.shape[1], : image.shape[2]] = image
+        mask[k, : image.shape[1], : image.shape[2]] = False
+    return out, mask, list(targets)

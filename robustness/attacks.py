@@ -1,0 +1,100 @@
+"""FGSM and PGD (L∞ / L2) adversarial attacks on models that take [0,1] pixel images.
+
+Normalisation belongs inside the model (``pit.NormalizedModel``), so the attack works in pixel
+space and the eps-ball is in pixels (eps=1/255 is one grey level). The model runs in eval mode with
+its own previous train/eval state and ``requires_grad`` flags restored afterwards; no gradient is
+accumulated into parameters (their ``.grad`` stay untouched). Everything runs on the inputs' device.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_EPS_DIV = 1e-10  # guards the L2 gradient normalisation (same constant as torchattacks)
+
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode with frozen parameters; restore both states on exit (also on error)."""
+    training = {m: m.training for m in model.modules()}
+    requires = {p: p.requires_grad for p in model.parameters()}
+    model.eval()
+    for p in requires:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for m, flag in training.items():
+            m.training = flag
+        for p, flag in requires.items():
+            p.requires_grad_(flag)
+
+
+def _loss_grad(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """d(loss)/d(x) for images x (B,3,H,W); the loss is summed so each image's gradient is independent
+    of the batch; targeted attacks descend the loss of the target labels."""
+    with torch.enable_grad():  # also works when called under torch.no_grad()
+        x = x.detach().requires_grad_(True)
+        loss = F.cross_entropy(model(x).float(), labels, reduction="sum")
+        (grad,) = torch.autograd.grad(-loss if targeted else loss, x)
+    return grad
+
+
+def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float,
+         targeted_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Fast gradient sign method (Goodfellow et al. 2015).
+
+    images (B,3,H,W) float in [0,1]; labels (B,) int64 → adversarial images, same shape, in [0,1] and
+    within ``eps`` (L∞) of ``images``. With ``targeted_labels`` the step moves towards those classes.
+    """
+    with attack_mode(model):
+        target = labels if targeted_labels is None else targeted_labels
+        grad = _loss_grad(model, images, target, targeted_labels is not None)
+        return (images + eps * grad.sign()).clamp(0, 1).detach()
+
+
+def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, alpha: float, steps: int,
+        random_start: bool = True, norm: str = "Linf", generator: torch.Generator | None = None,
+        targeted_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Projected gradient descent (Madry et al. 2018), L∞ or L2.
+
+    images (B,3,H,W) float in [0,1]; labels (B,) int64 → adversarial images in [0,1], inside the
+    ``eps``-ball of ``images`` in the chosen norm (per image). ``alpha`` is the step size; the random
+    start (uniform in the L∞ ball, or uniform radius × random direction in the L2 ball, as torchattacks)
+    draws from ``generator`` (on the images' device) for reproducible runs.
+    """
+    if norm not in ("Linf", "L2"):
+        raise ValueError(f"unknown norm {norm!r}: use 'Linf' or 'L2'")
+    targeted = targeted_labels is not None
+    target = targeted_labels if targeted else labels
+    images = images.detach()
+    b = images.shape[0]
+    with attack_mode(model):
+        adv = images.clone()
+        if random_start:
+            if norm == "Linf":
+                noise = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+                adv = adv + (2 * noise - 1) * eps
+            else:
+                delta = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+                n = delta.flatten(1).norm(p=2, dim=1).view(b, 1, 1, 1)
+                r = torch.rand((b, 1, 1, 1), generator=generator, device=images.device, dtype=images.dtype)
+                adv = adv + delta * (r / n * eps)
+            adv = adv.clamp(0, 1)
+        for _ in range(steps):
+            grad = _loss_grad(model, adv, target, targeted)
+            if norm == "Linf":
+                adv = adv + alpha * grad.sign()
+                delta = (adv - images).clamp(-eps, eps)
+            else:
+                grad_norm = grad.flatten(1).norm(p=2, dim=1).view(b, 1, 1, 1) + _EPS_DIV
+                adv = adv + alpha * grad / grad_norm
+                delta = adv - images
+                factor = (eps / delta.flatten(1).norm(p=2, dim=1)).clamp(max=1.0)
+                delta = delta * factor.view(b, 1, 1, 1)
+            adv = (images + delta).clamp(0, 1).detach()
+        return adv

@@ -1,0 +1,175 @@
+"""Summaries, markdown tables and matplotlib plots (Agg backend) of robustness results.
+
+Records are the runner's cells (accuracies in percent). Summary values are percentages: top-1/top-5
+accuracies; ``mCE`` / ``relative_mCE`` are AlexNet-normalised corruption errors ×100 (Hendrycks &
+Dietterich 2019, over the 15 ImageNet-C corruptions evaluated at all five severities);
+``mean_corruption_error`` is the raw mean top-1 error over every corruption cell evaluated.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from robustness import metrics
+from suite.io import atomic_write_text
+
+SUMMARY_KEYS = ("clean_top1", "clean_top5", "mCE", "relative_mCE", "mean_corruption_error", "corruption_top1",
+                "fgsm_top1", "pgd_top1", "occlusion_top1", "occlusion_random_top1", "imagenet_a_top1", "imagenet_r_top1")
+
+
+def _pick(records: list[dict], **match) -> dict | None:
+    return next((r for r in records if all(r.get(k) == v for k, v in match.items())), None)
+
+
+def corruption_table(records: list[dict], label: str) -> dict[str, dict[int, float]]:
+    """corruption → {severity: top-1 %} for one model."""
+    table: dict[str, dict[int, float]] = {}
+    for r in records:
+        if r["model"] == label and r["dataset"] == "imagenet-c" and r["top1"] is not None:
+            table.setdefault(r["corruption"], {})[r["severity"]] = r["top1"]
+    return table
+
+
+def summarize(records: list[dict], labels: list[str]) -> dict[str, dict]:
+    """Per model label: the headline numbers (None where not run); see the module doc for units."""
+    out = {}
+    for label in labels:
+        mine = [r for r in records if r["model"] == label]
+
+        def top1(**match):
+            r = _pick(mine, **match)
+            return r["top1"] if r else None
+
+        s = dict.fromkeys(SUMMARY_KEYS)
+        clean = _pick(mine, dataset="imagenet", variant="clean")
+        if clean:
+            s["clean_top1"], s["clean_top5"] = clean["top1"], clean["top5"]
+        table = corruption_table(records, label)
+        errors = {c: [1 - table[c][k] / 100 for k in sorted(table[c])] for c in table}
+        full = {c: e for c, e in errors.items() if sorted(table[c]) == [1, 2, 3, 4, 5]}
+        mce = metrics.mean_ce(metrics.corruption_errors(full))
+        s["mCE"] = None if mce is None else 100 * mce
+        if clean and clean["top1"] is not None:
+            rmce = metrics.mean_ce(metrics.relative_corruption_errors(full, 1 - clean["top1"] / 100))
+            s["relative_mCE"] = None if rmce is None else 100 * rmce
+        mean_err = metrics.mean_corruption_error(errors)
+        if mean_err is not None:
+            s["mean_corruption_error"], s["corruption_top1"] = 100 * mean_err, 100 * (1 - mean_err)
+        s["fgsm_top1"] = top1(dataset="imagenet", variant="fgsm")
+        s["pgd_top1"] = top1(dataset="imagenet", variant="pgd")
+        s["occlusion_top1"] = top1(dataset="imagenet", variant="occlusion_center")
+        s["occlusion_random_top1"] = top1(dataset="imagenet", variant="occlusion_random")
+        s["imagenet_a_top1"] = top1(dataset="imagenet-a")
+        s["imagenet_r_top1"] = top1(dataset="imagenet-r")
+        s["mCE_corruptions"] = len([c for c in full if c in metrics.ALEXNET_ERRORS])
+        out[label] = s
+    return out
+
+
+def _fmt(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}"
+
+
+def markdown_report(records: list[dict], summary: dict[str, dict], options: dict) -> str:
+    """The report: one comparison table (a row per model, like the paper's) + per-corruption tables."""
+    cols = [("Clean top-1", "clean_top1"), ("Clean top-5", "clean_top5"), ("Occlusion", "occlusion_top1"),
+            ("Random patch", "occlusion_random_top1"), ("IN-A", "imagenet_a_top1"), ("IN-R", "imagenet_r_top1"),
+            ("FGSM", "fgsm_top1"), ("PGD", "pgd_top1"), ("Corruption top-1", "corruption_top1"),
+            ("Mean corruption error (raw)", "mean_corruption_error"), ("mCE (AlexNet-norm.)", "mCE"),
+            ("Relative mCE", "relative_mCE")]
+    cols = [(t, k) for t, k in cols if any(s.get(k) is not None for s in summary.values())]
+    lines = ["# Robustness report", "",
+             "Accuracies are top-1 % (higher is better). *Mean corruption error (raw)* is the plain top-1 error "
+             "averaged over every corruption and severity evaluated; *mCE* and *relative mCE* are normalised by "
+             "AlexNet's errors (Hendrycks & Dietterich 2019, ×100, lower is better) over the ImageNet-C "
+             "corruptions evaluated at all five severities. Occlusion: centred square of half of each side "
+             "(zero fill); random patch: one 25 %-area square. FGSM/PGD: L∞ eps "
+             f"{options.get('eps', 0) * 255:.2g}/255, PGD {options.get('steps')} steps of {options.get('alpha', 0) * 255:.3g}/255.",
+             "", "| Model | " + " | ".join(t for t, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for label, s in summary.items():
+        lines.append(f"| {label} | " + " | ".join(_fmt(s.get(k)) for _, k in cols) + " |")
+    partial = {label: s["mCE_corruptions"] for label, s in summary.items() if s.get("mCE") is not None
+               and s["mCE_corruptions"] < len(metrics.ALEXNET_ERRORS)}
+    if partial:
+        lines += ["", f"Note: mCE over only {', '.join(f'{n} ({k})' for k, n in partial.items())} of the 15 "
+                  "ImageNet-C corruptions: not comparable with published mCE."]
+    for label, s in summary.items():
+        table = corruption_table(records, label)
+        if not table:
+            continue
+        sevs = sorted({k for row in table.values() for k in row})
+        ces = metrics.corruption_errors({c: [1 - row[k] / 100 for k in sorted(row)] for c, row in table.items()
+                                         if sorted(row) == [1, 2, 3, 4, 5]})
+        lines += ["", f"## {label}: top-1 % per corruption and severity", "",
+                  "| Corruption | " + " | ".join(f"s{k}" for k in sevs) + " | mean | CE (AlexNet-norm.) |",
+                  "|---" * (len(sevs) + 3) + "|"]
+        for c, row in table.items():
+            mean = sum(row.values()) / len(row)
+            ce = ces.get(c)
+            lines.append(f"| {c} | " + " | ".join(_fmt(row.get(k)) for k in sevs) +
+                         f" | {mean:.2f} | {_fmt(None if ce is None else 100 * ce)} |")
+    n = sorted({r["n"] for r in records})
+    lines += ["", f"Images per cell: {', '.join(map(str, n))}.", "", "Options:", "", "```json",
+              json.dumps(options, indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def plot_severity(records: list[dict], labels: list[str], out_dir: Path) -> list[Path]:
+    """PNG plots of top-1 vs severity: one subplot per corruption with a line per model
+    (``plots/accuracy_vs_severity.png``), and one figure per model with a line per corruption."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tables = {label: corruption_table(records, label) for label in labels}
+    corruptions = list(dict.fromkeys(c for t in tables.values() for c in t))
+    if not corruptions:
+        return []
+    plot_dir = out_dir / "plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    ncol = min(5, len(corruptions))
+    nrow = -(-len(corruptions) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3 * ncol, 2.6 * nrow), squeeze=False, sharey=True)
+    for ax, c in zip(axes.flat, corruptions):
+        for label, t in tables.items():
+            if c in t:
+                sev = sorted(t[c])
+                ax.plot(sev, [t[c][k] for k in sev], marker="o", label=label)
+        ax.set_title(c, fontsize=9)
+        ax.set_xlabel("severity")
+    for ax in list(axes.flat)[len(corruptions):]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("top-1 %")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(plot_dir / "accuracy_vs_severity.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+    for label, t in tables.items():
+        if not t:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for c, row in t.items():
+            sev = sorted(row)
+            ax.plot(sev, [row[k] for k in sev], marker="o", label=c)
+        ax.set(title=f"{label}: top-1 vs severity", xlabel="severity", ylabel="top-1 %")
+        ax.legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
+        paths.append(plot_dir / f"severity_{safe}.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    return paths
+
+
+def write_report(records: list[dict], summary: dict[str, dict], out_dir: str | Path, options: dict) -> Path:
+    """Write ``report.md`` and the plots into ``out_dir``; returns the report path."""
+    out_dir = Path(out_dir)
+    plots = plot_severity(records, list(summary), out_dir)
+    text = markdown_report(records, summary, options)
+    if plots:
+        text += "\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in plots) + "\n"
+    atomic_write_text(out_dir / "report.md", text)
+    return out_dir / "report.md"

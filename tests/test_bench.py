@@ -1,0 +1,81 @@
+"""`python eval.py bench`: table/JSON, GMACs including attention, top-1 on an ImageNet-layout folder."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+import eval as cli
+import pit
+from suite.imagenet_eval import ImageNetFolder
+
+
+def test_bench_table_and_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = cli.main(["bench", "--models", "pit_ti", "--batch-size", "1", "--img-size", "96", "--warmup", "0",
+                   "--iters", "1", "--device", "cpu", "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "pit_ti" in printed and "4,847,272" in printed and "paper" in printed
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["params"] == 4_847_272 and row["img_s"] > 0
+    assert row["paper"] == {"gmacs": 0.71, "params_m": 4.9, "img_s": 3030, "top1": 73.0}
+    assert 0.05 < row["gmacs"] < 0.71  # 96 px: fewer tokens than at 224
+
+
+def test_gmacs_include_attention():
+    """pit_s ≈ 2.9 and deit_small ≈ 4.6 GMACs (paper); attention adds exactly 2·N²·C per layer."""
+    with torch.device("meta"):  # shapes are all that counting needs
+        pit_s, deit = pit.create_model("pit_s"), timm.create_model("deit_small_patch16_224").eval()
+    assert abs(pit.count_macs(pit_s) / 1e9 - 2.9) < 0.05
+    total = pit.count_macs(deit)
+    assert abs(total / 1e9 - 4.6) < 0.05
+    with torch.no_grad(), FlopCounterMode(display=False) as plain:  # torch's counter alone (no CPU SDPA formula)
+        for block in deit.blocks:
+            block.attn.fused_attn = False  # explicit q@k and attn@v matmuls, which torch does count
+        deit(torch.zeros(1, 3, 224, 224, device="meta"))
+    assert total == plain.get_total_flops() // 2
+    n, c, depth = 197, 384, 12  # analytic: linears 12·N·C² + attention 2·N²·C per block, patch embed, head
+    analytic = depth * (12 * n * c * c + 2 * n * n * c) + 196 * 768 * c + c * 1000
+    assert abs(total - analytic) < 1e-3 * analytic
+
+
+def _wnid_folder(root, per_class=2):
+    rng = np.random.default_rng(0)
+    for wnid in ("n01440764", "n01443537"):  # ImageNet indices 0 and 1
+        (root / wnid).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)).save(root / wnid / f"{i}.JPEG")
+    return root
+
+
+def test_bench_top1_on_imagenet_folder(tmp_path):
+    data = _wnid_folder(tmp_path / "val")
+    model = pit.create_model("pit_ti")
+    with torch.no_grad():  # the head always ranks class 0 first and class 1 second
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        model.head.bias[:2] = torch.tensor([100.0, 50.0])
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    out = tmp_path / "bench.json"
+    rc = cli.main(["bench", "--models", "pit_ti", "--weights", str(tmp_path / "w.pth"), "--data", str(data),
+                   "--img-size", "64", "--batch-size", "3", "--warmup", "0", "--iters", "1", "--workers", "0",
+                   "--device", "cpu", "--json", str(out)])
+    assert rc == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["images"] == 4 and row["top1"] == pytest.approx(50.0) and row["top5"] == pytest.approx(100.0)
+
+
+def test_imagenet_folder_targets_and_errors(tmp_path, capsys):
+    data = _wnid_folder(tmp_path / "val", per_class=1)
+    assert ImageNetFolder(str(data)).targets == [0, 1]
+    (tmp_path / "bad" / "cats").mkdir(parents=True)
+    with pytest.raises(ValueError, match="not ImageNet-1k wnids"):
+        ImageNetFolder(str(tmp_path / "bad"))
+    assert cli.main(["bench", "--models", "pit_ti", "--data", str(data)]) == 1
+    assert "--weights" in capsys.readouterr().err

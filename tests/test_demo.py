@@ -1,0 +1,95 @@
+"""``python eval.py demo --quick`` end to end: every stage runs and the report's tables hold numbers in range."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+import eval as eval_cli
+from suite.demo import DEMO_MODELS
+
+pytestmark = pytest.mark.slow
+
+
+def _tables(report: str) -> dict[str, list[dict[str, str]]]:
+    """Markdown tables of the report keyed by the ``## `` heading above them, as lists of {column: cell}."""
+    tables: dict[str, list[dict[str, str]]] = {}
+    heading, header = "", None
+    for line in report.splitlines():
+        if line.startswith("## "):
+            heading, header = line[3:], None
+        elif line.startswith("|") and header is None:
+            header = [c.strip() for c in line.strip("|").split("|")]
+        elif line.startswith("|---"):
+            continue
+        elif line.startswith("|"):
+            tables.setdefault(heading, []).append(dict(zip(header, (c.strip() for c in line.strip("|").split("|")))))
+        else:
+            header = None if not line.startswith("|") else header
+    return tables
+
+
+def _number(cell: str) -> float:
+    match = re.fullmatch(r"(-?\d+(?:\.\d+)?)M?", cell)
+    assert match, f"not a number: {cell!r}"
+    return float(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out, cache = tmp_path_factory.mktemp("demo"), tmp_path_factory.mktemp("cache")
+    argv = ["demo", "--quick", "--out", str(out), "--cache", str(cache), "--device", "cpu", "--no-progress"]
+    assert eval_cli.main(argv) == 0
+    return out, argv
+
+
+def test_quick_demo_report_tables_are_filled_and_in_range(demo_run):
+    out, _ = demo_run
+    report = (out / "report.md").read_text()
+    assert "demo numbers on generated data" in report
+    assert "python eval.py robustness --model pit_s deit_small_patch16_224 resnet50" in report
+    assert "--arch deformable --preset paper --backbone" in report and "torchrun" in report
+    tables = _tables(report)
+    labels = [label for label, _, _ in DEMO_MODELS]
+    models = next(rows for head, rows in tables.items() if head.startswith("1."))
+    robust = next(rows for head, rows in tables.items() if head.startswith("2."))
+    detect = next(rows for head, rows in tables.items() if head.startswith("3."))
+    for rows in (models, robust, detect):
+        assert [next(iter(r.values())) for r in rows] == labels
+    for row in models:
+        assert 1 < _number(row["Params"]) < 10  # tiny models, millions of parameters
+        assert 1 < _number(row["MACs @64px"]) < 1000  # millions of multiply-adds at 64 px
+        assert 0 <= _number(row["Val top-1"]) <= _number(row["Val top-5"]) <= 100
+    for row in robust:
+        for column, cell in list(row.items())[1:]:
+            value = _number(cell)
+            assert value >= 0 and (value <= 100 or "mCE" in column), (column, cell)
+        assert _number(row["PGD"]) <= _number(row["Clean"]) + 1e-6
+    for row in detect:
+        assert 0 <= _number(row["AP"]) <= _number(row["AP50"]) <= 100 and _number(row["AP75"]) <= _number(row["AP50"])
+        assert _number(row["FPS"]) > 0
+        for column in ("APs", "APm", "APl"):  # "–": no val object of that COCO size bucket (COCOeval's -1)
+            assert row[column] == "–" or 0 <= _number(row[column]) <= 100, (column, row[column])
+    for plot in ("training_curves", "robustness", "corruption_severity", "detection"):
+        assert (out / "plots" / f"{plot}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["robustness"]) == set(labels)
+
+
+def test_rerun_reuses_finished_stages(demo_run, capsys):
+    out, argv = demo_run
+    before = (out / "stages.json").read_text()
+    assert eval_cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("already done") == len(json.loads(before)["stages"])
+    assert str(out / "report.md") in printed
+    assert json.loads((out / "stages.json").read_text()) == json.loads(before)
+
+
+def test_output_folder_of_another_configuration_is_refused(tmp_path):
+    from suite.demo import run_demo
+
+    (tmp_path / "stages.json").write_text(json.dumps({"config": "other", "stages": {"data": {"result": {}, "seconds": 1}}}))
+    with pytest.raises(ValueError, match="other settings"):
+        run_demo(tmp_path, quick=True, device="cpu", cache=tmp_path / "cache", progress=False)

@@ -1,0 +1,174 @@
+"""run_robustness end to end on generated folders and a tiny timm model: results, report, resume,
+options-changed refusal, the 2-process gloo path, and CLI errors."""
+import importlib.util
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from robustness import runner
+from robustness.runner import ModelSpec, run_robustness
+
+CLASSES = ["ant", "bee", "cat"]
+MODEL = ModelSpec("test_convnext", label="tiny", model_kwargs={"num_classes": 3})
+FAST = dict(class_map="folder", img_size=32, crop_pct=1.0, batch_size=4, num_workers=0, progress=False, device="cpu")
+
+
+def write_folder(root: Path, names=CLASSES, per_class=3, seed=0) -> str:
+    rng = np.random.default_rng(seed)
+    for name in names:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rob")
+    return {"val": write_folder(root / "val"), "a": write_folder(root / "a", names=CLASSES[:2], per_class=2, seed=1)}
+
+
+class Interrupted(Exception):
+    """Stands in for Ctrl-C / a killed job in the middle of a run."""
+
+
+def counts(result):
+    return {r["key"]: (r["n"], r["top1_correct"], r["top5_correct"]) for r in result["records"]}
+
+
+def test_end_to_end_resume_and_options_guard(data, tmp_path, monkeypatch):
+    kwargs = dict(FAST, imagenet_a=data["a"], attacks=["fgsm"], occlusion=True)
+    full = run_robustness([MODEL], data["val"], str(tmp_path / "full"), **kwargs)
+    keys = [r["variant"] if r["dataset"] == "imagenet" else r["dataset"] for r in full["records"]]
+    assert keys == ["clean", "occlusion_center", "occlusion_random", "fgsm", "imagenet-a"]
+    assert all(r["n"] == 9 for r in full["records"][:4]) and full["records"][4]["n"] == 4
+    s = full["summary"]["tiny"]
+    assert s["clean_top1"] == full["records"][0]["top1"] and s["mCE"] is None and s["imagenet_a_top1"] is not None
+    saved = json.loads((tmp_path / "full" / "results.json").read_text())
+    assert saved["records"] == full["records"] and saved["options"]["attacks"] == ["fgsm"]
+    assert "| tiny |" in Path(full["report"]).read_text()
+
+    # Interrupt after the first pass, then resume: only the missing pass runs, numbers are identical.
+    calls = []
+    real = runner._evaluate_pass
+
+    def flaky(p, *args, **kw):
+        calls.append(p.name)
+        if calls == ["clean", "imagenet-a"]:
+            raise Interrupted
+        return real(p, *args, **kw)
+
+    monkeypatch.setattr(runner, "_evaluate_pass", flaky)
+    with pytest.raises(Interrupted):
+        run_robustness([MODEL], data["val"], str(tmp_path / "resumed"), **kwargs)
+    assert len(list((tmp_path / "resumed" / "cells.jsonl").read_text().splitlines())) == 4
+    calls.clear()
+    resumed = run_robustness([MODEL], data["val"], str(tmp_path / "resumed"), **kwargs)
+    assert calls == ["imagenet-a"]
+    assert counts(resumed) == counts(full)
+
+    # Changed options refuse to mix; --overwrite starts afresh.
+    with pytest.raises(ValueError, match="different options.*limit.*--overwrite"):
+        run_robustness([MODEL], data["val"], str(tmp_path / "resumed"), **dict(kwargs, limit=5))
+    fresh = run_robustness([MODEL], data["val"], str(tmp_path / "resumed"), **dict(kwargs, limit=5), overwrite=True)
+    assert fresh["records"][0]["n"] == 5
+
+
+def test_imagenet_c_on_disk_gives_mce(data, tmp_path):
+    pytest.importorskip("robustness.corruptions")
+    import shutil
+
+    for sev in range(1, 6):  # "corrupted" copies identical to the clean images: CE = clean error / AlexNet's
+        shutil.copytree(data["val"], tmp_path / "c" / "fog" / str(sev))
+    result = run_robustness([MODEL], data["val"], str(tmp_path / "out"), **FAST, imagenet_c=str(tmp_path / "c"),
+                            corruptions=["fog"])
+    s = result["summary"]["tiny"]
+    clean_err = 1 - s["clean_top1"] / 100
+    assert s["mCE"] == pytest.approx(100 * clean_err / 0.819324)
+    assert s["relative_mCE"] == pytest.approx(0.0, abs=1e-9)
+    assert s["mean_corruption_error"] == pytest.approx(100 * clean_err)
+    assert (tmp_path / "out" / "plots" / "accuracy_vs_severity.png").stat().st_size > 0
+    with pytest.raises(FileNotFoundError, match="snow"):
+        run_robustness([MODEL], data["val"], str(tmp_path / "out2"), **FAST, imagenet_c=str(tmp_path / "c"),
+                       corruptions=["snow"])
+
+
+def test_corrupt_on_the_fly_is_deterministic(data, tmp_path):
+    pytest.importorskip("robustness.corruptions")
+    kwargs = dict(FAST, corrupt_on_the_fly=True, corruptions=["gaussian_noise", "contrast"], severities=[1, 5])
+    a = run_robustness([MODEL], data["val"], str(tmp_path / "a"), **kwargs)
+    b = run_robustness([MODEL], data["val"], str(tmp_path / "b"), **kwargs)
+    assert counts(a) == counts(b) and len(a["records"]) == 5
+
+
+def _distributed_worker(rank, world, port, val, a_dir, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from suite.distributed import cleanup_distributed
+
+    result = run_robustness([MODEL], val, out, **dict(FAST, imagenet_a=a_dir, attacks=["fgsm"], occlusion=True))
+    if rank == 0:
+        Path(out, "counts.json").write_text(json.dumps(counts(result)))
+    cleanup_distributed()
+
+
+@pytest.mark.distributed
+def test_two_gloo_processes_give_the_single_process_totals(data, tmp_path):
+    single = run_robustness([MODEL], data["val"], str(tmp_path / "one"),
+                            **dict(FAST, imagenet_a=data["a"], attacks=["fgsm"], occlusion=True))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_distributed_worker, args=(2, port, data["val"], data["a"], str(tmp_path / "two")),
+                                nprocs=2, join=True)
+    two = json.loads((tmp_path / "two" / "counts.json").read_text())
+    one = {k: list(v) for k, v in counts(single).items()}
+    # random-patch occlusion draws per (batch, rank): same count of images, possibly other patches
+    assert two.pop("tiny|imagenet|None|None|occlusion_random")[0] == one.pop("tiny|imagenet|None|None|occlusion_random")[0]
+    assert two == one
+
+
+def _eval_main():
+    spec = importlib.util.spec_from_file_location("eval_cli", Path(__file__).resolve().parents[1] / "eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--imagenet-c", "x", "--corrupt-on-the-fly"], "exclude each other"),
+    (["--corruptions", "fog"], "needs --imagenet-c"),
+    (["--severities", "0-3"], "1..5"),
+    (["--weights", "a.pth", "b.pth"], "one path per --model"),
+    (["--class-map", "imagenet"], "class_map='folder'"),
+])
+def test_cli_errors(data, tmp_path, capsys, extra, message):
+    argv = ["robustness", "--model", "test_convnext", "--data", data["val"], "--out", str(tmp_path / "o"),
+            "--class-map", "folder", "--no-progress", "--device", "cpu"] + extra
+    assert _eval_main()(argv) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_cli_runs_and_parses_fractions(data, tmp_path, capsys):
+    from robustness.cli import parse_fraction, parse_severities
+
+    assert parse_fraction("1/255") == pytest.approx(1 / 255) and parse_severities(["1-3", "5"]) == [1, 2, 3, 5]
+    argv = ["robustness", "--model", "test_convnext", "--num-classes", "3", "--data", data["val"], "--out",
+            str(tmp_path / "o"), "--class-map", "folder", "--img-size", "32", "--workers", "0", "--no-progress",
+            "--device", "cpu", "--attacks", "fgsm", "--eps", "2/255", "--limit", "6"]
+    assert _eval_main()(argv) == 0
+    saved = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert saved["options"]["eps"] == pytest.approx(2 / 255) and saved["records"][0]["n"] == 6
+
+
+def test_wrong_class_count_is_a_clear_error(data, tmp_path):
+    model = ModelSpec("test_convnext", model_kwargs={"num_classes": 2})
+    with pytest.raises(ValueError, match="2 outputs.*class index 2"):
+        run_robustness([model], data["val"], str(tmp_path / "o"), **FAST)
