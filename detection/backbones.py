@@ -52,8 +52,6 @@ class Backbone(nn.Module):
             self.indices = list(range(len(info)))[-3:]
             channels = [info[i]["num_chs"] for i in self.indices]
             strides = [info[i]["reduction"] for i in self.indices]
-            if len(info) == 3:  # PiT: nominal strides 8/16/32 of its stages (pit_b: 7/14/28)
-                strides = [s if s >= 4 else 8 * 2**k for k, s in enumerate(strides)]
         keep = slice(None) if multi_scale else slice(-1, None)
         self.num_channels, self.strides = channels[keep], strides[keep]
         if not multi_scale and self.is_vit:
@@ -77,13 +75,9 @@ def build_backbone(name: str, weights: str | None = None, multi_scale: bool = Fa
     """Build a detector backbone from any ``pit.create_model`` name (``pit_s``, ``deit_small_patch16_224``,
     ``resnet50``, …); ``weights`` a local checkpoint (classification head dropped). ResNets get
     frozen batch norm; ``freeze_patch_embed`` stops gradients into the patch embedding/stem."""
-    model_kw = dict(kw)
-    probe = pit.create_model(name, num_classes=0, **model_kw) if weights is None else None
-    if probe is not None and _is_vit(probe):
-        model_kw.update(dynamic_img_size=True, dynamic_img_pad=True)
-        probe = None
-    model = probe if probe is not None else pit.create_model(name, weights=weights, num_classes=0, **model_kw)
-    if weights is not None and _is_vit(model) and not model_kw.get("dynamic_img_size"):
+    model = pit.create_model(name, weights=weights, num_classes=0, **kw)
+    if _is_vit(model) and not kw.get("dynamic_img_size"):
+        # timm resamples a ViT's positional embedding at run time only when built with dynamic_img_size
         model = pit.create_model(name, weights=weights, num_classes=0, dynamic_img_size=True, dynamic_img_pad=True, **kw)
     if not hasattr(model, "forward_intermediates") or not hasattr(model, "feature_info"):
         raise ValueError(f"backbone {name!r} lacks timm's forward_intermediates/feature_info contract")

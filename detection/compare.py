@@ -30,11 +30,11 @@ def compare_runs(run_dirs: list[str], out: str | None = None) -> str:
              "|---|---|---|---|---|---|" + "---|" * len(COLUMNS)]
     for path, run in runs:
         ev = run["eval"]
-        metrics = " | ".join(f"{100 * ev[k]:.1f}" if k in ev else "–" for k in COLUMNS)
+        metrics = " | ".join(f"{100 * ev[k]:.1f}" if ev.get(k, -1) >= 0 else "–" for k in COLUMNS)
         size = "×".join(str(s) for s in run.get("gflops_size", []))
         fps = f"{ev['fps']:.1f}" if "fps" in ev else "–"
         lines.append(f"| {path.name} | {run['arch']} | {run['backbone']} | {run['params'] / 1e6:.1f} | "
-                     f"{run['gflops']:.1f} ({size}) | {fps} | {metrics} |")
+                     f"{run['gflops']:.2f} ({size}) | {fps} | {metrics} |")
     table = "\n".join(lines) + "\n"
     if out:
         out_dir = Path(out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torchvision.io import write_png
+from PIL import Image
 from torchvision.ops import box_convert
 from torchvision.utils import draw_bounding_boxes
 
@@ -31,13 +31,16 @@ def save_visualizations(dataset: CocoDetection, predictions: dict[int, dict], ou
             h, w = image.shape[-2:]
             canvas = (image * 255).to(torch.uint8)
             gt = box_convert(target["boxes"] * torch.tensor([w, h, w, h]), "cxcywh", "xyxy")
-            canvas = draw_bounding_boxes(canvas, gt, colors="lime", width=2)
+            if len(gt):
+                canvas = draw_bounding_boxes(canvas, gt, colors="lime", width=2)
             pred = predictions[image_id]
             keep = pred["scores"] >= score_threshold
             names = [f"{dataset.category_names[l]} {s:.2f}" for l, s in zip(pred["labels"][keep].tolist(), pred["scores"][keep].tolist())]
-            canvas = draw_bounding_boxes(canvas, box_convert(pred["boxes"][keep], "xywh", "xyxy"), labels=names, colors="red", width=1)
+            if names:
+                canvas = draw_bounding_boxes(canvas, box_convert(pred["boxes"][keep], "xywh", "xyxy"), labels=names,
+                                             colors="red", width=1)
             path = out_dir / f"{image_id}.png"
-            write_png(canvas, str(path))
+            Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(path)
             written.append(path)
     finally:
         dataset.transforms = transforms

@@ -102,7 +102,8 @@ def plot_robustness_bars(summary: dict[str, dict], path: Path) -> Path:
     width = 0.8 / max(1, len(summary))
     for i, (label, s) in enumerate(summary.items()):
         ax.bar([j + i * width for j in range(len(cols))], [s.get(k) or 0.0 for _, k in cols], width, label=label)
-    ax.set_xticks([j + width * (len(summary) - 1) / 2 for j in range(len(cols))], [n for n, _ in cols], fontsize=8)
+    ax.set_xticks([j + width * (len(summary) - 1) / 2 for j in range(len(cols))], [n.replace(" (", "\n(") for n, _ in cols],
+                  fontsize=8)
     ax.set(ylabel="top-1 %", ylim=(0, 100), title="Robustness (synthetic set)")
     ax.legend()
     fig.tight_layout()

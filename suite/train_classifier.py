@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -245,6 +246,7 @@ def train_classifier(*, model: str, data: str | os.PathLike, out: str | os.PathL
         append_jsonl(log_path, record)
         tqdm.write(f"{model} epoch {epoch + 1}/{epochs}: loss {record['train_loss']:.3f}  val top-1 {val['top1']:.2f}"
                    + (f"  (EMA {val['top1_ema']:.2f})" if ema is not None else ""))
+        sys.stdout.flush()  # epoch lines show up at once when the output goes to a file or pipe
         state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "epoch": epoch, "args": run_args, "classes": classes, "val": val}
         if ema is not None:

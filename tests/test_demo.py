@@ -63,8 +63,8 @@ def test_quick_demo_report_tables_are_filled_and_in_range(demo_run):
         assert 0 <= _number(row["Val top-1"]) <= _number(row["Val top-5"]) <= 100
     for row in robust:
         for column, cell in list(row.items())[1:]:
-            value = _number(cell)
-            assert value >= 0 and (value <= 100 or "mCE" in column), (column, cell)
+            value = _number(cell)  # relative mCE may be < 0: a near-chance model can err less when corrupted
+            assert column == "Relative mCE" or (value >= 0 and (value <= 100 or column.startswith("mCE"))), (column, cell)
         assert _number(row["PGD"]) <= _number(row["Clean"]) + 1e-6
     for row in detect:
         assert 0 <= _number(row["AP"]) <= _number(row["AP50"]) <= 100 and _number(row["AP75"]) <= _number(row["AP50"])

@@ -1,0 +1,79 @@
+"""Digital corruptions: brightness, contrast, saturate, pixelate, JPEG, elastic. (B, 3, H, W) float in [0, 1]."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import _filters
+from ._filters import uniform
+
+
+def brightness(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Add c to HSV value: with hue and saturation fixed this scales RGB by v'/v (grey v'=c where v=0)."""
+    c = [0.1, 0.2, 0.3, 0.4, 0.5][severity - 1]
+    v = x.amax(dim=1, keepdim=True)
+    vn = (v + c).clamp(0, 1)
+    return torch.where(v > 0, x * vn / v.clamp_min(1e-12), vn.expand_as(x))
+
+
+def contrast(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> torch.Tensor:
+    c = [0.4, 0.3, 0.2, 0.1, 0.05][severity - 1]
+    means = x.mean(dim=(2, 3), keepdim=True)
+    return (x - means) * c + means
+
+
+def saturate(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> torch.Tensor:
+    """HSV saturation s' = clip(s*a + b): channels move linearly towards v; grey pixels (hue 0) turn red."""
+    a, bb = [(0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2)][severity - 1]
+    v = x.amax(dim=1, keepdim=True)
+    mn = x.amin(dim=1, keepdim=True)
+    s = torch.where(v > 0, (v - mn) / v.clamp_min(1e-12), torch.zeros_like(v))
+    s_new = (s * a + bb).clamp(0, 1)
+    ratio = s_new / s.clamp_min(1e-12)
+    coloured = v - ratio * (v - x)
+    grey = torch.cat([v, v * (1 - s_new), v * (1 - s_new)], dim=1)
+    return torch.where(s > 0, coloured, grey)
+
+
+def _box_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    """(n_out, n_in) area weights of PIL's BOX resampling."""
+    scale = n_in / n_out
+    lo = torch.arange(n_out, device=device, dtype=torch.float32)[:, None] * scale
+    hi = lo + scale
+    j = torch.arange(n_in, device=device, dtype=torch.float32)[None, :]
+    overlap = (torch.minimum(hi, j + 1) - torch.maximum(lo, j)).clamp_min(0)
+    return overlap / overlap.sum(dim=1, keepdim=True)
+
+
+def pixelate(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> torch.Tensor:
+    c = [0.6, 0.5, 0.4, 0.3, 0.25][severity - 1]
+    h, w = x.shape[-2:]
+    my = _box_matrix(h, max(1, int(h * c)), x.device).to(x.dtype)
+    mx = _box_matrix(w, max(1, int(w * c)), x.device).to(x.dtype)
+    small = torch.einsum("oh,bchw,pw->bcop", my, x, mx)
+    small = torch.round(small * 255) / 255  # PIL keeps the small image in uint8
+    return F.interpolate(small, size=(h, w), mode="nearest-exact")
+
+
+def jpeg_compression(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> torch.Tensor:
+    """JPEG at the reference's quality through torchvision.io (GPU codec for CUDA tensors)."""
+    from torchvision.io import decode_jpeg, encode_jpeg
+    quality = [25, 18, 15, 10, 7][severity - 1]
+    u8 = (x * 255).round().clamp(0, 255).to(torch.uint8)
+    encoded = encode_jpeg(list(u8.unbind(0)), quality=quality)
+    decoded = decode_jpeg(encoded, device=x.device)
+    return torch.stack(decoded).to(x.dtype) / 255
+
+
+def elastic_transform(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Smooth random displacement field (sigma = 1% of H, W; amplitude alpha * 0.5% of H), bilinear resampling."""
+    alpha = [250 * 0.05, 250 * 0.065, 250 * 0.085, 250 * 0.1, 250 * 0.12][severity - 1]
+    b, _, h, w = x.shape
+    max_d = h * 0.005
+    field = uniform((b, 2, h, w), -max_d, max_d, x, generator)
+    field = _filters.gaussian_blur(field, (h * 0.01, w * 0.01), truncate=3, mode="reflect") * alpha
+    ys = torch.arange(h, device=x.device, dtype=torch.float32)[:, None] + field[:, 1]
+    xs = torch.arange(w, device=x.device, dtype=torch.float32)[None, :] + field[:, 0]
+    grid = torch.stack([2 * xs / max(w - 1, 1) - 1, 2 * ys / max(h - 1, 1) - 1], dim=-1)
+    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection", align_corners=True)
