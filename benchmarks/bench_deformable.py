@@ -54,11 +54,11 @@ def measure(arch: str, backbone: str, height: int, width: int, batch: int, iters
             with torch.no_grad():
                 model(images, mask)
 
+    base_rss = _current_rss_mib()  # after building: the growth is activations + workspace
     step()  # warm-up
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    base_rss = _current_rss_mib()
     start = time.perf_counter()
     for _ in range(iters):
         step()

@@ -12,6 +12,36 @@ import argparse
 import json
 
 from detection.build import ARCHS
+from detection.deformable.presets import PRESETS, get_preset
+
+# Training defaults without a preset (DETR's recipe); a preset replaces them, explicit flags win.
+TRAIN_DEFAULTS = {"arch": "detr", "epochs": 50, "batch_size": 2, "lr": 1e-4, "lr_backbone": 1e-5,
+                  "weight_decay": 1e-4, "clip_max_norm": 0.1, "lr_drop": None, "img_scale": 1.0}
+
+
+def resolve_train_options(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Training keywords and model keywords from the flags, the ``--preset`` and the defaults, in that order.
+
+    The ``paper`` preset halves every image scale (``img_scale`` 0.5 on DETR's 480-800/1333/800 gives
+    exactly the paper's 400-16i / 667 / 400) and uses Deformable DETR's model and optimiser recipe.
+    """
+    try:
+        model_kwargs = json.loads(args.model_kwargs)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--model-kwargs is not valid JSON: {exc}") from exc
+    options = dict(TRAIN_DEFAULTS)
+    if args.preset:
+        if args.arch not in (None, "deformable"):
+            raise ValueError(f"--preset {args.preset} is a Deformable DETR recipe: drop --arch {args.arch} "
+                             "or use --arch deformable")
+        preset = get_preset(args.preset)
+        options.update(arch="deformable", img_scale=0.5, **{k: preset[k] for k in
+                       ("epochs", "batch_size", "lr", "lr_backbone", "weight_decay", "clip_max_norm", "lr_drop")})
+        model_kwargs = {**preset["model_kwargs"], **model_kwargs}
+    for key in options:
+        if getattr(args, key, None) is not None:
+            options[key] = getattr(args, key)
+    return options, model_kwargs
 
 
 def _data_args(p: argparse.ArgumentParser, train: bool) -> None:
@@ -29,16 +59,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t = sub.add_parser("train", help="train a detector (resumable; torchrun for DDP)")
     t.add_argument("--backbone", required=True, help="pit_s, deit_small_patch16_224, resnet50, or any timm name")
     t.add_argument("--backbone-weights", help="local backbone checkpoint (PiT .pth, timm, DeiT, safetensors)")
-    t.add_argument("--arch", default="detr", choices=sorted(ARCHS), help="detector head")
+    t.add_argument("--arch", choices=sorted(ARCHS), help="detector head (default: detr; deformable with --preset)")
+    t.add_argument("--preset", choices=sorted(PRESETS),
+                   help="a published recipe for the deformable head: 'paper' = the PiT paper's Deformable DETR "
+                        "(lr 2e-4, backbone 2e-5, 50 epochs, drop at 40, every image scale halved); "
+                        "flags given explicitly override it (docs/deformable.md)")
     _data_args(t, train=True)
     t.add_argument("--out", required=True, help="run folder (run.json, log.jsonl, checkpoint.pth, eval.json)")
     o = t.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, default=50)
-    o.add_argument("--batch-size", type=int, default=2, help="per process")
-    o.add_argument("--lr", type=float, default=1e-4)
-    o.add_argument("--lr-backbone", type=float, default=1e-5)
-    o.add_argument("--weight-decay", type=float, default=1e-4)
-    o.add_argument("--clip-max-norm", type=float, default=0.1, help="gradient-norm clip (0 = off)")
+    o.add_argument("--epochs", type=int, help="default 50")
+    o.add_argument("--batch-size", type=int, help="per process (default 2)")
+    o.add_argument("--lr", type=float, help="default 1e-4 (DETR)")
+    o.add_argument("--lr-backbone", type=float, help="default 1e-5 (DETR)")
+    o.add_argument("--weight-decay", type=float, help="default 1e-4")
+    o.add_argument("--clip-max-norm", type=float, help="gradient-norm clip, 0 = off (default 0.1)")
     o.add_argument("--lr-drop", type=int, help="epoch at which lr is multiplied by 0.1 (default: never)")
     o.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation steps")
     o.add_argument("--amp", action="store_true", help="mixed precision (bf16 where supported, else fp16); GPU only")
@@ -46,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--scales", type=int, nargs="+", help="training short sides (default 480..800 step 32)")
     s.add_argument("--max-size", type=int, help="longest side (default 1333)")
     s.add_argument("--test-size", type=int, help="test short side (default 800)")
-    s.add_argument("--img-scale", type=float, default=1.0, help="multiply every size by this (e.g. 0.5 for small machines)")
+    s.add_argument("--img-scale", type=float, help="multiply every size by this, e.g. 0.5 for small machines (default 1)")
     m = t.add_argument_group("model")
     m.add_argument("--model-kwargs", default="{}", help='JSON of model keywords, e.g. \'{"hidden_dim": 128, "num_queries": 50}\'')
     r = t.add_argument_group("run")
@@ -101,15 +135,10 @@ def main(args: argparse.Namespace) -> int:
                             batch_size=args.batch_size, num_workers=args.num_workers, save_vis=args.save_vis,
                             progress=not args.no_progress)
         return 0
-    try:
-        model_kwargs = json.loads(args.model_kwargs)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--model-kwargs is not valid JSON: {exc}") from exc
-    train_detector(backbone=args.backbone, **_paths(args, train=True), out=args.out, arch=args.arch,
-                   backbone_weights=args.backbone_weights, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                   lr_backbone=args.lr_backbone, weight_decay=args.weight_decay, clip_max_norm=args.clip_max_norm,
-                   lr_drop=args.lr_drop, scales=args.scales, max_size=args.max_size, test_size=args.test_size,
-                   img_scale=args.img_scale, amp=args.amp, accum_steps=args.accum_steps, device=args.device,
+    options, model_kwargs = resolve_train_options(args)
+    train_detector(backbone=args.backbone, **_paths(args, train=True), out=args.out,
+                   backbone_weights=args.backbone_weights, scales=args.scales, max_size=args.max_size,
+                   test_size=args.test_size, **options, amp=args.amp, accum_steps=args.accum_steps, device=args.device,
                    num_workers=args.num_workers, resume=args.resume, seed=args.seed, eval_every=args.eval_every,
                    progress=not args.no_progress, model_kwargs=model_kwargs, finetune=args.finetune)
     return 0

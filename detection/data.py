@@ -63,7 +63,7 @@ def make_transforms(train: bool, scales: list[int] | None = None, max_size: int 
     """DETR's recipe: train = flip, then either a multi-scale resize of the short side (``scales``,
     long side ≤ ``max_size``) or resize 400/500/600 + random crop 384–600 + multi-scale resize;
     test = short side ``test_size`` (long ≤ ``max_size``). All sizes are multiplied by ``img_scale``."""
-    scaled = lambda v: max(int(round(v * img_scale)), 8)  # noqa: E731
+    scaled = lambda v: max(int(v * img_scale + 0.5), 8)  # noqa: E731  (round half up: 1333 * 0.5 -> 667)
     scales = [scaled(s) for s in (scales or DEFAULT_SCALES)]
     max_size = scaled(max_size or 1333)
     test_size = scaled(test_size or 800)

@@ -37,13 +37,13 @@ def saturate(x: torch.Tensor, severity: int, generator: torch.Generator | None) 
 
 
 def _box_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
-    """(n_out, n_in) area weights of PIL's BOX resampling."""
+    """(n_out, n_in) weights of PIL's BOX resampling: equal weights on the input pixels whose centres fall
+    inside each output pixel's footprint."""
     scale = n_in / n_out
-    lo = torch.arange(n_out, device=device, dtype=torch.float32)[:, None] * scale
-    hi = lo + scale
-    j = torch.arange(n_in, device=device, dtype=torch.float32)[None, :]
-    overlap = (torch.minimum(hi, j + 1) - torch.maximum(lo, j)).clamp_min(0)
-    return overlap / overlap.sum(dim=1, keepdim=True)
+    lo = torch.arange(n_out, device=device, dtype=torch.float64)[:, None] * scale
+    centres = torch.arange(n_in, device=device, dtype=torch.float64)[None, :] + 0.5
+    inside = ((centres >= lo) & (centres < lo + scale)).float()
+    return inside / inside.sum(dim=1, keepdim=True)
 
 
 def pixelate(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> torch.Tensor:
