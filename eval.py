@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError, KeyError) as err:
         if getattr(args, "debug", False):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError's str() adds quotes
+        print(f"error: {message}", file=sys.stderr)
         return 1
 
 
