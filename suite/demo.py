@@ -43,7 +43,7 @@ class DemoConfig:
     classification: synthetic.ClassificationSpec
     detection: synthetic.DetectionSpec
     img_size: int = 64
-    epochs: int = 15
+    epochs: int = 10
     batch_size: int = 32
     lr: float = 5e-4
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)

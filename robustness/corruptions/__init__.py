@@ -44,8 +44,10 @@ def _check(images: torch.Tensor, name: str, severity: int) -> None:
         raise ValueError(f"images must be a (B, 3, H, W) tensor, got {shape}")
     if not images.is_floating_point():
         raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype}; convert uint8 with x.float() / 255")
-    if images.numel() and (images.min() < 0 or images.max() > 1):
-        raise ValueError("images must be in [0, 1] (got values outside); pass un-normalised pixels")
+    if images.numel():
+        lo, hi = torch.aminmax(images)
+        if lo < 0 or hi > 1:
+            raise ValueError("images must be in [0, 1] (got values outside); pass un-normalised pixels")
 
 
 def corrupt(images: torch.Tensor, name: str, severity: int,

@@ -18,27 +18,29 @@ _GRAY = (0.299, 0.587, 0.114)
 
 def plasma_fractal(batch: int, mapsize: int, wibbledecay: float, like: torch.Tensor,
                    generator: torch.Generator | None) -> torch.Tensor:
-    """Batched diamond-square height map (the reference's algorithm), (B, mapsize, mapsize) in [0, 1]."""
-    m = torch.zeros(batch, mapsize, mapsize, device=like.device, dtype=torch.float32)
-    step, wibble = mapsize, 100.0
+    """Batched diamond-square height map (the reference's algorithm), (B, mapsize, mapsize) in [0, 1].
+
+    Each level works on the contiguous grid of the points set so far (the reference's ``m[::step, ::step]``)
+    and interleaves the new square and diamond points into a grid twice as fine.
+    """
+    grid = torch.zeros(batch, 1, 1, device=like.device, dtype=torch.float32)
+    wibble = 100.0
 
     def wibbled(a: torch.Tensor) -> torch.Tensor:
         return a / 4 + wibble * uniform(a.shape, -wibble, wibble, like, generator)
 
-    while step >= 2:
-        half = step // 2
-        corner = m[:, 0::step, 0::step]
-        sq = corner + corner.roll(-1, 1)
-        sq = sq + sq.roll(-1, 2)
-        m[:, half::step, half::step] = wibbled(sq)
-        dr = m[:, half::step, half::step]
-        ul = m[:, 0::step, 0::step]
-        m[:, 0::step, half::step] = wibbled(dr + dr.roll(1, 1) + ul + ul.roll(-1, 2))
-        m[:, half::step, 0::step] = wibbled(dr + dr.roll(1, 2) + ul + ul.roll(-1, 1))
-        step //= 2
+    while grid.shape[-1] < mapsize:
+        n = grid.shape[-1]
+        sq = grid + grid.roll(-1, 1)
+        centre = wibbled(sq + sq.roll(-1, 2))  # m[half::step, half::step]
+        across = wibbled(centre + centre.roll(1, 1) + grid + grid.roll(-1, 2))  # m[0::step, half::step]
+        down = wibbled(centre + centre.roll(1, 2) + grid + grid.roll(-1, 1))  # m[half::step, 0::step]
+        even = torch.stack([grid, across], dim=-1).reshape(batch, n, 2 * n)
+        odd = torch.stack([down, centre], dim=-1).reshape(batch, n, 2 * n)
+        grid = torch.stack([even, odd], dim=2).reshape(batch, 2 * n, 2 * n)
         wibble /= wibbledecay
-    m = m - m.amin(dim=(1, 2), keepdim=True)
-    return m / m.amax(dim=(1, 2), keepdim=True)
+    grid = grid - grid.amin(dim=(1, 2), keepdim=True)
+    return grid / grid.amax(dim=(1, 2), keepdim=True)
 
 
 def fog(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -73,6 +75,16 @@ def _frost_image(index: int) -> torch.Tensor:
     return decode_image(str(frost_image_paths()[index]), mode=ImageReadMode.RGB).float() / 255
 
 
+@lru_cache(maxsize=10)
+def _frost_resized(index: int, h: int, w: int, device: torch.device) -> torch.Tensor:
+    """Frost photo ``index`` upscaled (bicubic) to cover an (h, w) crop with a 10% margin, (3, nh, nw)."""
+    img = _frost_image(index).to(device)
+    fh, fw = img.shape[-2:]
+    scale = max(1.0, h / fh, w / fw) * 1.1
+    nh, nw = math.ceil(fh * scale), math.ceil(fw * scale)
+    return F.interpolate(img[None], size=(nh, nw), mode="bicubic", align_corners=False)[0].clamp(0, 1)
+
+
 def frost(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> torch.Tensor:
     """Blend with a randomly chosen and cropped frost photo (one of the first five, like the reference)."""
     a, bw = [(1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75)][severity - 1]
@@ -84,17 +96,12 @@ def frost(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> 
         sel = (choice == k).nonzero().flatten()
         if sel.numel() == 0:
             continue
-        img = _frost_image(k).to(x.device)
-        fh, fw = img.shape[-2:]
-        scale = max(1.0, h / fh, w / fw) * 1.1
-        nh, nw = math.ceil(fh * scale), math.ceil(fw * scale)
-        img = F.interpolate(img[None], size=(nh, nw), mode="bicubic", align_corners=False)[0].clamp(0, 1)
+        img = _frost_resized(k, h, w, x.device)
+        nh, nw = img.shape[-2:]
         top = (u[0, sel] * (nh - h)).long()
         left = (u[1, sel] * (nw - w)).long()
-        r = top[:, None] + torch.arange(h, device=x.device)
-        cc = left[:, None] + torch.arange(w, device=x.device)
-        crop = img[:, r[:, :, None], cc[:, None, :]]  # (3, n, h, w)
-        layer[sel] = crop.permute(1, 0, 2, 3).to(x.dtype)
+        windows = img.unfold(1, h, 1).unfold(2, w, 1)  # (3, nh - h + 1, nw - w + 1, h, w) view
+        layer[sel] = windows[:, top, left].transpose(0, 1).to(x.dtype)
     return a * x + bw * layer
 
 
