@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import _filters
+from . import _drops, _filters
 from ._filters import normal, uniform
 
 _GRAY = (0.299, 0.587, 0.114)
@@ -121,10 +121,10 @@ def snow(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> t
 
 
 def spatter(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> torch.Tensor:
-    """Water drops (severities 1-3) or mud (4-5).
+    """Water drops (severities 1-3) or mud (4-5), as the reference.
 
-    The water branch of the reference shapes drops with OpenCV (Canny, distance transform, histogram
-    equalisation); here the drop intensity is approximated by the thresholded, normalised liquid layer.
+    Water: the 8-bit liquid layer times its drop shading (Canny edges, distance transform, histogram
+    equalisation, emboss; see ``_drops``), normalised per image, tinted pale turquoise and added.
     """
     c = [(0.65, 0.3, 4, 0.69, 0.6, 0), (0.65, 0.3, 3, 0.68, 0.6, 0), (0.65, 0.3, 2, 0.68, 0.5, 0),
          (0.65, 0.3, 1, 0.65, 1.5, 1), (0.67, 0.4, 1, 0.65, 1.5, 1)][severity - 1]
@@ -132,9 +132,9 @@ def spatter(x: torch.Tensor, severity: int, generator: torch.Generator | None) -
     liquid = _filters.gaussian_blur(normal((b, 1, h, w), c[0], c[1], x, generator), c[2])
     liquid = torch.where(liquid < c[3], torch.zeros_like(liquid), liquid)
     if c[5] == 0:
-        # calibrated so that the mean PSNR matches the reference's OpenCV-shaped drops (docs/corruptions.md)
-        gain = (0.33, 0.40, 0.49)[severity - 1]
-        m = liquid / liquid.amax(dim=(2, 3), keepdim=True).clamp_min(1e-8) * c[4] * gain
+        liquid_u8 = torch.floor(liquid * 255).remainder_(256)  # numpy's astype(np.uint8) on the float layer
+        m = liquid_u8 * _drops.drop_shading(liquid_u8)
+        m = m / m.amax(dim=(2, 3), keepdim=True).clamp_min(1e-8) * c[4]
         color = torch.tensor([175, 238, 238], device=x.device, dtype=x.dtype).view(1, 3, 1, 1) / 255
         return x + m.to(x.dtype) * color
     m = _filters.gaussian_blur((liquid > c[3]).float(), c[4])
