@@ -19,11 +19,10 @@ import time
 import timm
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 import pit
 from suite.distributed import default_device
-from suite.imagenet_eval import ImageNetFolder, eval_transform, evaluate_topk
+from suite.imagenet_eval import evaluate_topk, imagenet_val_loader
 from suite.io import atomic_write_json
 
 PAPER_MODELS = (
@@ -128,11 +127,9 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, weigh
     }
     if args.data:
         cfg = model.pretrained_cfg
-        dataset = ImageNetFolder(args.data, transform=eval_transform(args.img_size, args.crop_pct,
-                                                                     cfg["mean"], cfg["std"]))
-        loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
-                            pin_memory=device.type == "cuda")
-        row.update(evaluate_topk(model, loader, device, args.amp, args.channels_last, desc=name))
+        loader = imagenet_val_loader(args.data, args.img_size, args.crop_pct, args.batch_size, args.workers, device)
+        row.update(evaluate_topk(model, loader, device, cfg["mean"], cfg["std"], args.amp, args.channels_last,
+                                 desc=name))
     return row
 
 

@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import eval as cli
 import pit
-from suite.imagenet_eval import ImageNetFolder
+from suite.imagenet_eval import imagenet_val_set
 
 
 def test_bench_table_and_json(tmp_path, capsys):
@@ -71,11 +71,25 @@ def test_bench_top1_on_imagenet_folder(tmp_path):
     assert row["images"] == 4 and row["top1"] == pytest.approx(50.0) and row["top5"] == pytest.approx(100.0)
 
 
+def test_bench_skips_unreadable_images(tmp_path):
+    data = _wnid_folder(tmp_path / "val")
+    (data / "n01440764" / "broken.JPEG").write_bytes(b"not a jpeg")
+    torch.save(pit.create_model("pit_ti").state_dict(), tmp_path / "w.pth")
+    out = tmp_path / "bench.json"
+    with pytest.warns(RuntimeWarning, match="unreadable image"):
+        rc = cli.main(["bench", "--models", "pit_ti", "--weights", str(tmp_path / "w.pth"), "--data", str(data),
+                       "--img-size", "64", "--batch-size", "2", "--warmup", "0", "--iters", "1", "--workers", "0",
+                       "--device", "cpu", "--json", str(out)])
+    assert rc == 0
+    assert json.loads(out.read_text())["rows"][0]["images"] == 4
+
+
 def test_imagenet_folder_targets_and_errors(tmp_path, capsys):
     data = _wnid_folder(tmp_path / "val", per_class=1)
-    assert ImageNetFolder(str(data)).targets == [0, 1]
+    assert [label for _, label in imagenet_val_set(data).samples] == [0, 1]
     (tmp_path / "bad" / "cats").mkdir(parents=True)
-    with pytest.raises(ValueError, match="not ImageNet-1k wnids"):
-        ImageNetFolder(str(tmp_path / "bad"))
+    (tmp_path / "bad" / "cats" / "a.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="must be ImageNet wnids"):
+        imagenet_val_set(tmp_path / "bad")
     assert cli.main(["bench", "--models", "pit_ti", "--data", str(data)]) == 1
     assert "--weights" in capsys.readouterr().err
