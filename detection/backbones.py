@@ -16,6 +16,8 @@ transformer backbone. It returns a list of ``(feature (B, C, h, w), mask (B, h, 
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -75,10 +77,14 @@ def build_backbone(name: str, weights: str | None = None, multi_scale: bool = Fa
     """Build a detector backbone from any ``pit.create_model`` name (``pit_s``, ``deit_small_patch16_224``,
     ``resnet50``, …); ``weights`` a local checkpoint (classification head dropped). ResNets get
     frozen batch norm; ``freeze_patch_embed`` stops gradients into the patch embedding/stem."""
-    model = pit.create_model(name, weights=weights, num_classes=0, **kw)
-    if _is_vit(model) and not kw.get("dynamic_img_size"):
+    with torch.device("meta"):  # shapes only: is it a ViT?
+        is_vit = _is_vit(pit.create_model(name, num_classes=0, **kw))
+    if is_vit and not kw.get("dynamic_img_size"):
         # timm resamples a ViT's positional embedding at run time only when built with dynamic_img_size
-        model = pit.create_model(name, weights=weights, num_classes=0, dynamic_img_size=True, dynamic_img_pad=True, **kw)
+        kw = {**kw, "dynamic_img_size": True, "dynamic_img_pad": True}
+    with warnings.catch_warnings():  # a classifier checkpoint's head is expected to go: no warning for it
+        warnings.filterwarnings("ignore", message=r".*dropping the classifier", category=UserWarning)
+        model = pit.create_model(name, weights=weights, num_classes=0, **kw)
     if not hasattr(model, "forward_intermediates") or not hasattr(model, "feature_info"):
         raise ValueError(f"backbone {name!r} lacks timm's forward_intermediates/feature_info contract")
     if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
