@@ -94,22 +94,28 @@ def plot_training_curves(classifiers: dict[str, dict], path: Path) -> Path:
     return path
 
 
-def plot_robustness_bars(summary: dict[str, dict], path: Path) -> Path:
-    """Grouped bars: top-1 % of each model on clean, occluded, attacked and corrupted images."""
+def _grouped_bars(values: dict[str, list[float]], ticks: list[str], path: Path, width_in: float, **axes) -> Path:
+    """One bar group per tick, one bar per model (``values``: model → a value per tick); ``axes`` → ``ax.set``."""
     plt = _pyplot()
-    cols = [(name, key) for name, key in ROBUSTNESS_COLUMNS if "mCE" not in name]
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    width = 0.8 / max(1, len(summary))
-    for i, (label, s) in enumerate(summary.items()):
-        ax.bar([j + i * width for j in range(len(cols))], [s.get(k) or 0.0 for _, k in cols], width, label=label)
-    ax.set_xticks([j + width * (len(summary) - 1) / 2 for j in range(len(cols))], [n.replace(" (", "\n(") for n, _ in cols],
-                  fontsize=8)
-    ax.set(ylabel="top-1 %", ylim=(0, 100), title="Robustness (synthetic set)")
+    fig, ax = plt.subplots(figsize=(width_in, 3.5))
+    width = 0.8 / max(1, len(values))
+    for i, (label, ys) in enumerate(values.items()):
+        ax.bar([j + i * width for j in range(len(ticks))], ys, width, label=label)
+    ax.set_xticks([j + width * (len(values) - 1) / 2 for j in range(len(ticks))], ticks, fontsize=8)
+    ax.set(**axes)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_robustness_bars(summary: dict[str, dict], path: Path) -> Path:
+    """Grouped bars: top-1 % of each model on clean, occluded, attacked and corrupted images."""
+    cols = [(name, key) for name, key in ROBUSTNESS_COLUMNS if "mCE" not in name]
+    values = {label: [s.get(k) or 0.0 for _, k in cols] for label, s in summary.items()}
+    return _grouped_bars(values, [n.replace(" (", "\n(") for n, _ in cols], path, 8, ylabel="top-1 %",
+                         ylim=(0, 100), title="Robustness (synthetic set)")
 
 
 def plot_mean_severity(records: list[dict], labels: list[str], path: Path) -> Path:
@@ -134,20 +140,11 @@ def plot_mean_severity(records: list[dict], labels: list[str], path: Path) -> Pa
 
 
 def plot_detection_bars(detection: dict[str, dict], path: Path) -> Path:
-    plt = _pyplot()
+    """Grouped bars: COCO AP % of each backbone (AP, AP50, ...; COCOeval's -1 drawn as 0)."""
     cols = [(n, k) for n, k in DETECTION_COLUMNS if k != "fps"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    width = 0.8 / max(1, len(detection))
-    for i, (label, stats) in enumerate(detection.items()):
-        ax.bar([j + i * width for j in range(len(cols))], [max(0.0, stats.get(k) or 0.0) for _, k in cols], width,
-               label=label)
-    ax.set_xticks([j + width * (len(detection) - 1) / 2 for j in range(len(cols))], [n for n, _ in cols])
-    ax.set(ylabel="COCO AP %", title="Detection (synthetic COCO-format set)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    values = {label: [max(0.0, stats.get(k) or 0.0) for _, k in cols] for label, stats in detection.items()}
+    return _grouped_bars(values, [n for n, _ in cols], path, 6, ylabel="COCO AP %",
+                         title="Detection (synthetic COCO-format set)")
 
 
 def write_demo_report(out: Path, *, config, models, data: dict, classifiers: dict[str, dict], robustness: dict,
