@@ -79,6 +79,15 @@ def _pyplot():
     return plt
 
 
+def _save(fig, ax, path: Path) -> Path:
+    """Legend, tight layout, write the PNG, free the figure."""
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_training_curves(classifiers: dict[str, dict], path: Path) -> Path:
     """Validation top-1 per epoch of each classifier (from its ``log.jsonl``)."""
     plt = _pyplot()
@@ -87,11 +96,7 @@ def plot_training_curves(classifiers: dict[str, dict], path: Path) -> Path:
         log = list(read_jsonl(Path(result["checkpoint"]).parent / "log.jsonl"))
         ax.plot([r["epoch"] + 1 for r in log], [r["top1"] for r in log], marker="o", label=label)
     ax.set(xlabel="epoch", ylabel="val top-1 %", title="Classifier training (synthetic set)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def _grouped_bars(values: dict[str, list[float]], ticks: list[str], path: Path, width_in: float, **axes) -> Path:
@@ -103,11 +108,7 @@ def _grouped_bars(values: dict[str, list[float]], ticks: list[str], path: Path, 
         ax.bar([j + i * width for j in range(len(ticks))], ys, width, label=label)
     ax.set_xticks([j + width * (len(values) - 1) / 2 for j in range(len(ticks))], ticks, fontsize=8)
     ax.set(**axes)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def plot_robustness_bars(summary: dict[str, dict], path: Path) -> Path:
@@ -132,11 +133,7 @@ def plot_mean_severity(records: list[dict], labels: list[str], path: Path) -> Pa
         ys = clean[:1] + [sum(by_sev[s]) / len(by_sev[s]) for s in sorted(by_sev)]
         ax.plot(xs, ys, marker="o", label=label)
     ax.set(xlabel="severity (0 = clean)", ylabel="top-1 % (mean over corruptions)", title="Common corruptions")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def plot_detection_bars(detection: dict[str, dict], path: Path) -> Path:

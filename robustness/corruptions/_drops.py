@@ -110,7 +110,8 @@ def equalize_hist(x: torch.Tensor) -> torch.Tensor:
     total = v.shape[1]
     first = (hist > 0).to(torch.int8).argmax(1, keepdim=True)
     first_count = hist.gather(1, first)
-    cdf = hist.cumsum(1) - hist.cumsum(1).gather(1, first)
+    cumulative = hist.cumsum(1)
+    cdf = cumulative - cumulative.gather(1, first)
     scale = 255.0 / (total - first_count).clamp_min(1)
     lut = (cdf * scale).round().clamp_(0, 255)
     lut = torch.where(first_count == total, first.to(lut.dtype).expand_as(lut), lut)  # flat image: unchanged
