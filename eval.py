@@ -17,11 +17,11 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "bench": ("suite.bench", "Parameters, GMACs and throughput of models side by side with the PiT paper's table."),
+    "bench": ("classification.bench", "Parameters, GMACs and throughput of models side by side with the PiT paper's table."),
     "robustness": ("robustness.cli", "Robustness evaluation: clean, ImageNet-C/A/R, occlusion, FGSM/PGD; mCE reports."),
     "detection": ("detection.cli", "Object detection on COCO-format data: train, eval, compare backbones."),
-    "train-classifier": ("suite.train_classifier", "Train a small classifier on an ImageFolder with timm's recipe pieces."),
-    "demo": ("suite.demo", "Run the whole suite end to end on generated data and write a report."),
+    "train-classifier": ("classification.train", "Train a small classifier on an ImageFolder with timm's recipe pieces."),
+    "demo": ("demo.pipeline", "Run the whole suite end to end on generated data and write a report."),
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from suite.io import atomic_write_text, read_jsonl
+from common.io import atomic_write_text, read_jsonl
 
 COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
-from suite.distributed import all_reduce_sum, get_world_size
+from common.distributed import all_reduce_sum, get_world_size
 
 
 def detr_weight_dict(num_decoder_layers: int, cls: float = 1.0, bbox: float = 5.0, giou: float = 2.0) -> dict[str, float]:

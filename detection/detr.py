@@ -64,7 +64,7 @@ def build_detr(*, backbone: str, num_classes: int, backbone_weights: str | None 
                hidden_dim: int = 256, nheads: int = 8, enc_layers: int = 6, dec_layers: int = 6,
                dim_feedforward: int = 2048, dropout: float = 0.1, pre_norm: bool = False, num_queries: int = 100,
                aux_loss: bool = True, **backbone_kw) -> DETR:
-    """DETR with DESIGN.md's defaults; every size is a keyword so tests can build tiny models."""
+    """DETR with the official DETR defaults (docs/detection.md); every size is a keyword so tests can build tiny models."""
     if num_classes < 1:
         raise ValueError(f"num_classes must be ≥ 1, got {num_classes}")
     if hidden_dim % 2 or hidden_dim % nheads:

@@ -26,8 +26,8 @@ from tqdm import tqdm
 from detection.build import build_criterion, build_detector, build_postprocessor
 from detection.coco_eval import CocoEvaluator
 from detection.data import CocoDetection, collate, make_transforms
-from suite.distributed import all_gather_objects, all_reduce_sum, get_rank, get_world_size, init_distributed, is_distributed, is_main_process
-from suite.io import append_jsonl, atomic_torch_save, atomic_write_json
+from common.distributed import all_gather_objects, all_reduce_sum, get_rank, get_world_size, init_distributed, is_distributed, is_main_process
+from common.io import append_jsonl, atomic_torch_save, atomic_write_json
 
 PRINTED = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 

@@ -12,7 +12,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from robustness.runner import ModelSpec, run_robustness
-from suite.distributed import cleanup_distributed, is_main_process
+from common.distributed import cleanup_distributed, is_main_process
 
 
 def parse_fraction(text: str) -> float:

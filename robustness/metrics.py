@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import torch
 
-from suite.distributed import all_reduce_sum
+from common.distributed import all_reduce_sum
 
 # AlexNet top-1 error per corruption, the mean over severities 1-5 (Hendrycks & Dietterich 2019).
 ALEXNET_ERRORS: dict[str, float] = {

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from robustness import metrics
-from suite.io import atomic_write_text
+from common.io import atomic_write_text
 
 SUMMARY_KEYS = ("clean_top1", "clean_top5", "mCE", "relative_mCE", "mean_corruption_error", "corruption_top1",
                 "fgsm_top1", "pgd_top1", "occlusion_top1", "occlusion_random_top1", "imagenet_a_top1", "imagenet_r_top1")

@@ -28,8 +28,8 @@ from robustness import datasets as ds
 from robustness import occlusion as occ
 from robustness.metrics import reduce_counts, topk_correct
 from robustness.report import summarize, write_report
-from suite import io
-from suite.distributed import all_gather_objects, barrier, get_rank, get_world_size, init_distributed, is_main_process
+from common import io
+from common.distributed import all_gather_objects, barrier, get_rank, get_world_size, init_distributed, is_main_process
 
 ATTACKS = ("fgsm", "pgd")
 OCCLUSIONS = {"occlusion_center": "centred square, half of each side (25% of the area), zero fill",

@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import eval as cli
 import pit
-from suite.imagenet_eval import imagenet_val_set
+from classification.evaluate import imagenet_val_set
 
 
 def test_bench_table_and_json(tmp_path, capsys):

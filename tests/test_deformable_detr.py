@@ -165,7 +165,7 @@ def _load_coco_tensors(ann_file: str, image_dir: str):
 def test_overfits_a_handful_of_images(tmp_path):
     from pycocotools.cocoeval import COCOeval
 
-    from suite.synthetic import DetectionSpec, detection_paths, make_detection
+    from common.synthetic import DetectionSpec, detection_paths, make_detection
 
     torch.manual_seed(0)
     paths = detection_paths(make_detection(tmp_path, DetectionSpec(num_train=4, num_val=1, img_size=64, max_objects=2)))

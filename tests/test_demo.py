@@ -7,7 +7,7 @@ import re
 import pytest
 
 import eval as eval_cli
-from suite.demo import DEMO_MODELS
+from demo.pipeline import DEMO_MODELS
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +88,7 @@ def test_rerun_reuses_finished_stages(demo_run, capsys):
 
 
 def test_output_folder_of_another_configuration_is_refused(tmp_path):
-    from suite.demo import run_demo
+    from demo.pipeline import run_demo
 
     (tmp_path / "stages.json").write_text(json.dumps({"config": "other", "stages": {"data": {"result": {}, "seconds": 1}}}))
     with pytest.raises(ValueError, match="other settings"):

@@ -1,4 +1,4 @@
-"""`detection train --preset paper` resolves to the PiT paper's Deformable DETR recipe (DESIGN.md)."""
+"""`detection train --preset paper` resolves to the PiT paper's Deformable DETR recipe (docs/deformable.md)."""
 from __future__ import annotations
 
 import inspect

@@ -111,7 +111,7 @@ def _distributed_worker(rank, world, port, val, a_dir, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from suite.distributed import cleanup_distributed
+    from common.distributed import cleanup_distributed
 
     result = run_robustness([MODEL], val, out, **dict(FAST, imagenet_a=a_dir, attacks=["fgsm"], occlusion=True))
     if rank == 0:

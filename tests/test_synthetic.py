@@ -11,7 +11,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torchvision.datasets import ImageFolder
 
-from suite import synthetic
+from common import synthetic
 
 CLS = synthetic.ClassificationSpec(num_classes=10, train_per_class=3, val_per_class=2, img_size=48, seed=1)
 DET = synthetic.DetectionSpec(num_train=24, num_val=6, img_size=80, max_objects=4, seed=1)

@@ -7,8 +7,8 @@ from torch.nn import functional as F
 
 import eval as eval_cli
 import pit
-from suite import synthetic
-from suite.train_classifier import DistillationLoss, build_loaders, evaluate, train_classifier
+from common import synthetic
+from classification.train import DistillationLoss, build_loaders, evaluate, train_classifier
 
 MODEL = "deit_tiny_patch16_224"
 KW = {"depth": 1}
@@ -48,7 +48,7 @@ def test_training_writes_a_checkpoint_that_pit_create_model_loads(trained, data)
 
 def test_resume_continues_exactly(trained, data, tmp_path, monkeypatch):
     reference, _ = trained
-    import suite.train_classifier as tc
+    import classification.train as tc
 
     calls = {"n": 0}
     real_evaluate = tc.evaluate

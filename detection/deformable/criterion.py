@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
 
-from suite.distributed import all_reduce_sum, get_world_size
+from common.distributed import all_reduce_sum, get_world_size
 
 
 def _matched_indices(indices: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:

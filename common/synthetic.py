@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from suite.io import atomic_write_json
+from common.io import atomic_write_json
 
 GENERATOR_VERSION = 3  # bump whenever the drawing changes: cached sets are keyed by it
 SHAPES = ("circle", "square", "triangle", "cross", "ring")

@@ -26,8 +26,8 @@ from typing import Any, Callable
 
 import torch
 
-from suite import synthetic
-from suite.io import atomic_write_json
+from common import synthetic
+from common.io import atomic_write_json
 
 # (report label, pit.create_model name, extra model kwargs): matched-cost pair, as in the paper's Table 1.
 DEMO_MODELS: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -116,7 +116,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, device: str 
     ``config`` overrides the preset chosen by ``quick``; ``cache`` is the synthetic-data cache
     (default ``$PIT_SUITE_CACHE`` or ``.cache/pit-suite``).
     """
-    from suite.distributed import default_device
+    from common.distributed import default_device
 
     config = config or (QUICK_CONFIG if quick else DEFAULT_CONFIG)
     device = str(torch.device(device) if device is not None else default_device())
@@ -138,7 +138,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, device: str 
         config, data["detection"], classifiers[label]["checkpoint"], out / "detection" / label, name, device,
         progress)) for label, name, _ in DEMO_MODELS}
 
-    from suite.demo_report import write_demo_report
+    from demo.report import write_demo_report
 
     report = write_demo_report(out, config=config, models=DEMO_MODELS, data=data, classifiers=classifiers,
                                robustness=robustness, detection=detection, stage_seconds=stages.seconds(),
@@ -148,7 +148,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, device: str 
 
 
 def _train(config: DemoConfig, data: str, out: Path, name: str, kwargs: dict, device: str, progress: bool) -> dict:
-    from suite.train_classifier import train_classifier
+    from classification.train import train_classifier
 
     result = train_classifier(model=name, data=data, out=out, epochs=config.epochs, batch_size=config.batch_size,
                               img_size=config.img_size, lr=config.lr, warmup_epochs=min(1.0, config.epochs / 4),

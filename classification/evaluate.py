@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from robustness.datasets import ImageFolderSet, build_class_index, make_loader, to_float
+from classification.data import ImageFolderSet, build_class_index, make_loader, to_float
 
 __all__ = ["imagenet_val_set", "imagenet_val_loader", "evaluate_topk"]
 

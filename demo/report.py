@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from suite.io import atomic_write_text, read_jsonl
+from common.io import atomic_write_text, read_jsonl
 
 REAL_DATA_COMMANDS = """\
 ```bash

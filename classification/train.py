@@ -42,8 +42,8 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 import pit
-from suite.distributed import default_device
-from suite.io import append_jsonl, atomic_torch_save
+from common.distributed import default_device
+from common.io import append_jsonl, atomic_torch_save
 
 CHECKPOINT_NAME = "checkpoint.pth"
 # Arguments that must agree between a checkpoint and a resumed run (others, e.g. num_workers, may change).
@@ -58,7 +58,7 @@ def build_loaders(data: str | os.PathLike, img_size: int, batch_size: int, mean,
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise FileNotFoundError(f"{root / split} not found: --data must be an ImageFolder root with train/ and val/ "
-                                    "class folders (e.g. made by suite.synthetic.make_classification)")
+                                    "class folders (e.g. made by common.synthetic.make_classification)")
     normalise = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
     train_tf = v2.Compose([v2.PILToTensor(), v2.RGB(), v2.RandomResizedCrop(img_size, scale=(0.5, 1.0), antialias=True),
                            v2.RandomHorizontalFlip(), *normalise])
@@ -167,7 +167,7 @@ def train_classifier(*, model: str, data: str | os.PathLike, out: str | os.PathL
     train_dir = Path(data) / "train"
     if not train_dir.is_dir():
         raise FileNotFoundError(f"{train_dir} not found: --data must be an ImageFolder root with train/ and val/ "
-                                "class folders (e.g. made by suite.synthetic.make_classification)")
+                                "class folders (e.g. made by common.synthetic.make_classification)")
     num_classes = len(datasets.folder.find_classes(str(train_dir))[0])
     torch.manual_seed(seed)
     net = pit.create_model(model, weights=weights, num_classes=num_classes, img_size=img_size, **model_kwargs)

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 import pit
-from suite.distributed import default_device
-from suite.imagenet_eval import evaluate_topk, imagenet_val_loader
-from suite.io import atomic_write_json
+from common.distributed import default_device
+from classification.evaluate import evaluate_topk, imagenet_val_loader
+from common.io import atomic_write_json
 
 PAPER_MODELS = (
     "deit_tiny_patch16_224", "pit_ti", "pit_xs", "deit_small_patch16_224", "pit_s", "deit_base_patch16_224", "pit_b",

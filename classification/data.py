@@ -1,0 +1,138 @@
+"""Image-folder classification data: ImageNet-style ``<root>/<class>/<image>`` sets.
+
+Class indices come from timm's ImageNet synsets (``class_map="imagenet"``) or from the sorted folder
+names of the clean set (``class_map="folder"``, for custom or generated sets). Images are decoded once
+with PIL, converted to RGB, resized and centre-cropped like timm's eval transform and returned as uint8
+(3,H,W) tensors; batches are turned into float [0,1] on the device by ``to_float``. An unreadable image
+is reported and skipped. The robustness suite reads ImageNet-C/A/R through these classes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from PIL import Image
+from timm.data import ImageNetInfo
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision.transforms import InterpolationMode, v2
+
+from common.distributed import get_rank, get_world_size, is_distributed
+
+IMG_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+
+
+def class_folders(root: str | os.PathLike) -> list[str]:
+    """Sorted class-folder names under ``root``; clear errors for a missing or folder-less root."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {root} does not exist")
+    names = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not names:
+        raise ValueError(f"{root} has no class folders: expected an ImageFolder layout <root>/<class>/<image>")
+    return names
+
+
+def build_class_index(class_map: str, clean_root: str | os.PathLike) -> dict[str, int]:
+    """Folder name → class index: timm's 1000 ImageNet wnids, or the clean set's sorted folders."""
+    if class_map == "imagenet":
+        return {wnid: i for i, wnid in enumerate(ImageNetInfo().label_names())}
+    if class_map == "folder":
+        return {name: i for i, name in enumerate(class_folders(clean_root))}
+    raise ValueError(f"unknown class_map {class_map!r}: use 'imagenet' or 'folder'")
+
+
+def eval_transform(img_size: int, crop_pct: float) -> v2.Compose:
+    """timm's eval transform on a PIL image: resize the short side to floor(img_size / crop_pct)
+    (bicubic), centre-crop img_size, → uint8 (3, img_size, img_size)."""
+    return v2.Compose([
+        v2.Resize(math.floor(img_size / crop_pct), interpolation=InterpolationMode.BICUBIC, antialias=True),
+        v2.CenterCrop(img_size),
+        v2.PILToTensor(),
+    ])
+
+
+class ImageFolderSet(Dataset):
+    """Images of ``root/<class>/*`` labelled through ``class_index``.
+
+    ``limit`` keeps an evenly spaced subset (spread over the classes). ``classes`` is the sorted list
+    of class indices present: for ImageNet-A/R (200 classes) logits are masked to these.
+    Items are ``(uint8 image (3,S,S), label, index)``, or ``None`` for an unreadable file.
+    """
+
+    def __init__(self, root: str | os.PathLike, class_index: dict[str, int], img_size: int, crop_pct: float,
+                 limit: int | None = None) -> None:
+        self.root = Path(root)
+        folders = class_folders(self.root)
+        unknown = [f for f in folders if f not in class_index]
+        if unknown:
+            hint = ("folder names must be ImageNet wnids (e.g. n01440764); for a custom set use "
+                    "class_map='folder' (--class-map folder)" if len(class_index) == 1000 and "n01440764" in class_index
+                    else "every class folder must also exist in the clean --data set")
+            raise ValueError(f"{self.root}: unknown class folder(s) {unknown[:5]}{'...' if len(unknown) > 5 else ''}; {hint}")
+        samples = []
+        for folder in folders:
+            files = sorted(f for f in (self.root / folder).iterdir() if f.suffix.lower() in IMG_EXTENSIONS)
+            samples += [(str(f), class_index[folder]) for f in files]
+        if not samples:
+            raise ValueError(f"{self.root}: no images found (extensions {', '.join(IMG_EXTENSIONS)})")
+        if limit is not None and limit < len(samples):
+            if limit <= 0:
+                raise ValueError(f"limit must be positive, got {limit}")
+            samples = [samples[i * len(samples) // limit] for i in range(limit)]
+        self.samples = samples
+        self.classes = sorted({class_index[f] for f in folders})
+        self.transform = eval_transform(img_size, crop_pct)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int] | None:
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")  # L, LA, P, RGBA, CMYK, I;16 ... → RGB
+                return self.transform(img), label, index
+        except (OSError, ValueError, SyntaxError) as err:
+            warnings.warn(f"skipping unreadable image {path}: {err}", RuntimeWarning, stacklevel=2)
+            return None
+
+
+def skip_none_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack (image, label, index) items, dropping unreadable ones → uint8 (B,3,S,S), int64 (B,), int64 (B,)."""
+    batch = [item for item in batch if item is not None]
+    if not batch:
+        return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
+    images, labels, indices = zip(*batch)
+    return torch.stack(images), torch.tensor(labels), torch.tensor(indices)
+
+
+class ShardSampler(DistributedSampler):
+    """``DistributedSampler`` without padding: rank r gets indices r, r+W, r+2W, ... in order, so every
+    image is counted exactly once and totals summed over processes are exact."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        super().__init__(dataset, num_replicas=get_world_size(), rank=get_rank(), shuffle=False, drop_last=False)
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
+
+
+def make_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
+    """Ordered loader over this process's shard (all images when not distributed)."""
+    sampler = ShardSampler(dataset) if is_distributed() else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers,
+                      pin_memory=pin_memory, collate_fn=skip_none_collate, persistent_workers=False)
+
+
+def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (B,3,H,W) batch → float32 [0,1] on ``device`` (converted after the transfer)."""
+    return images.to(device, non_blocking=True).float().div_(255)
+
+

@@ -1,0 +1,1 @@
+"""The embedded default: generated data, the end-to-end demo pipeline over every suite, its report."""
