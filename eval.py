@@ -8,13 +8,33 @@
     python eval.py demo               # everything end to end on generated data, on a CPU, in minutes
 
 Each subcommand lives in its own module, which defines ``add_arguments(parser)`` and
-``main(args) -> int``; this file only parses arguments and dispatches.
+``main(args) -> int``; this file only parses arguments and dispatches. Errors end with one line and an
+exit code: 2 for bad input (a path, a file, an option), 1 for runtime faults (a full disk, a failing
+device), 130 for Ctrl-C; ``--debug`` shows the full traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+
+MENU = """usage: python eval.py COMMAND [options]     (python eval.py COMMAND -h for every option)
+
+  demo              everything end to end on generated data, on a CPU, in minutes
+                      python eval.py demo
+  robustness        clean, ImageNet-C/A/R, occlusion, FGSM/PGD, background challenge
+                      python eval.py robustness --model pit_s
+  detection         DETR / Deformable DETR on COCO: train | eval | convert | compare
+                      python eval.py detection train --backbone pit_s
+  bench             the paper's ImageNet table: params, GMACs, img/s (+ top-1 with --data)
+                      python eval.py bench --models pit_s deit_small_patch16_224
+  train-classifier  train a small classifier on an ImageFolder with timm's recipe pieces
+                      python eval.py train-classifier --model pit_ti --data DIR
+
+Without a dataset each command runs on the built-in generated data and says so."""
+
+BAD_INPUT = (ValueError, KeyError, LookupError, FileNotFoundError, FileExistsError, IsADirectoryError,
+             NotADirectoryError, PermissionError)
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("classification.bench", "Parameters, GMACs and throughput of models side by side with the PiT paper's table."),
@@ -49,19 +69,21 @@ def main(argv: list[str] | None = None) -> int:
     parser, modules = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
+        print(MENU)
         return 2
     try:
         return int(modules[args.command].main(args) or 0)
     except KeyboardInterrupt:
         print("\ninterrupted: finished work is saved; run the same command again to resume.", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as err:
+    except (*BAD_INPUT, OSError, RuntimeError) as err:
         if getattr(args, "debug", False):
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError's str() adds quotes
-        print(f"error: {message}", file=sys.stderr)
-        return 1
+        if isinstance(err, OSError) and err.strerror and err.filename and str(err.filename) not in str(message):
+            message = f"{err.filename}: {err.strerror}"
+        print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+        return 2 if isinstance(err, BAD_INPUT) else 1
 
 
 if __name__ == "__main__":

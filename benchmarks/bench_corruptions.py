@@ -1,4 +1,4 @@
-"""Time all 19 corruptions x 5 severities: robustness.corruptions (batched) vs imagecorruptions (per image).
+"""Time all 19 corruptions x 5 severities: corruptions (batched) vs imagecorruptions (per image).
 
     python benchmarks/bench_corruptions.py [--batch 32] [--ref-images 4] [--device cpu] [--threads 2]
 
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from robustness.corruptions import ALL_CORRUPTIONS, corrupt  # noqa: E402
+from corruptions import ALL_CORRUPTIONS, corrupt  # noqa: E402
 from tests.imagecorruptions_ref import load_reference, reference_corrupt  # noqa: E402
 
 

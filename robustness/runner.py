@@ -170,7 +170,7 @@ def run_robustness(models: list[ModelSpec], data: str, out: str, *, class_map: s
 
 def resolve_corruptions(corruptions: list[str] | str) -> list[str]:
     """'all' → the 15 ImageNet-C corruptions; 'extra' → the 4 extra ones; or explicit names (validated)."""
-    from robustness.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS
+    from corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS
 
     names = [corruptions] if isinstance(corruptions, str) else list(corruptions)
     out: list[str] = []
@@ -236,7 +236,7 @@ def _apply_variant(cell: Cell, images: torch.Tensor, labels: torch.Tensor, ctx: 
                    generator: torch.Generator) -> torch.Tensor:
     """The input the model sees for this cell: float (B,3,H,W) in [0,1]."""
     if on_the_fly:
-        from robustness.corruptions import corrupt
+        from corruptions import corrupt
 
         return corrupt(images, cell.corruption, cell.severity, generator=generator)
     if cell.variant == "clean":

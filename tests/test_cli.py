@@ -31,7 +31,7 @@ def test_every_subcommand_has_help(command, capsys):
 def test_bad_input_gives_one_clear_error(argv, expected, capsys, tmp_path):
     argv = [str(tmp_path / a) if a in ("OUT", "DATA") else a for a in argv]
     (tmp_path / "DATA").mkdir()
-    assert entry.main(argv) == 1
+    assert entry.main(argv) == 2  # bad input
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and expected in err and "Traceback" not in err
     assert len(err.splitlines()) == 1

@@ -1,11 +1,11 @@
-"""The spatter drop-shading steps (``robustness.corruptions._drops``) against OpenCV itself."""
+"""The spatter drop-shading steps (``corruptions._drops``) against OpenCV itself."""
 
 import numpy as np
 import pytest
 import torch
 
-from robustness.corruptions import _drops
-from robustness.corruptions._filters import gaussian_blur
+from corruptions import _drops
+from corruptions._filters import gaussian_blur
 
 cv2 = pytest.importorskip("cv2", reason="OpenCV (installed with imagecorruptions) is the reference")
 

@@ -1,9 +1,9 @@
-"""Contract tests for robustness.corruptions: shape, range, dtype, device, determinism, errors."""
+"""Contract tests for corruptions: shape, range, dtype, device, determinism, errors."""
 
 import pytest
 import torch
 
-from robustness.corruptions import ALL_CORRUPTIONS, CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt
+from corruptions import ALL_CORRUPTIONS, CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt
 
 DETERMINISTIC = {"brightness", "contrast", "saturate", "defocus_blur", "gaussian_blur", "zoom_blur", "pixelate",
                  "jpeg_compression"}

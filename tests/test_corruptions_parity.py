@@ -1,4 +1,4 @@
-"""Parity of robustness.corruptions with the reference ``imagecorruptions`` on real photographs.
+"""Parity of corruptions with the reference ``imagecorruptions`` on real photographs.
 
 Deterministic corruptions: mean absolute difference <= 2/255 per severity. Random ones: mean PSNR against
 the clean image within 0.5 dB of the reference's, severity by severity (fixed seeds on both sides).
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from robustness.corruptions import ALL_CORRUPTIONS, corrupt
+from corruptions import ALL_CORRUPTIONS, corrupt
 from tests.imagecorruptions_ref import load_reference, reference_corrupt
 
 REF = load_reference()
@@ -82,7 +82,7 @@ def _paired_check(ours: torch.Tensor, ref: torch.Tensor, clean: torch.Tensor, na
 
 def test_spatter_matches_reference_on_same_draws(monkeypatch):
     """Our spatter fed the reference's liquid-layer noise (its only random draw) gives the same images."""
-    from robustness.corruptions import weather
+    from corruptions import weather
 
     def numpy_normal(shape, mean, std, like, generator):
         return torch.from_numpy(np.stack([np.random.normal(size=shape[2:], loc=mean, scale=std)
@@ -104,7 +104,7 @@ def test_frost_matches_reference_on_same_draws(monkeypatch):
     ``weather.frost`` draws one uniform per image for the photo (floor(5u)) and two per image for the crop
     (floor(u * range)); the patch returns the values that land on the reference's integers.
     """
-    from robustness.corruptions import weather
+    from corruptions import weather
 
     size = 128
     photos = _photos(size)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FLOOR = {"pit": 0, "common": 1, "classification": 2, "detection": 2, "robustness": 2, "demo": 3, "eval": 4}
+FLOOR = {"pit": 0, "common": 1, "corruptions": 1, "classification": 2, "detection": 2, "robustness": 2, "demo": 3, "eval": 4}
 NEVER = {("detection", "robustness"), ("robustness", "detection"), ("classification", "robustness"),
          ("classification", "detection"), ("detection", "classification")}
 SIDEWAYS = {("robustness", "classification")}

@@ -49,9 +49,9 @@ def test_ce_needs_all_five_severities():
 def test_alexnet_baselines_cover_the_15_corruptions():
     assert len(metrics.ALEXNET_ERRORS) == 15 and metrics.ALEXNET_CLEAN_ERROR == 0.4345
     try:
-        from robustness.corruptions import CORRUPTIONS
+        from corruptions import CORRUPTIONS
     except ImportError:
-        pytest.skip("robustness.corruptions not available")
+        pytest.skip("corruptions not available")
     assert list(metrics.ALEXNET_ERRORS) == list(CORRUPTIONS)
 
 

@@ -1,0 +1,36 @@
+"""The suite's one mixed-precision policy, for every command and device.
+
+CUDA: bfloat16 where the GPU supports it, else float16 (with a ``GradScaler`` for training); CPU:
+bfloat16; other devices: autocast off. ``enabled=False`` (``--no-amp``) always means full fp32.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def amp_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype for ``device``, or None where the suite runs in fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device | str, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` with the suite's dtype for ``device``; a no-op context when disabled."""
+    device = torch.device(device)
+    dtype = amp_dtype(device) if enabled else None
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device | str, enabled: bool = True) -> torch.amp.GradScaler:
+    """A ``GradScaler`` that is active only when the policy picks float16 (bfloat16 needs none)."""
+    device = torch.device(device)
+    active = enabled and amp_dtype(device) is torch.float16
+    return torch.amp.GradScaler(device.type, enabled=active)
