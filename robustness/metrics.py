@@ -1,4 +1,4 @@
-"""Top-k counts and ImageNet-C error metrics (CE, mCE, relative mCE) with the AlexNet baselines.
+"""Exact count reduction and ImageNet-C error metrics (CE, mCE, relative mCE) with the AlexNet baselines.
 
 Error rates are fractions in [0, 1]; CE values are ratios (multiply by 100 for the usual "mCE 76.7").
 """
@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 import torch
 
+from classification.metrics import topk_correct  # noqa: F401  (the suite's one top-k)
 from common.distributed import all_reduce_sum
 
 # AlexNet top-1 error per corruption, the mean over severities 1-5 (Hendrycks & Dietterich 2019).
@@ -18,18 +19,6 @@ ALEXNET_ERRORS: dict[str, float] = {
     "elastic_transform": 0.646056, "pixelate": 0.717840, "jpeg_compression": 0.606500,
 }
 ALEXNET_CLEAN_ERROR = 0.4345
-
-
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> torch.Tensor:
-    """Number of samples whose label is among the top-k logits, for each k.
-
-    logits (B, K) (masked classes set to -inf beforehand), labels (B,) int64 → int64 tensor (len(ks),)
-    on the logits' device. k larger than K is clamped to K.
-    """
-    maxk = min(max(ks), logits.shape[1])
-    pred = logits.topk(maxk, dim=1).indices  # (B, maxk)
-    hit = pred.eq(labels[:, None])
-    return torch.stack([hit[:, : min(k, maxk)].any(dim=1).sum() for k in ks]).to(torch.int64)
 
 
 def reduce_counts(counts: torch.Tensor) -> torch.Tensor:
