@@ -92,8 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (and after the last)")
     r.add_argument("--no-progress", action="store_true")
 
-    e = sub.add_parser("eval", help="COCO bbox mAP, FPS and visualisations of a checkpoint")
-    e.add_argument("--checkpoint", required=True)
+    e = sub.add_parser("eval", help="COCO bbox mAP, FPS and visualisations of a checkpoint; COCO-C with --corruptions")
+    e.add_argument("--checkpoint", required=True, nargs="+",
+                   help="checkpoint to evaluate (several with --corruptions: one mPC/rPC comparison table)")
     _data_args(e, train=False)
     e.add_argument("--out", required=True)
     e.add_argument("--batch-size", type=int, default=2)
@@ -101,6 +102,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--device")
     e.add_argument("--save-vis", type=int, default=0, metavar="N", help="draw predictions vs ground truth on N images")
     e.add_argument("--no-progress", action="store_true")
+    cc = e.add_argument_group("COCO-C (docs/detection.md): clean + every corruption x severity cell, mPC and rPC")
+    cc.add_argument("--corruptions", help="'all' (the 15 ImageNet-C corruptions) or names, e.g. fog,snow")
+    cc.add_argument("--severities", default="1-5", help="e.g. 1-5 (default) or 1,3,5")
+    cc.add_argument("--seed", type=int, default=0, help="corruption seed (per image and cell; default 0)")
 
     c = sub.add_parser("compare", help="markdown table + plot of several run folders")
     c.add_argument("--runs", nargs="+", required=True)
@@ -130,8 +135,18 @@ def main(args: argparse.Namespace) -> int:
         return 0
     from detection.engine import evaluate_checkpoint, train_detector
 
+    if args.action == "eval" and args.corruptions:
+        from detection.coco_c import run_coco_c
+
+        paths = _paths(args, train=False)
+        run_coco_c(args.checkpoint, None, args.out, args.corruptions, args.severities, args.seed, args.device,
+                   **paths, batch_size=args.batch_size, num_workers=args.num_workers, progress=not args.no_progress)
+        return 0
     if args.action == "eval":
-        evaluate_checkpoint(args.checkpoint, **_paths(args, train=False), out=args.out, device=args.device,
+        if len(args.checkpoint) > 1:
+            raise ValueError("several --checkpoint values need --corruptions (a COCO-C comparison); "
+                             "to compare clean runs use: detection compare --runs")
+        evaluate_checkpoint(args.checkpoint[0], **_paths(args, train=False), out=args.out, device=args.device,
                             batch_size=args.batch_size, num_workers=args.num_workers, save_vis=args.save_vis,
                             progress=not args.no_progress)
         return 0

@@ -1,0 +1,74 @@
+"""COCO-C results as markdown (clean AP, mPC, rPC, corruption × severity AP table), a plot of AP vs
+severity per corruption, and a comparison table of several detectors. AP values come in [0, 1] and
+are shown in % like the benchmark paper."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from common.io import atomic_write_text
+
+PLOT_FILE = "coco_c_ap.png"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def cell_table(result: dict, names: Sequence[str], severities: Sequence[int]) -> str:
+    """Markdown: one row per corruption, one column per severity, and the corruption's mean AP."""
+    ap = {(c["corruption"], c["severity"]): c["AP"] for c in result["cells"]}
+    per = result.get("corruption_ap") or {}
+    lines = ["| corruption | " + " | ".join(f"s{s}" for s in severities) + " | mean |",
+             "|---|" + "---|" * (len(severities) + 1)]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(_pct(ap.get((name, s))) for s in severities) + f" | {_pct(per.get(name))} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: str | Path, result: dict, names: Sequence[str], severities: Sequence[int]) -> None:
+    """``out/report.md`` and ``out/coco_c_ap.png`` of one checkpoint's COCO-C result."""
+    out = Path(out)
+    cells = len(names) * len(severities)
+    head = [f"# COCO-C: {result['checkpoint']}", "",
+            f"clean AP **{_pct(result.get('clean_ap'))}** · mPC **{_pct(result.get('mpc'))}** · "
+            f"rPC **{_pct(result.get('rpc'))} %** (mPC over {cells} cells: {len(names)} corruptions × severities "
+            f"{', '.join(map(str, severities))}; the benchmark's mPC uses all 15 × 5), seed {result['options']['seed']}.",
+            "", "AP (%) per corruption and severity:", ""]
+    atomic_write_text(out / "report.md", "\n".join(head) + cell_table(result, names, severities) +
+                      f"\n![AP vs severity]({PLOT_FILE})\n")
+    plot_ap(out / PLOT_FILE, result, names, severities)
+
+
+def plot_ap(path: Path, result: dict, names: Sequence[str], severities: Sequence[int]) -> None:
+    """AP vs severity, one line per corruption, the clean AP as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ap = {(c["corruption"], c["severity"]): c["AP"] for c in result["cells"]}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in names:
+        ax.plot(severities, [100 * ap.get((name, s), float("nan")) for s in severities], marker="o", label=name)
+    if result.get("clean_ap") is not None:
+        ax.axhline(100 * result["clean_ap"], color="black", linestyle="--", label="clean")
+    ax.set_xlabel("severity")
+    ax.set_ylabel("AP (%)")
+    ax.set_xticks(list(severities))
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def comparison_table(runs: dict[str, dict], names: Sequence[str], severities: Sequence[int]) -> str:
+    """Markdown: clean AP, mPC, rPC and mean AP per corruption, one row per detector."""
+    lines = [f"COCO-C over {len(names)} corruptions × severities {', '.join(map(str, severities))}", "",
+             "| detector | clean AP | mPC | rPC (%) | " + " | ".join(names) + " |",
+             "|---|---|---|---|" + "---|" * len(names)]
+    for tag, run in runs.items():
+        per = run.get("corruption_ap") or {}
+        lines.append(f"| {tag} | {_pct(run.get('clean_ap'))} | {_pct(run.get('mpc'))} | {_pct(run.get('rpc'))} | "
+                     + " | ".join(_pct(per.get(n)) for n in names) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,172 @@
+"""COCO-C on the fly (detection.coco_c): the clean cell equals ``detection eval``, mPC/rPC equal their
+formulas from the per-cell records, native-size batched corruption equals ``corruptions.corrupt`` on the
+image alone (any H×W, any grouping), resume skips finished cells, bad names fail in one line, and a
+2-process torchrun run gathers exactly the single-process detections."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import corruptions
+from detection import coco_c
+from detection.coco_c import DETERMINISTIC, corrupt_native, image_seed, run_coco_c
+from detection.engine import evaluate_checkpoint, train_detector
+from tests.cli_helpers import assert_one_line_error, run_cli
+from tests.coco_fixtures import make_tiny_coco
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(hidden_dim=32, nheads=4, enc_layers=1, dec_layers=1, dim_feedforward=64, num_queries=8, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """A tiny DETR (PiT-Ti backbone) trained a few epochs on 4 generated non-square images (64×96 ± 16)."""
+    root = tmp_path_factory.mktemp("cococ")
+    paths = make_tiny_coco(root / "data", num_images=4, size=(64, 96), seed=1, max_objects=2)
+    torch.manual_seed(0)
+    train_detector(backbone="pit_ti", train_ann=paths["train_ann"], train_images=paths["train_images"],
+                   val_ann=paths["val_ann"], val_images=paths["val_images"], out=str(root / "run"), epochs=12,
+                   batch_size=4, lr=2e-3, lr_backbone=5e-4, clip_max_norm=1.0, augment=False, eval_every=100,
+                   scales=[64], max_size=128, test_size=64, num_workers=0, progress=False, model_kwargs=TINY)
+    return {**paths, "checkpoint": str(root / "run" / "checkpoint.pth"), "tmp": root}
+
+
+def _run(trained, out, corruptions_="gaussian_noise,contrast", severities="1,5", **kw) -> dict:
+    return run_coco_c([trained["checkpoint"]], trained["root"], str(out), corruptions_, severities, seed=3,
+                      device="cpu", batch_size=2, num_workers=0, progress=False, **kw)
+
+
+def test_clean_cell_equals_detection_eval_and_summary_matches_formulas(trained, capsys):
+    plain = evaluate_checkpoint(trained["checkpoint"], trained["val_ann"], trained["val_images"],
+                                str(trained["tmp"] / "plain"), device="cpu", batch_size=2, num_workers=0, progress=False)
+    code, out, err = run_cli(["detection", "eval", "--checkpoint", trained["checkpoint"], "--coco", trained["root"],
+                              "--corruptions", "gaussian_noise,contrast", "--severities", "1,5", "--seed", "3",
+                              "--device", "cpu", "--num-workers", "0", "--no-progress",
+                              "--out", str(trained["tmp"] / "cc")])
+    assert code == 0, err
+    result = json.loads((trained["tmp"] / "cc" / "coco_c.json").read_text())
+    cells = {(c["corruption"], c["severity"]): c for c in result["cells"]}
+    assert set(cells) == {("clean", 0), ("gaussian_noise", 1), ("gaussian_noise", 5), ("contrast", 1), ("contrast", 5)}
+    assert plain["AP"] > 0.05, plain["summary"]
+    assert cells[("clean", 0)]["stats"] == plain["stats"]  # exactly, all 12 COCOeval numbers
+    assert all(len(c["stats"]) == 12 and c["images"] == 4 for c in cells.values())
+    # the formulas, recomputed from the per-cell records
+    grid = np.array([[cells[(n, s)]["AP"] for s in (1, 5)] for n in ("gaussian_noise", "contrast")])
+    clean = cells[("clean", 0)]["AP"]
+    assert result["clean_ap"] == clean
+    assert result["mpc"] == pytest.approx(grid.mean(), abs=1e-12)
+    assert result["rpc"] == pytest.approx(grid.mean() / clean, abs=1e-12)
+    assert result["corruption_ap"] == pytest.approx({"gaussian_noise": grid[0].mean(), "contrast": grid[1].mean()})
+    assert cells[("contrast", 5)]["AP"] < clean  # contrast 0.05: the detector loses its objects
+    report = (trained["tmp"] / "cc" / "report.md").read_text()
+    assert f"mPC **{100 * result['mpc']:.1f}**" in report and "| contrast |" in report
+    assert (trained["tmp"] / "cc" / "coco_c_ap.png").stat().st_size > 1000
+    assert f"{100 * result['rpc']:.1f}" in out  # the comparison table is printed
+
+
+@pytest.mark.parametrize("name", ["frost", "gaussian_noise", "glass_blur", "motion_blur", "fog", "defocus_blur",
+                                  "jpeg_compression"])
+def test_native_batched_corruption_equals_corrupt_on_the_image_alone(name):
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, hw, generator=g, dtype=torch.uint8) for hw in
+              [(3, 37, 61), (3, 61, 37), (3, 37, 61), (3, 20, 90)]]
+    seeds = [image_seed(7, name, 3, i) for i in range(len(images))]
+    batched = corrupt_native(images, name, 3, seeds)
+    for image, seed, got in zip(images, seeds, batched):
+        assert got.dtype == torch.uint8 and got.shape == image.shape
+        assert torch.equal(got, corrupt_native([image], name, 3, [seed])[0])  # grouping changes no pixel
+        alone = corruptions.corrupt(image[None].float() / 255, name, 3, torch.Generator().manual_seed(seed))[0]
+        # the reference's np.uint8 truncation; float32 values a hair below an integer may land one level lower
+        reference = np.uint8(alone.double().numpy() * 255)
+        diff = np.abs(got.numpy().astype(int) - reference.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 5e-3, (name, diff.max(), (diff > 0).mean())
+
+
+def test_every_corruption_on_non_square_images_of_any_size():
+    for hw in [(3, 33, 250), (3, 250, 33), (3, 7, 9)]:
+        image = torch.randint(0, 256, hw, dtype=torch.uint8)
+        for name in corruptions.CORRUPTIONS:
+            assert corrupt_native([image], name, 5, [1])[0].shape == image.shape, (name, hw)
+
+
+def test_deterministic_set_draws_no_random_numbers():
+    x = torch.rand(1, 3, 24, 40)
+    for name in corruptions.CORRUPTIONS:
+        a = corruptions.corrupt(x, name, 3, torch.Generator().manual_seed(1))
+        b = corruptions.corrupt(x, name, 3, torch.Generator().manual_seed(2))
+        assert torch.equal(a, b) == (name in DETERMINISTIC), name
+
+
+def test_resume_skips_finished_cells_and_refuses_other_options(trained, monkeypatch):
+    out = trained["tmp"] / "resume"
+    computed: list[tuple] = []
+    interrupt = [True]
+    real = coco_c.evaluate_cell
+
+    def counting(*args, **kwargs):
+        cell = tuple(args[7:9])  # (corruption, severity)
+        if interrupt[0] and cell != ("clean", 0):
+            raise KeyboardInterrupt  # the run is stopped after its clean cell
+        computed.append(cell)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(coco_c, "evaluate_cell", counting)
+    with pytest.raises(KeyboardInterrupt):
+        _run(trained, out, "contrast", "1")
+    assert [c["corruption"] for c in json.loads((out / "coco_c.json").read_text())["cells"]] == ["clean"]
+    interrupt[0] = False
+    _run(trained, out, "contrast", "1")
+    _run(trained, out, "contrast,brightness", "1")
+    assert computed == [("clean", 0), ("contrast", 1), ("brightness", 1)]  # no cell computed twice
+    result = json.loads((out / "coco_c.json").read_text())
+    assert result["complete"] and len(result["cells"]) == 3
+    with pytest.raises(ValueError, match="other options"):
+        run_coco_c([trained["checkpoint"]], trained["root"], str(out), "contrast", "1", seed=4, device="cpu",
+                   num_workers=0, progress=False)
+
+
+def test_several_checkpoints_give_one_comparison_table(trained):
+    other = trained["tmp"] / "copy" / "checkpoint.pth"
+    other.parent.mkdir(exist_ok=True)
+    other.write_bytes(Path(trained["checkpoint"]).read_bytes())
+    summary = run_coco_c([trained["checkpoint"], str(other)], trained["root"], str(trained["tmp"] / "multi"),
+                         "brightness", "2", seed=0, device="cpu", num_workers=0, progress=False)
+    assert list(summary["runs"]) == ["run", "copy"]
+    a, b = summary["runs"].values()
+    assert a["mpc"] == b["mpc"] and a["rpc"] == b["rpc"]
+    table = (trained["tmp"] / "multi" / "report.md").read_text()
+    assert "| run |" in table and "| copy |" in table and "mPC" in table
+    assert (trained["tmp"] / "multi" / "copy" / "coco_c.json").is_file()
+
+
+def test_bad_names_and_severities_fail_in_one_line(tmp_path):
+    paths = make_tiny_coco(tmp_path / "data", num_images=1, size=(40, 56))
+    base = ["detection", "eval", "--checkpoint", str(tmp_path / "none.pth"), "--coco", paths["root"],
+            "--out", str(tmp_path / "o")]
+    assert_one_line_error(base + ["--corruptions", "fogg,snow"], 2, "unknown", "fogg")
+    assert_one_line_error(base + ["--corruptions", "all", "--severities", "0-6"], 2, "severities", "1..5")
+    assert_one_line_error(base + ["--corruptions", "all", "--severities", "high"], 2, "severities")
+    assert not (tmp_path / "o").exists()  # nothing written before validation
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_gather_the_single_process_detections(trained):
+    args = ["--checkpoint", trained["checkpoint"], "--coco", trained["root"], "--corruptions", "shot_noise",
+            "--severities", "4", "--seed", "5", "--batch-size", "1", "--device", "cpu", "--num-workers", "0",
+            "--no-progress"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           str(ROOT / "eval.py"), "detection", "eval", *args, "--out", str(trained["tmp"] / "ddp")]
+    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert run_cli(["detection", "eval", *args, "--out", str(trained["tmp"] / "single")])[0] == 0
+    ddp, single = (json.loads((trained["tmp"] / d / "coco_c.json").read_text()) for d in ("ddp", "single"))
+    assert [c["stats"] for c in ddp["cells"]] == [c["stats"] for c in single["cells"]]
+    assert ddp["mpc"] == single["mpc"] and ddp["cells"][0]["images"] == 4
