@@ -5,6 +5,7 @@
     torchrun --nproc_per_node 8 eval.py detection train ...      # DDP, batch size per process
     python eval.py detection eval --checkpoint runs/pit_s/checkpoint.pth --coco /data/coco --out runs/pit_s
     python eval.py detection compare --runs runs/pit_s runs/deit_s runs/r50 --out runs/compare
+    python eval.py detection eval --checkpoint A.pth B.pth --coco /data/coco --corruptions all --out runs/coco_c  # COCO-C
 """
 from __future__ import annotations
 
