@@ -1,6 +1,6 @@
 """ImageNet-C corruptions as batched torch ops on the input's device.
 
-``corrupt(images, name, severity, generator=None)`` takes (B, 3, H, W) float images in [0, 1] and
+``corrupt(images, name, severity, generator=None)`` (one generator, or one per image) takes (B, 3, H, W) float images in [0, 1] and
 returns the corrupted batch with the same shape, dtype and device, clamped to [0, 1]. Parameters per
 severity follow the ``imagecorruptions`` reference (Hendrycks & Dietterich 2019).
 """
@@ -8,7 +8,7 @@ severity follow the ``imagecorruptions`` reference (Hendrycks & Dietterich 2019)
 from __future__ import annotations
 
 import difflib
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -51,11 +51,15 @@ def _check(images: torch.Tensor, name: str, severity: int) -> None:
 
 
 def corrupt(images: torch.Tensor, name: str, severity: int,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+            generator: torch.Generator | Sequence[torch.Generator] | None = None) -> torch.Tensor:
     """Apply corruption ``name`` at ``severity`` (1-5) to a (B, 3, H, W) batch in [0, 1].
 
-    ``generator`` (on the images' device) makes the random corruptions reproducible.
+    ``generator`` (on the images' device) makes the random corruptions reproducible. A sequence of B
+    generators gives each image its own random draws: image i comes out as if corrupted alone with
+    ``generator[i]``, whatever else is in the batch.
     """
     _check(images, name, severity)
+    if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != images.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {images.shape[0]} images: give one per image")
     out = _REGISTRY[name](images, severity, generator)
     return out.clamp(0, 1).to(images.dtype)

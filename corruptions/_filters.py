@@ -6,6 +6,7 @@ All functions take and return float tensors of shape (B, C, H, W) on the input's
 from __future__ import annotations
 
 import math
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -126,15 +127,37 @@ def motion_blur(x: torch.Tensor, radius: int, sigma: float, angle: torch.Tensor)
     return _correlate_valid(xp, taps[:, None].to(x.dtype), (h, w))
 
 
+Generators = "torch.Generator | Sequence[torch.Generator] | None"
+
+
+def _draw(sample: Callable[[tuple[int, ...], "torch.Generator | None"], torch.Tensor], shape: tuple[int, ...],
+          generator: Generators, batch_dim: int) -> torch.Tensor:
+    """``sample(shape, generator)``; with one generator per image (a sequence), each image's slice along
+    ``batch_dim`` is drawn from its own generator, exactly as if that image were corrupted alone."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return sample(shape, generator)
+    one = shape[:batch_dim] + (1,) + shape[batch_dim + 1:]
+    return torch.cat([sample(one, g) for g in generator], dim=batch_dim)
+
+
 def uniform(shape: tuple[int, ...], low: float, high: float, like: torch.Tensor,
-            generator: torch.Generator | None) -> torch.Tensor:
-    """Uniform draws in [low, high) on ``like``'s device."""
-    u = torch.rand(shape, generator=generator, device=like.device, dtype=torch.float32)
+            generator: Generators, batch_dim: int = 0) -> torch.Tensor:
+    """Uniform draws in [low, high) on ``like``'s device (``batch_dim``: where the images are in ``shape``)."""
+    u = _draw(lambda s, g: torch.rand(s, generator=g, device=like.device, dtype=torch.float32), tuple(shape),
+              generator, batch_dim)
     return u if (low, high) == (0, 1) else u.mul_(high - low).add_(low)
 
 
 def normal(shape: tuple[int, ...], mean: float, std: float, like: torch.Tensor,
-           generator: torch.Generator | None) -> torch.Tensor:
-    """Normal draws on ``like``'s device."""
-    z = torch.randn(shape, generator=generator, device=like.device, dtype=torch.float32).mul_(std)
+           generator: Generators, batch_dim: int = 0) -> torch.Tensor:
+    """Normal draws on ``like``'s device (``batch_dim``: where the images are in ``shape``)."""
+    z = _draw(lambda s, g: torch.randn(s, generator=g, device=like.device, dtype=torch.float32), tuple(shape),
+              generator, batch_dim).mul_(std)
     return z if mean == 0 else z.add_(mean)
+
+
+def poisson(rate: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """Poisson draws with ``rate`` (B, ...), one generator for all or one per image."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.poisson(rate, generator=generator)
+    return torch.cat([torch.poisson(r[None], generator=g) for r, g in zip(rate, generator)])

@@ -49,7 +49,7 @@ def glass_blur(x: torch.Tensor, severity: int, generator: torch.Generator | None
     interior = (rows > delta) & (rows <= h - delta - 1) & (cols > delta) & (cols <= w - delta - 1)
     full, frac = int(passes), passes - int(passes)
     for fraction in [1.0] * full + ([frac] if frac > 0 else []):
-        d = torch.floor(uniform((2, b, h, w), -delta, delta, x, generator)).long()
+        d = torch.floor(uniform((2, b, h, w), -delta, delta, x, generator, batch_dim=1)).long()
         moves = interior & (uniform((b, h, w), 0, 1, x, generator) < fraction)
         r = torch.where(moves, (rows + d[0]).clamp(0, h - 1), rows)
         cc = torch.where(moves, (cols + d[1]).clamp(0, w - 1), cols)

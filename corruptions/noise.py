@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._filters import normal, uniform
+from ._filters import normal, poisson, uniform
 
 
 def gaussian_noise(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -14,7 +14,7 @@ def gaussian_noise(x: torch.Tensor, severity: int, generator: torch.Generator | 
 
 def shot_noise(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> torch.Tensor:
     c = [60, 25, 12, 5, 3][severity - 1]
-    return torch.poisson(x.float() * c, generator=generator).to(x.dtype) / c
+    return poisson(x.float() * c, generator).to(x.dtype) / c
 
 
 def impulse_noise(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -90,7 +90,7 @@ def frost(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> 
     a, bw = [(1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75)][severity - 1]
     b, _, h, w = x.shape
     choice = torch.floor(uniform((b,), 0, 5, x, generator)).long().clamp(max=4)
-    u = uniform((2, b), 0, 1, x, generator)
+    u = uniform((2, b), 0, 1, x, generator, 1)  # images along dim 1
     layer = torch.empty_like(x)
     for k in range(5):
         sel = (choice == k).nonzero().flatten()

@@ -9,7 +9,7 @@ result), then resized and padded exactly as ``detection eval`` does and scored w
 - mPC = mean AP over the corruption × severity cells; rPC = mPC / clean AP.
 - Reproducible: image ``i`` in cell (corruption, severity) is corrupted with its own generator seeded from
   (seed, corruption, severity, image id), so batching and ``torchrun`` sharding do not change any pixel.
-  Same-size images of a batch are corrupted in one call where the corruption draws no random numbers.
+  Same-size images of a batch are corrupted in one call (``corrupt`` with one generator per image).
 - Resumable by cell: ``coco_c.json`` is rewritten atomically after every finished cell and a rerun with
   the same checkpoint, data and seed skips the cells it holds.
 """
@@ -38,8 +38,6 @@ from detection.data import CocoDetection, coco_paths, collate, make_transforms
 from detection.engine import evaluate, load_checkpoint
 
 CLEAN = "clean"
-# corruptions that draw no random numbers: same-size images are corrupted in one batched call
-DETERMINISTIC = frozenset({"defocus_blur", "zoom_blur", "brightness", "contrast", "pixelate", "jpeg_compression"})
 RESULT_FILE = "coco_c.json"
 
 
@@ -90,9 +88,9 @@ def _quantise(x: Tensor) -> Tensor:
 def corrupt_native(images: Sequence[Tensor], corruption: str, severity: int, seeds: Sequence[int]) -> list[Tensor]:
     """Corrupt uint8 images (3, H_i, W_i) of any sizes at their native size → uint8 images of the same sizes.
 
-    Image ``i`` uses a generator seeded with ``seeds[i]`` on its device, so the result equals
-    ``corrupt(image[None] / 255, corruption, severity, generator)`` for that image alone; images of
-    one size are stacked into one call when the corruption is deterministic.
+    Images of one size are corrupted in one batched call; image ``i`` draws from its own generator seeded
+    with ``seeds[i]`` on its device, so the result equals ``corrupt(image[None] / 255, corruption,
+    severity, generator)`` for that image alone (up to float rounding of the batched ops).
     """
     if corruption == CLEAN:
         return list(images)
@@ -102,12 +100,8 @@ def corrupt_native(images: Sequence[Tensor], corruption: str, severity: int, see
         groups.setdefault(tuple(image.shape), []).append(i)
     for members in groups.values():
         batch = TF.to_dtype(torch.stack([images[i] for i in members]), torch.float32, scale=True)
-        if corruption in DETERMINISTIC:
-            corrupted = corruptions.corrupt(batch, corruption, severity)
-        else:
-            corrupted = torch.cat([corruptions.corrupt(batch[k:k + 1], corruption, severity,
-                                                       torch.Generator(batch.device).manual_seed(seeds[i]))
-                                   for k, i in enumerate(members)])
+        generators = [torch.Generator(batch.device).manual_seed(seeds[i]) for i in members]
+        corrupted = corruptions.corrupt(batch, corruption, severity, generators)
         for k, i in enumerate(members):
             out[i] = _quantise(corrupted[k])
     return out  # type: ignore[return-value]

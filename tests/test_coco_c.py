@@ -16,7 +16,7 @@ import torch
 
 import corruptions
 from detection import coco_c
-from detection.coco_c import DETERMINISTIC, corrupt_native, image_seed, run_coco_c
+from detection.coco_c import corrupt_native, image_seed, run_coco_c
 from detection.engine import evaluate_checkpoint, train_detector
 from tests.cli_helpers import assert_one_line_error, run_cli
 from tests.coco_fixtures import make_tiny_coco
@@ -96,12 +96,16 @@ def test_every_corruption_on_non_square_images_of_any_size():
             assert corrupt_native([image], name, 5, [1])[0].shape == image.shape, (name, hw)
 
 
-def test_deterministic_set_draws_no_random_numbers():
-    x = torch.rand(1, 3, 24, 40)
-    for name in corruptions.CORRUPTIONS:
-        a = corruptions.corrupt(x, name, 3, torch.Generator().manual_seed(1))
-        b = corruptions.corrupt(x, name, 3, torch.Generator().manual_seed(2))
-        assert torch.equal(a, b) == (name in DETERMINISTIC), name
+@pytest.mark.parametrize("name", corruptions.ALL_CORRUPTIONS)
+def test_one_generator_per_image_equals_each_image_corrupted_alone(name):
+    x = torch.rand(3, 3, 24, 40, generator=torch.Generator().manual_seed(0))
+    seeds = [11, 12, 13]
+    batched = corruptions.corrupt(x, name, 4, [torch.Generator().manual_seed(s) for s in seeds])
+    for k, seed in enumerate(seeds):
+        alone = corruptions.corrupt(x[k:k + 1], name, 4, torch.Generator().manual_seed(seed))[0]
+        torch.testing.assert_close(batched[k], alone, atol=1e-5, rtol=0, msg=name)
+    with pytest.raises(ValueError, match="one per image"):
+        corruptions.corrupt(x, name, 4, [torch.Generator()])
 
 
 def test_resume_skips_finished_cells_and_refuses_other_options(trained, monkeypatch):
