@@ -43,7 +43,8 @@ RESULT_FILE = "coco_c.json"
 
 def parse_corruptions(spec: str | Sequence[str]) -> tuple[str, ...]:
     """``"all"`` (the 15 ImageNet-C corruptions), or names separated by commas/spaces → validated names."""
-    names = spec.replace(",", " ").split() if isinstance(spec, str) else [n for s in spec for n in s.replace(",", " ").split()]
+    parts = [spec] if isinstance(spec, str) else list(spec)
+    names = [n for part in parts for n in part.replace(",", " ").split()]
     if names == ["all"]:
         return corruptions.CORRUPTIONS
     if not names:
@@ -183,11 +184,11 @@ def evaluate_cell(model: torch.nn.Module, postprocessor: torch.nn.Module, datase
     start = time.perf_counter()
     stats, _ = evaluate(model, postprocessor, batches, CocoEvaluator(dataset.coco, cat_ids), device, progress=progress)
     seconds = time.perf_counter() - start
-    record = {"corruption": corruption, "severity": severity, **{k: stats[k] for k in stats if k not in ("summary", "fps", "latency_ms")}}
-    images = len(dataset)
-    corrupt_s = sum(all_gather_objects(batches.corrupt_seconds))
-    inference_s = sum(all_gather_objects(len(loader.sampler) / stats["fps"] if stats["fps"] else 0.0))
-    return {**record, "images": images, "seconds": seconds, "corrupt_seconds": corrupt_s, "inference_seconds": inference_s}
+    timing = {"images": len(dataset), "seconds": seconds,
+              "corrupt_seconds": sum(all_gather_objects(batches.corrupt_seconds)),
+              "inference_seconds": sum(all_gather_objects(len(loader.sampler) / stats["fps"] if stats["fps"] else 0.0))}
+    metrics = {k: v for k, v in stats.items() if k not in ("summary", "fps", "latency_ms")}
+    return {"corruption": corruption, "severity": severity, **metrics, **timing}
 
 
 def _read_previous(path: Path, options: dict) -> list[dict]:
@@ -272,10 +273,10 @@ def run_coco_c(checkpoints: Sequence[str], coco_root: str | None, out: str, corr
         val_ann, val_images = paths["val_ann"], paths["val_images"]
     if not (val_ann and val_images):
         raise ValueError("no data given: pass --coco DIR or --val-ann and --val-images")
+    torch_device = init_distributed(device)
     root = claim(out, "detection-coco-c") if is_main_process() else Path(out)
     if is_main_process():
         announce(root)
-    torch_device = init_distributed(device)
     runs = {}
     for tag, checkpoint in zip(_tags(checkpoints), checkpoints):
         folder = root if len(checkpoints) == 1 else root / tag
