@@ -205,6 +205,21 @@ def _read_previous(path: Path, options: dict) -> list[dict]:
     return list(previous.get("cells", []))
 
 
+def _previous_cells(path: Path, options: dict) -> list[dict]:
+    """:func:`_read_previous` on the main process, shared with every process (errors included, so that
+    no process waits on the others)."""
+    found: tuple[list[dict] | None, str | None] = ([], None)
+    if is_main_process():
+        try:
+            found = (_read_previous(path, options), None)
+        except ValueError as err:
+            found = (None, str(err))
+    cells, error = all_gather_objects(found)[0]
+    if error:
+        raise ValueError(error)
+    return cells
+
+
 def coco_c_checkpoint(checkpoint: str, val_ann: str, val_images: str, out: str | Path, names: Sequence[str],
                       severities: Sequence[int], *, seed: int = 0, device: torch.device | None = None,
                       batch_size: int = 2, num_workers: int = 2, progress: bool = True) -> dict:
@@ -217,16 +232,15 @@ def coco_c_checkpoint(checkpoint: str, val_ann: str, val_images: str, out: str |
     dataset = CocoDetection(val_ann, val_images, v2.ToImage())
     if dataset.cat_ids != cat_ids:
         raise ValueError(f"checkpoint {checkpoint} was trained on category ids {cat_ids} but {val_ann} has {dataset.cat_ids}")
-    cells = all_gather_objects(_read_previous(out / RESULT_FILE, options) if is_main_process() else None)[0]
+    cells = _previous_cells(out / RESULT_FILE, options)
     done = {(c["corruption"], c["severity"]) for c in cells}
     loader = native_loader(dataset, batch_size, num_workers)
-    result: dict = {}
     for corruption, severity in [(CLEAN, 0)] + [(n, s) for n in names for s in severities]:
         if (corruption, severity) in done:
             continue
         cells.append(evaluate_cell(model, postprocessor, dataset, loader, resize, cat_ids, device, corruption, severity,
                                    seed, progress))
-        result = _write(out, checkpoint, options, cells, names, severities)
+        _write(out, checkpoint, options, cells, names, severities)
         if is_main_process() and progress:
             print(f"{Path(checkpoint).name} {corruption} {severity}: AP {100 * cells[-1]['AP']:.1f} "
                   f"({cells[-1]['seconds']:.1f} s)", flush=True)
@@ -268,6 +282,9 @@ def run_coco_c(checkpoints: Sequence[str], coco_root: str | None, out: str, corr
     names, sevs = parse_corruptions(corruptions), parse_severities(severities)
     if not checkpoints:
         raise ValueError("no --checkpoint given")
+    missing = [c for c in checkpoints if not Path(c).exists()]
+    if missing:
+        raise FileNotFoundError(f"checkpoint(s) not found: {', '.join(missing)}")
     if coco_root:
         paths = coco_paths(coco_root)
         val_ann, val_images = paths["val_ann"], paths["val_images"]
