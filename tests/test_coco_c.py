@@ -157,6 +157,7 @@ def test_bad_names_and_severities_fail_in_one_line(tmp_path):
     assert_one_line_error(base + ["--corruptions", "fogg,snow"], 2, "unknown", "fogg")
     assert_one_line_error(base + ["--corruptions", "all", "--severities", "0-6"], 2, "severities", "1..5")
     assert_one_line_error(base + ["--corruptions", "all", "--severities", "high"], 2, "severities")
+    assert_one_line_error(base + ["--corruptions", "fog"], 2, "not found", "none.pth")
     assert not (tmp_path / "o").exists()  # nothing written before validation
 
 
