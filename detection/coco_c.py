@@ -125,6 +125,8 @@ class CellBatches:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, list[dict]]]:
         for images, targets in self.loader:
+            if not images:
+                continue
             start = time.perf_counter()
             seeds = [image_seed(self.seed, self.corruption, self.severity, t["image_id"]) for t in targets]
             pixels = corrupt_native([im.to(self.device) for im in images], self.corruption, self.severity, seeds)
@@ -135,9 +137,10 @@ class CellBatches:
             yield collate(list(zip(resized, targets)))
 
 
-def _native_collate(batch: list[tuple[Tensor, dict]]) -> tuple[list[Tensor], list[dict]]:
-    images, targets = zip(*batch)
-    return list(images), list(targets)
+def _native_collate(batch: list[tuple[Tensor, dict] | None]) -> tuple[list[Tensor], list[dict]]:
+    """Lists of native-size images and their targets; unreadable samples (``None``) are left out."""
+    kept = [sample for sample in batch if sample is not None]
+    return [image for image, _ in kept], [target for _, target in kept]
 
 
 def native_loader(dataset: CocoDetection, batch_size: int, num_workers: int) -> DataLoader:
