@@ -35,7 +35,7 @@ def write_report(out: str | Path, result: dict, names: Sequence[str], severities
             f"rPC **{_pct(result.get('rpc'))} %** (mPC over {cells} cells: {len(names)} corruptions × severities "
             f"{', '.join(map(str, severities))}; the benchmark's mPC uses all 15 × 5), seed {result['options']['seed']}.",
             "", "AP (%) per corruption and severity:", ""]
-    atomic_write_text(out / "report.md", "\n".join(head) + cell_table(result, names, severities) +
+    atomic_write_text(out / "report.md", "\n".join(head) + "\n" + cell_table(result, names, severities) +
                       f"\n![AP vs severity]({PLOT_FILE})\n")
     plot_ap(out / PLOT_FILE, result, names, severities)
 
@@ -49,8 +49,10 @@ def plot_ap(path: Path, result: dict, names: Sequence[str], severities: Sequence
 
     ap = {(c["corruption"], c["severity"]): c["AP"] for c in result["cells"]}
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in names:
-        ax.plot(severities, [100 * ap.get((name, s), float("nan")) for s in severities], marker="o", label=name)
+    colors = plt.get_cmap("tab20").colors
+    for k, name in enumerate(names):
+        ax.plot(severities, [100 * ap.get((name, s), float("nan")) for s in severities], marker="os^Dv"[k % 5],
+                color=colors[k % len(colors)], label=name)
     if result.get("clean_ap") is not None:
         ax.axhline(100 * result["clean_ap"], color="black", linestyle="--", label="clean")
     ax.set_xlabel("severity")
