@@ -105,8 +105,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--no-progress", action="store_true")
     cc = e.add_argument_group("COCO-C (docs/detection.md): clean + every corruption x severity cell, mPC and rPC")
     cc.add_argument("--corruptions", help="'all' (the 15 ImageNet-C corruptions) or names, e.g. fog,snow")
-    cc.add_argument("--severities", default="1-5", help="e.g. 1-5 (default) or 1,3,5")
-    cc.add_argument("--seed", type=int, default=0, help="corruption seed (per image and cell; default 0)")
+    cc.add_argument("--severities", help="e.g. 1-5 (default) or 1,3,5")
+    cc.add_argument("--seed", type=int, help="corruption seed (per image and cell; default 0)")
 
     c = sub.add_parser("compare", help="markdown table + plot of several run folders")
     c.add_argument("--runs", nargs="+", required=True)
@@ -140,10 +140,12 @@ def main(args: argparse.Namespace) -> int:
         from detection.coco_c import run_coco_c
 
         paths = _paths(args, train=False)
-        run_coco_c(args.checkpoint, None, args.out, args.corruptions, args.severities, args.seed, args.device,
+        run_coco_c(args.checkpoint, None, args.out, args.corruptions, args.severities or "1-5", args.seed or 0, args.device,
                    **paths, batch_size=args.batch_size, num_workers=args.num_workers, progress=not args.no_progress)
         return 0
     if args.action == "eval":
+        if args.severities or args.seed is not None:
+            raise ValueError("--severities and --seed choose COCO-C cells: add --corruptions all (or names)")
         if len(args.checkpoint) > 1:
             raise ValueError("several --checkpoint values need --corruptions (a COCO-C comparison); "
                              "to compare clean runs use: detection compare --runs")

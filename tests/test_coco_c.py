@@ -158,6 +158,7 @@ def test_bad_names_and_severities_fail_in_one_line(tmp_path):
     assert_one_line_error(base + ["--corruptions", "all", "--severities", "0-6"], 2, "severities", "1..5")
     assert_one_line_error(base + ["--corruptions", "all", "--severities", "high"], 2, "severities")
     assert_one_line_error(base + ["--corruptions", "fog"], 2, "not found", "none.pth")
+    assert_one_line_error(base + ["--severities", "3"], 2, "--corruptions")
     assert not (tmp_path / "o").exists()  # nothing written before validation
 
 
