@@ -1,7 +1,7 @@
 """COCO-C on the fly (detection.coco_c): the clean cell equals ``detection eval``, mPC/rPC equal their
 formulas from the per-cell records, native-size batched corruption equals ``corruptions.corrupt`` on the
 image alone (any H×W, any grouping), resume skips finished cells, bad names fail in one line, and a
-2-process torchrun run gathers exactly the single-process detections."""
+2-process torchrun run gathers exactly the single-process detections; both architectures."""
 from __future__ import annotations
 
 import json
@@ -26,16 +26,21 @@ TINY = dict(hidden_dim=32, nheads=4, enc_layers=1, dec_layers=1, dim_feedforward
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict:
-    """A tiny DETR (PiT-Ti backbone) trained a few epochs on 4 generated non-square images (64×96 ± 16)."""
+def data(tmp_path_factory) -> dict:
+    """4 generated non-square images (64×96 ± 16) in the COCO layout."""
     root = tmp_path_factory.mktemp("cococ")
-    paths = make_tiny_coco(root / "data", num_images=4, size=(64, 96), seed=1, max_objects=2)
+    return {**make_tiny_coco(root / "data", num_images=4, size=(64, 96), seed=1, max_objects=2), "tmp": root}
+
+
+@pytest.fixture(scope="module")
+def trained(data) -> dict:
+    """A tiny DETR (PiT-Ti backbone) trained a few epochs on ``data``."""
     torch.manual_seed(0)
-    train_detector(backbone="pit_ti", train_ann=paths["train_ann"], train_images=paths["train_images"],
-                   val_ann=paths["val_ann"], val_images=paths["val_images"], out=str(root / "run"), epochs=12,
+    train_detector(backbone="pit_ti", train_ann=data["train_ann"], train_images=data["train_images"],
+                   val_ann=data["val_ann"], val_images=data["val_images"], out=str(data["tmp"] / "run"), epochs=12,
                    batch_size=4, lr=2e-3, lr_backbone=5e-4, clip_max_norm=1.0, augment=False, eval_every=100,
                    scales=[64], max_size=128, test_size=64, num_workers=0, progress=False, model_kwargs=TINY)
-    return {**paths, "checkpoint": str(root / "run" / "checkpoint.pth"), "tmp": root}
+    return {**data, "checkpoint": str(data["tmp"] / "run" / "checkpoint.pth")}
 
 
 def _run(trained, out, corruptions_="gaussian_noise,contrast", severities="1,5", **kw) -> dict:
@@ -176,3 +181,23 @@ def test_torchrun_two_processes_gather_the_single_process_detections(trained):
     ddp, single = (json.loads((trained["tmp"] / d / "coco_c.json").read_text()) for d in ("ddp", "single"))
     assert [c["stats"] for c in ddp["cells"]] == [c["stats"] for c in single["cells"]]
     assert ddp["mpc"] == single["mpc"] and ddp["cells"][0]["images"] == 4
+
+
+def test_deformable_detector_clean_cell_equals_detection_eval(data, tmp_path):
+    """The other architecture, from a suite checkpoint holding a random-initialised Deformable DETR."""
+    from detection.build import build_detector
+
+    torch.manual_seed(0)
+    kwargs = dict(hidden_dim=32, nheads=4, enc_layers=1, dec_layers=1, dim_feedforward=64, num_queries=12,
+                  dropout=0.0, num_feature_levels=2)
+    model = build_detector("deformable", backbone="pit_ti", num_classes=3, **kwargs)
+    checkpoint = tmp_path / "deformable.pth"
+    torch.save({"model": model.state_dict(), "arch": "deformable", "backbone": "pit_ti", "num_classes": 3,
+                "cat_ids": [2, 5, 9], "model_kwargs": kwargs, "args": {"test_size": 64, "max_size": 128}}, checkpoint)
+    plain = evaluate_checkpoint(str(checkpoint), data["val_ann"], data["val_images"], str(tmp_path / "plain"),
+                                device="cpu", batch_size=2, num_workers=0, progress=False)
+    run_coco_c([str(checkpoint)], data["root"], str(tmp_path / "cc"), "motion_blur", "2", device="cpu",
+               num_workers=0, progress=False)
+    cells = json.loads((tmp_path / "cc" / "coco_c.json").read_text())["cells"]
+    assert [(c["corruption"], c["severity"]) for c in cells] == [("clean", 0), ("motion_blur", 2)]
+    assert cells[0]["stats"] == plain["stats"]
