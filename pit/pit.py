@@ -350,6 +350,8 @@ _TI = dict(patch_size=16, stride=8, base_dims=[32, 32, 32], depth=[2, 6, 4], hea
 _XS = dict(patch_size=16, stride=8, base_dims=[48, 48, 48], depth=[2, 6, 4], heads=[2, 4, 8], mlp_ratio=4)
 _S = dict(patch_size=16, stride=8, base_dims=[48, 48, 48], depth=[2, 6, 4], heads=[3, 6, 12], mlp_ratio=4)
 _B = dict(patch_size=14, stride=7, base_dims=[64, 64, 64], depth=[3, 6, 4], heads=[4, 8, 16], mlp_ratio=4)
+# The four sizes by name (the *_distilled variants add a second class token and head).
+CONFIGS = {"pit_ti": _TI, "pit_xs": _XS, "pit_s": _S, "pit_b": _B}
 
 
 @register_model

@@ -123,7 +123,7 @@ def test_unknown_model_suggests_close_names():
 
 def test_pretrained_offline_fails_fast_with_hint(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(pit.factory, "_cached_pretrained_file", lambda name: None)
+    monkeypatch.setattr(pit.factory, "cached_pretrained_file", lambda name: None)
     start = time.perf_counter()
     with pytest.raises(RuntimeError, match="--weights PATH"):
         pit.create_model("pit_s", pretrained=True)
