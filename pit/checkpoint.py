@@ -36,8 +36,10 @@ def _check_path(path: Path) -> None:
         raise ValueError(f"weights {path} is empty (0 bytes): an interrupted download or copy? get the file again")
 
 
-def _unreadable(path: Path, err: Exception) -> ValueError:
+def _unreadable(path: Path, err: Exception) -> ValueError | PermissionError:
     """One line for an exception raised while timm read ``path``."""
+    if isinstance(err, PermissionError):
+        return PermissionError(f"weights {path} cannot be read: permission denied")
     cause = str(err.__cause__ or "")
     unsafe = re.search(r"GLOBAL (\S+)", cause) or re.search(r"Unsupported globals: (.+?)\. ", str(err))
     if unsafe:
@@ -45,7 +47,7 @@ def _unreadable(path: Path, err: Exception) -> ValueError:
                           f"(the suite reads only tensors; {_RESAVE})")
     if path.suffix == ".safetensors":
         return ValueError(f"weights {path} are not a readable safetensors file ({str(err).splitlines()[0]})")
-    if isinstance(err.__cause__, Exception) and "Unsupported operand" in cause:
+    if "Unsupported operand" in cause:
         return ValueError(f"weights {path} are not a PyTorch checkpoint (neither a torch.save archive nor a "
                           "tensor pickle): check the path, or get the file again")
     first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
