@@ -111,14 +111,15 @@ def test_bench_weights(tmp_path, case):
 def test_robustness_weights(tmp_path, data, case):
     path = _weights(tmp_path, case)
     assert_one_line_error(["robustness", "--model", "pit_ti", "--weights", str(path), "--data", str(data),
-                           "--out", str(tmp_path / "out"), "--limit", "2", "--workers", "0", "--device", "cpu",
-                           "--no-progress"], 2, *CASES[case][2])
+                           "--class-map", "folder", "--out", str(tmp_path / "out"), "--limit", "2", "--workers", "0",
+                           "--device", "cpu", "--no-progress"], 2, *CASES[case][2])
     assert not (tmp_path / MARKER).exists()
 
 
 @pytest.mark.parametrize("argv", [["bench", "--models", "pit_sx", "--iters", "1"],
-                                  ["robustness", "--model", "pit_sx", "--data", "{data}", "--out", "{out}",
-                                   "--limit", "2", "--workers", "0", "--no-progress"]], ids=["bench", "robustness"])
+                                  ["robustness", "--model", "pit_sx", "--data", "{data}", "--class-map", "folder",
+                                   "--out", "{out}", "--limit", "2", "--workers", "0", "--no-progress"]],
+                         ids=["bench", "robustness"])
 def test_unknown_model_name(tmp_path, data, argv):
     argv = [a.format(data=data, out=tmp_path / "out") for a in argv]
     assert_one_line_error(argv, 2, "unknown model 'pit_sx'", "did you mean", "pit_s")
