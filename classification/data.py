@@ -136,11 +136,14 @@ class ShardSampler(DistributedSampler):
         return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
-def make_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
-    """Ordered loader over this process's shard (all images when not distributed)."""
+def make_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool,
+                generator: torch.Generator | None = None) -> DataLoader:
+    """Ordered loader over this process's shard (all images when not distributed); ``generator`` (optional)
+    seeds the workers instead of the global random stream."""
     sampler = ShardSampler(dataset) if is_distributed() else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, collate_fn=skip_none_collate, persistent_workers=False)
+                      pin_memory=pin_memory, collate_fn=skip_none_collate, persistent_workers=False,
+                      generator=generator)
 
 
 def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
