@@ -388,6 +388,7 @@ def train_classifier(config: ClassifierTrainConfig) -> dict[str, Any]:
     """Train ``config.model`` and return ``{"top1", "top5", "loss", "top1_ema"?, ..., "epoch", "classes",
     "checkpoint", "out"}`` (accuracies in percent, of the last validation; ``epoch`` counts from 0)."""
     config = _resolve_data(config)
+    _check_data(Path(config.data))  # before the run folder is claimed
     out = Path(config.out) if config.out else default_out(KIND, [config.model], KIND, config.options())
     announce(out)
     state = _open_run(config, out)
