@@ -51,8 +51,8 @@ def _bounded(parse, low: float, high: float | None, low_open: bool, what: str):
 
 positive_int = _bounded(int, 1, None, False, "an integer >= 1")
 nonnegative_int = _bounded(int, 0, None, False, "an integer >= 0")
-eps_value = _bounded(parse_fraction, 0, 1, False, "a number in [0, 1] (pixels in [0,1]), e.g. 1/255")
-step_value = _bounded(parse_fraction, 0, 1, True, "a number in (0, 1], e.g. 1/255")
+eps_value = _bounded(parse_fraction, 0, 1, False, "a finite number in [0, 1] (pixels in [0,1]), e.g. 1/255")
+step_value = _bounded(parse_fraction, 0, 1, True, "a finite number in (0, 1], e.g. 1/255")
 crop_value = _bounded(parse_fraction, 0, 1, True, "a fraction in (0, 1], e.g. 0.875")
 
 

@@ -172,26 +172,31 @@ def check_paths(config: RobustnessConfig) -> list[str]:
 
     Raises FileNotFoundError / ValueError / KeyError with one line naming the flag.
     """
+    for spec in config.models:
+        _check_model(spec)
     names = resolve_corruptions(config.corruptions) if (config.imagenet_c or config.corrupt_on_the_fly) else []
-    if not Path(config.data).is_dir():
-        raise FileNotFoundError(f"--data folder {config.data} does not exist")
-    ds.ImageFolderSet(config.data, ds.build_class_index(config.class_map, config.data), 8, 1.0, limit=config.limit)
+    class_index = ds.build_class_index(config.class_map, _existing_dir("--data", config.data))
+    ds.ImageFolderSet(config.data, class_index, 8, 1.0, limit=config.limit)
     for c in names if config.imagenet_c else ():
         for s in config.severities:
             ds.class_folders(ds.imagenet_c_root(config.imagenet_c, c, s))
     for subset, root in (("imagenet-a", config.imagenet_a), ("imagenet-r", config.imagenet_r)):
-        if root and config.class_map == "imagenet":
+        if not root:
+            continue
+        _existing_dir(f"--{subset}", root)
+        if config.class_map == "imagenet":
             missing = ds.check_subset_folders(root, subset)
             if missing and is_main_process():
                 rundir.note(f"--{subset} {root} lacks {len(missing)} of the 200 class folders ({', '.join(missing[:3])}"
                             f"{', ...' if len(missing) > 3 else ''}): scored over all 200 classes, as published")
-        elif root:
-            ds.class_folders(root)
-        if root:
-            ds.ImageFolderSet(root, ds.build_class_index(config.class_map, config.data), 8, 1.0)
-    for spec in config.models:
-        _check_model(spec)
+        ds.ImageFolderSet(root, class_index, 8, 1.0)
     return names
+
+
+def _existing_dir(flag: str, path: str) -> str:
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{flag} folder {path} does not exist")
+    return path
 
 
 def _check_model(spec: ModelSpec) -> None:

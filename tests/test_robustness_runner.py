@@ -152,7 +152,7 @@ def _eval_main():
 def test_cli_errors(data, tmp_path, capsys, extra, message):
     argv = ["robustness", "--model", "test_convnext", "--data", data["val"], "--out", str(tmp_path / "o"),
             "--class-map", "folder", "--no-progress", "--device", "cpu"] + extra
-    assert _eval_main()(argv) == 1
+    assert _eval_main()(argv) == 2
     assert message in capsys.readouterr().err
 
 
