@@ -245,10 +245,13 @@ def test_default_run_writes_under_runs_and_resumes(files, tmp_path, monkeypatch,
     assert "writing to runs/robustness-pit_ti-2" in out
 
 
+CHEAP = ["gaussian_noise", "shot_noise", "impulse_noise", "brightness", "contrast", "jpeg_compression"]
+
+
 def _command(data: str, out: Path) -> list[str]:
     return [sys.executable, str(ROOT / "eval.py"), "robustness", "--model", "test_convnext", "--num-classes", "3",
             "--class-map", "folder", "--data", data, "--img-size", "32", "--workers", "2", "--batch-size", "4",
-            "--weights", "none", "--corrupt-on-the-fly", "--corruptions", "all", "--severities", "1-5",
+            "--weights", "none", "--corrupt-on-the-fly", "--corruptions", *CHEAP, "--severities", "1-5",
             "--no-progress", "--device", "cpu", "--out", str(out)]
 
 
@@ -269,9 +272,9 @@ def test_ctrl_c_stops_with_cells_saved_and_rerun_finishes(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     saved = [json.loads(line) for line in cells.read_text().splitlines()]
-    assert 2 <= len(saved) < 1 + 15 * 5
+    assert 2 <= len(saved) < 1 + len(CHEAP) * 5
     done = subprocess.run(_command(str(data), out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     final = {r["key"]: r for r in json.loads((out / "results.json").read_text())["records"]}
-    assert len(final) == 1 + 15 * 5
+    assert len(final) == 1 + len(CHEAP) * 5
     assert all(final[r["key"]] == r for r in saved)  # cells finished before Ctrl-C are kept as they were
