@@ -201,16 +201,16 @@ def _existing_dir(flag: str, path: str) -> str:
 
 
 def _check_model(spec: ModelSpec) -> None:
-    if not timm.is_model(spec.name):
-        raise ValueError(f"unknown model {spec.name!r}: use a PiT name ({', '.join(pit.PIT_NAMES)}) or a timm "
-                         "model name (timm.list_models())")
+    from pit.names import check_name
+
+    check_name(spec.name)
     if spec.weights is None:
         return
     path = Path(spec.weights)
-    if not path.is_file():
+    if path.is_dir():
+        raise ValueError(f"--weights {path} for {spec.display} is a folder: give the weights file inside it")
+    if not path.exists():
         raise FileNotFoundError(f"--weights file {path} for {spec.display} does not exist")
-    if path.stat().st_size == 0:
-        raise ValueError(f"--weights file {path} for {spec.display} is empty (0 bytes): get the file again")
     pit.read_state_dict(path)  # unreadable files are named now; a file that does not fit, when the model loads
 
 

@@ -90,6 +90,7 @@ CASES = [
     (["--weights", "a.pth", "b.pth"], 2, ["one path per --model"]),
     (["--weights", "{root}/missing.pth"], 2, ["--weights", "missing.pth", "does not exist"]),
     (["--weights", "{root}/empty.pth"], 2, ["empty.pth", "empty"]),
+    (["--weights", "{root}"], 2, ["--weights", "is a folder"]),
     (["--weights", "{root}/garbage.pth"], 2, ["garbage.pth"]),
     (["--imagenet-a", "{root}/imagenet-a-typo"], 2, ["--imagenet-a", "imagenet-a-typo", "does not exist"]),
     (["--imagenet-r", "{empty}"], 2, ["no class folders"]),
@@ -110,7 +111,7 @@ def test_bad_paths_and_models_are_one_line(files, tmp_path):
     argv = base(files, out, "--class-map", "imagenet")
     assert_one_line_error(argv, 2, "unknown class folder", "--class-map folder")
     argv = ["robustness", "--model", "no_such_net", "--data", files["val"], "--out", str(out), "--weights", "none"]
-    assert_one_line_error(argv, 2, "unknown model 'no_such_net'")
+    assert_one_line_error(argv, 2, "unknown model 'no_such_net'", "PiT name")
     argv = base(files, out, "--model", "test_convnext", "test_convnext", "--weights", "none", "none")
     line = assert_one_line_error(argv, 2, "given twice", "--weights")
     assert "ModelSpec" not in line
