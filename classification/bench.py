@@ -144,6 +144,8 @@ def _check_inputs(args: argparse.Namespace) -> None:
         raise ValueError(f"--weights needs one file per --models entry: got {len(args.weights)} files "
                          f"for {len(args.models)} models ({' '.join(args.models)})")
     for path in args.weights or []:
+        if Path(path).is_dir():
+            raise IsADirectoryError(f"--weights {path} is a folder: pass the checkpoint file inside it")
         if not Path(path).is_file():
             raise FileNotFoundError(f"--weights {path} does not exist")
     if args.data and args.weights is None:

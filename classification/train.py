@@ -367,8 +367,11 @@ def _open_run(config: ClassifierTrainConfig, out: Path) -> dict[str, Any] | None
             raise OutputError(f"--out {out} holds a {CHECKPOINT_NAME} this trainer did not write: pass --overwrite "
                               "to replace it, or choose another --out")
         if saved != wanted:
-            grown = config.resume and {**saved, "epochs": config.epochs} == wanted and config.epochs > state["epoch"] + 1
-            if not grown:
+            only_epochs = {**saved, "epochs": config.epochs} == wanted
+            if config.resume and only_epochs and config.epochs <= state["epoch"] + 1:
+                raise OutputError(f"--out {out} already trained {state['epoch'] + 1} epochs and --resume only continues "
+                                  "to more --epochs: pass --overwrite to start over, or choose another --out")
+            if not (config.resume and only_epochs):
                 raise OutputError(
                     f"--out {out} holds a {KIND} run with other options ({_changes(saved, wanted)}): pass --resume "
                     "to continue it to more --epochs, --overwrite to start over, or choose another --out")
