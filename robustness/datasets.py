@@ -16,8 +16,8 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.datasets.folder import default_loader
 
 from classification.data import (  # noqa: F401  (the robustness suite's view of the shared data layer)
     IMG_EXTENSIONS, ImageFolderSet, ShardSampler, build_class_index, class_folders, eval_transform, make_loader,
@@ -93,8 +93,9 @@ def file_state(path: str | os.PathLike) -> list[int] | None:
 
 
 class KeyedImages(Dataset):
-    """Decodes a key ``(path, label, index, img_size, crop_pct)`` → ``(uint8 (3,S,S), label, index)`` with
-    timm's eval transform, or None for an unreadable file (reported once, skipped by ``skip_none_collate``)."""
+    """Decodes a key ``(path, label, index, img_size, crop_pct)`` → ``(uint8 (3,S,S), label, index)`` like
+    ``ImageFolderSet`` (torchvision's loader: PIL → RGB, then timm's eval transform), or None for an
+    unreadable file (reported, skipped by ``skip_none_collate``)."""
 
     def __init__(self) -> None:
         self._transforms: dict[tuple[int, float], object] = {}
@@ -108,8 +109,7 @@ class KeyedImages(Dataset):
         if transform is None:
             transform = self._transforms[(size, pct)] = eval_transform(size, pct)
         try:
-            with Image.open(path) as img:
-                return transform(img.convert("RGB")), label, index
+            return transform(default_loader(path)), label, index
         except (OSError, ValueError, SyntaxError) as err:
             warnings.warn(f"skipping unreadable image {path}: {err}", RuntimeWarning, stacklevel=2)
             return None
