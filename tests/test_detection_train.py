@@ -129,3 +129,116 @@ def test_cli_errors(tmp_path):
     os.remove(paths["val_ann"])
     assert main(["detection", "eval", "--checkpoint", str(tmp_path / "missing.pth"), "--val-ann", paths["val_ann"],
                  "--val-images", paths["val_images"], "--out", str(tmp_path)]) != 0
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL / Ctrl-C at one chosen point of a run."""
+
+
+def _dies_on_call(function, call: int):
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise Killed
+        return function(*args, **kwargs)
+    return wrapper
+
+
+# (engine function, the call on which the run dies): mid-epoch (2 optimizer steps per epoch: call 3 is the
+# first step of epoch 1), during the evaluation after epoch 1, while writing epoch 1's checkpoint.
+KILL_POINTS = {"mid-epoch": ("_optimizer_step", 3), "in evaluation": ("evaluate", -1),
+               "writing the checkpoint": ("atomic_torch_save", 2)}
+KILLS = [("mid-epoch", 1), ("in evaluation", 1), ("mid-epoch", 100), ("writing the checkpoint", 100)]
+_STRAIGHT: dict[int, dict] = {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill,eval_every", KILLS, ids=[f"{k}-eval-every-{e}" for k, e in KILLS])
+def test_killed_anywhere_then_run_again_gives_bitwise_equal_weights(tmp_path_factory, monkeypatch, kill, eval_every):
+    """CPU, fixed seed: a run killed at any point and started again with the same command ends with exactly
+    the weights and optimizer state of a run that was never interrupted (with and without evaluation
+    between epochs: evaluation has its own RNG and does not move the training stream)."""
+    from detection import engine
+
+    data = tmp_path_factory.mktemp("kill_data")
+    paths = make_tiny_coco(data, num_images=2, size=(48, 64), seed=3, max_objects=2)
+    paths.pop("root")
+    config = dict(backbone="pit_ti", **paths, batch_size=1, epochs=2, eval_every=eval_every, model_kwargs=TINY,
+                  **{**SMALL_IMAGES, "scales": [48], "max_size": 64, "test_size": 48})
+    if eval_every not in _STRAIGHT:
+        train(**config, out=str(data / "straight"))
+        _STRAIGHT[eval_every] = _state(data / "straight" / "checkpoint.pth")
+    name, call = KILL_POINTS[kill]
+    evaluations = 2 if eval_every == 1 else 1
+    out = str(tmp_path_factory.mktemp("killed"))
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, name, _dies_on_call(getattr(engine, name), evaluations if call == -1 else call))
+        with pytest.raises(Killed):
+            train(**config, out=out)
+    train(**config, out=out)  # the same command again: resumes from the last checkpoint by itself
+    a, b = _STRAIGHT[eval_every], _state(Path(out) / "checkpoint.pth")
+    assert a["epoch"] == b["epoch"] == 1
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    assert [r["epoch"] for r in _log(Path(out))] == [0, 1]
+
+
+def test_full_disk_ends_in_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from tests.cli_helpers import assert_one_line_error
+
+    paths = _paths(tmp_path / "data")
+    out = tmp_path / "run"
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if obj.get("epoch") == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    argv = ["detection", "train", "--backbone", "pit_ti", "--train-ann", paths["train_ann"], "--train-images",
+            paths["train_images"], "--val-ann", paths["val_ann"], "--val-images", paths["val_images"], "--epochs", "2",
+            "--eval-every", "5", "--out", str(out), "--scales", "48", "--max-size", "96", "--test-size", "64",
+            "--num-workers", "0", "--no-progress", "--model-kwargs", json.dumps(TINY)]
+    assert_one_line_error(argv, 1, "no space left", "checkpoint.pth")
+    assert load_checkpoint(str(out / "checkpoint.pth"), fields=RESUME_FIELDS)["epoch"] == 0
+    assert not list(out.glob(".checkpoint.pth.*"))  # no temporary file left behind
+
+
+@pytest.mark.slow
+def test_the_command_as_typed_runs_on_the_builtin_set_and_resumes(tmp_path, monkeypatch):
+    """`eval.py detection train --backbone pit_ti --epochs 1` with nothing else (issue 16): a smaller
+    built-in set keeps the test fast; the command, the folder choice and the banners are the real ones."""
+    from common import synthetic
+    from detection import cli
+    from tests.cli_helpers import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(cli, "BUILTIN_DATA", synthetic.DetectionSpec(num_train=4, num_val=2, img_size=64, max_objects=2))
+    argv = ["detection", "train", "--backbone", "pit_ti", "--epochs", "1"]
+    code, out, err = run_cli(argv)
+    assert code == 0, err
+    run = Path("runs/detection-train-pit_ti")
+    assert f"writing to {run}" in out and f"results in {run}" in out
+    assert "note: no --coco given: using the built-in generated COCO-format set" in out and "--coco DIR" in out
+    assert "note: " in out and "--backbone-weights" in out
+    saved = json.loads((run / "eval.json").read_text())
+    assert list(saved)[:2] == ["data", "weights"] and "built-in generated" in saved["data"]
+    assert len(_log(run)) == 1
+
+    code, again, err = run_cli(argv)  # the same command: the finished run is found, nothing is retrained
+    assert code == 0, err
+    assert "already finished its 1 epochs" in again and "epoch 0" not in again
+    assert len(_log(run)) == 1
+
+    code, other, err = run_cli([*argv, "--model-kwargs", json.dumps(TINY)])  # other options: a new folder
+    assert code == 0, err
+    assert "writing to runs/detection-train-pit_ti-2" in other
+    assert Path("runs/detection-train-pit_ti-2/checkpoint.pth").is_file()
