@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 from common.rundir import default_out, note
@@ -62,7 +63,9 @@ def _number(kind: type, low: float, strict: bool):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
-        if value != value or value in (float("inf"), float("-inf")) or (value <= low if strict else value < low):
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if value <= low if strict else value < low:
             raise argparse.ArgumentTypeError(f"must be {'>' if strict else '≥'} {low:g}, got {text}")
         return value
     parse.__name__ = kind.__name__

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from common.io import atomic_write_text, read_jsonl
-from common.rundir import check_out
+from common.rundir import claim
 
 COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -29,7 +29,7 @@ def compare_runs(run_dirs: list[str], out: str | None = None) -> str:
     with ``out``, writes ``out/compare.md`` and ``out/compare_ap.png`` (val AP per epoch)."""
     if not run_dirs:
         raise ValueError("no run folders given")
-    out_dir = check_out(out) if out else None
+    out_dir = claim(out, "detection-compare", {"runs": [str(Path(d).resolve()) for d in run_dirs]}) if out else None
     runs = [(Path(d), _load(Path(d))) for d in run_dirs]
     lines = ["| run | arch | backbone | params (M) | GFLOPs (size) | FPS | " + " | ".join(COLUMNS) + " |",
              "|---|---|---|---|---|---|" + "---|" * len(COLUMNS)]

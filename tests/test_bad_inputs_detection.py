@@ -184,6 +184,8 @@ CASES: dict[str, tuple[Callable[[SimpleNamespace], list[str]], int, tuple[str, .
                               2, ("--out", "existing file")),
     "compare not a run": (lambda e: ["detection", "compare", "--runs", str(e.root / "coco")], 2, ("no run.json",)),
     "train into a robustness run": (lambda e: train(e, out=str(e.root / "robustness_run")), 2, ("robustness run",)),
+    "compare into a robustness run": (lambda e: ["detection", "compare", "--runs", str(e.root / "trained"), "--out",
+                                                 str(e.root / "robustness_run")], 2, ("robustness run",)),
     "eval into a robustness run": (lambda e: evaluate(e, str(e.root / "fields.pth"), out=str(e.root / "robustness_run")),
                                    2, ("robustness run",)),
 }
