@@ -25,6 +25,15 @@ FAST = ["--scales", "48", "--max-size", "96", "--test-size", "64", "--num-worker
         "--batch-size", "2", "--epochs", "1", "--model-kwargs", TINY]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: the tiny models gain nothing from more, and a shared CI machine loses a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class _Payload:
     """Unpickling this runs ``touch MARKER`` — exactly what a safe loader must never do."""
 
@@ -47,9 +56,12 @@ def env(tmp_path_factory) -> SimpleNamespace:
     torch.save({"model": {"w": torch.zeros(2)}}, root / "fields.pth")
     (root / "a_file").write_text("not a folder")
     trained = root / "trained"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert run_cli(train(SimpleNamespace(root=root, paths=paths), out=str(trained)))[0] == 0
+    torch.set_num_threads(threads)
     robustness = root / "robustness_run"
     robustness.mkdir()
     (robustness / ".pit-suite-run.json").write_text(json.dumps({"kind": "robustness", "options": {}}))

@@ -21,6 +21,15 @@ TINY = dict(hidden_dim=32, nheads=4, enc_layers=1, dec_layers=2, dim_feedforward
 SMALL_IMAGES = dict(scales=[48, 64], max_size=96, test_size=64, num_workers=0, progress=False)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: the tiny models gain nothing from more, and a shared CI machine loses a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def train(**kwargs) -> dict:
     return train_detector(DetectionTrainConfig(**kwargs))
 
