@@ -247,6 +247,12 @@ def test_the_command_as_typed_runs_on_the_builtin_set_and_resumes(tmp_path, monk
     assert "already finished its 1 epochs" in again and "epoch 0" not in again
     assert len(_log(run)) == 1
 
+    code, scored, err = run_cli(["detection", "eval", "--checkpoint", str(run / "checkpoint.pth")])
+    assert code == 0, err
+    evaluated = Path("runs/detection-eval-detection-train-pit_ti")
+    assert "note: no --coco given" in scored and f"results in {evaluated}" in scored
+    assert json.loads((evaluated / "eval.json").read_text())["weights"] == f"detector checkpoint {run / 'checkpoint.pth'}"
+
     code, other, err = run_cli([*argv, "--model-kwargs", json.dumps(TINY)])  # other options: a new folder
     assert code == 0, err
     assert "writing to runs/detection-train-pit_ti-2" in other
