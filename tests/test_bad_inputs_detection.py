@@ -228,3 +228,30 @@ def test_an_existing_run_with_other_options_is_not_overwritten(env):
     before = (out / "checkpoint.pth").read_bytes()
     assert_one_line_error(train(env, "--lr", "3e-4", out=str(out)), 2, "lr differ", "--resume", "--overwrite")
     assert (out / "checkpoint.pth").read_bytes() == before
+
+
+def test_one_unreadable_image_is_skipped_with_a_warning_naming_it(env, tmp_path):
+    from detection.data import CocoDetection, collate
+
+    images = tmp_path / "images"
+    shutil.copytree(env.paths["val_images"], images)
+    first = sorted(images.iterdir())[0]
+    first.write_bytes(first.read_bytes()[:200])  # a truncated JPEG
+    dataset = CocoDetection(env.paths["val_ann"], images)
+    with pytest.warns(UserWarning, match=f"skipped unreadable image {first}"):
+        batch = collate([dataset[i] for i in range(len(dataset))])
+    assert batch is not None and len(batch[2]) == len(dataset) - 1
+    assert 1 not in [t["image_id"] for t in batch[2]]
+
+
+def test_out_of_image_and_zero_size_boxes_are_dropped_with_one_counting_warning(env):
+    from detection.annotations import load_coco
+
+    data = json.loads(json.dumps(env.data))
+    width = data["images"][0]["width"]
+    data["annotations"][0]["bbox"] = [width + 5, 0, 10, 10]  # wholly right of its image
+    data["annotations"][1]["bbox"][3] = 0  # zero height
+    with pytest.warns(UserWarning, match=r"dropped 2 of \d+ boxes") as caught:
+        coco = load_coco(_ann(env, "two_bad_boxes", data))
+    assert len(caught) == 1
+    assert len(coco.anns) == len(data["annotations"]) - 2
