@@ -374,22 +374,28 @@ def train_detector(config: DetectionTrainConfig) -> dict:
     existing run of the same options there is resumed, a finished one is reported, not retrained."""
     device = init_distributed(config.device)
     out, source = prepare_out(config)
-    announce(out)
+    main = is_main_process()
+    if main:
+        announce(out)
     run = _build_run(config, out, device)
     start_epoch = _restore(run, source) if source else 0
-    if source and is_main_process():
-        _keep_log_before(out, start_epoch)
-        note(f"resuming {out} from {source} at epoch {start_epoch} of {config.epochs}")
-    elif not source:
+    if not source:
         _start_fresh(run)
-    if source and start_epoch >= config.epochs and (out / "eval.json").is_file():
-        note(f"the run in {out} already finished its {config.epochs} epochs: nothing to train "
-             "(--overwrite starts it over)")
-        stats = json.loads((out / "eval.json").read_text())
+    elif main:
+        _keep_log_before(out, start_epoch)
+    if start_epoch >= config.epochs:
+        if main:
+            note(f"the run in {out} already finished its {config.epochs} epochs: nothing to train "
+                 "(--overwrite starts it over)")
+        saved = out / "eval.json"
+        stats = json.loads(saved.read_text()) if saved.is_file() else run.evaluate()
     else:
+        if source and main:
+            note(f"resuming {out} from {source} at epoch {start_epoch} of {config.epochs}")
         stats = _train_epochs(run, start_epoch) or run.evaluate()
     _report(out, stats, run.header())
-    announce(out, finished=True)
+    if main:
+        announce(out, finished=True)
     return stats
 
 
