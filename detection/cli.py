@@ -16,6 +16,8 @@ from pathlib import Path
 
 from common.rundir import default_out, note
 from common.synthetic import DetectionSpec
+from pit import default_weights
+from pit.hub import cached_pretrained_file
 from detection.build import ARCHS
 from detection.config import DetectionTrainConfig
 from detection.deformable.presets import PRESETS, get_preset
@@ -172,34 +174,16 @@ def _builtin_data(keys: list[str]) -> tuple[dict[str, str], str, int]:
 
 
 def _backbone_weights(args: argparse.Namespace) -> tuple[str | None, str]:
-    """(--backbone-weights or a locally cached published file or None, what the run's weights are)."""
+    """(--backbone-weights, or the published file in the local hub cache, or None; what the weights are)."""
     if args.backbone_weights:
         return args.backbone_weights, f"backbone weights {args.backbone_weights}"
     use, banner = default_weights(args.backbone)
-    cached = _cached_published(args.backbone) if use else None
-    if cached is None:
+    cached = cached_pretrained_file(args.backbone) if use else None
+    if cached is None:  # reachable but not cached: the detector loads local files only
         banner = (f"no --backbone-weights given: random {args.backbone} backbone initialisation, AP will be near 0; "
                   "pass --backbone-weights FILE")
-    note(banner.replace("--weights", "--backbone-weights"))
-    return cached, banner
-
-
-def default_weights(name: str) -> tuple[bool, str]:
-    """``pit.default_weights`` (use published weights?, banner), with a random-initialisation fallback."""
-    import pit
-
-    if hasattr(pit, "default_weights"):
-        return pit.default_weights(name)
-    return False, "no --weights given: random initialisation, accuracy will be at chance; pass --weights FILE"
-
-
-def _cached_published(name: str) -> str | None:
-    try:
-        from pit.hub import cached_pretrained_file
-    except ImportError:
-        return None
-    found = cached_pretrained_file(name)
-    return str(found) if found else None
+    note(banner)
+    return (str(cached) if cached else None), banner
 
 
 def train_config(args: argparse.Namespace) -> DetectionTrainConfig:

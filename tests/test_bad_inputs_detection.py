@@ -44,6 +44,14 @@ class _Payload:
         return os.system, (f"touch {self.marker}",)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _offline():
+    """No command here may wait for the hub (published-weights check without --backbone-weights)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        yield
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("bad_detection")
