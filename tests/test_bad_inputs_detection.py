@@ -236,6 +236,16 @@ def test_an_existing_run_with_other_options_is_not_overwritten(env):
     before = (out / "checkpoint.pth").read_bytes()
     assert_one_line_error(train(env, "--lr", "3e-4", out=str(out)), 2, "lr differ", "--resume", "--overwrite")
     assert (out / "checkpoint.pth").read_bytes() == before
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # --resume continues with the new options (one more epoch); then the plain command finds the finished run
+        code, _, err = run_cli(train(env, "--epochs", "2", "--resume", str(out / "checkpoint.pth"), out=str(out)))
+        assert code == 0, err
+        code, again, err = run_cli(train(env, "--epochs", "2", out=str(out)))
+    assert code == 0, err
+    assert "already finished its 2 epochs" in again
+    epochs = [json.loads(line).get("epoch") for line in (out / "log.jsonl").read_text().splitlines()[1:]]
+    assert epochs == [0, 1]
 
 
 def test_one_unreadable_image_is_skipped_with_a_warning_naming_it(env, tmp_path):
