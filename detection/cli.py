@@ -14,7 +14,7 @@ import json
 import math
 from pathlib import Path
 
-from common.rundir import default_out, note
+from common.rundir import announce, default_out, note
 from common.synthetic import DetectionSpec
 from pit import default_weights
 from pit.hub import cached_pretrained_file
@@ -230,7 +230,7 @@ def main(args: argparse.Namespace) -> int:
         out = _eval_out(args)
         from detection.resume import claim_eval_out
 
-        claim_eval_out(out, args.checkpoint)
+        announce(claim_eval_out(out, args.checkpoint))
         paths, data_note, _ = _data(args, train=False)
         evaluate_checkpoint(args.checkpoint, **paths, out=out, device=args.device, batch_size=args.batch_size,
                             num_workers=args.num_workers, save_vis=args.save_vis, progress=not args.no_progress,

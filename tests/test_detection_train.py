@@ -250,7 +250,7 @@ def test_the_command_as_typed_runs_on_the_builtin_set_and_resumes(tmp_path, monk
     code, scored, err = run_cli(["detection", "eval", "--checkpoint", str(run / "checkpoint.pth")])
     assert code == 0, err
     evaluated = Path("runs/detection-eval-detection-train-pit_ti")
-    assert "note: no --coco given" in scored and f"results in {evaluated}" in scored
+    assert "note: no --coco given" in scored and f"writing to {evaluated}" in scored and f"results in {evaluated}" in scored
     assert json.loads((evaluated / "eval.json").read_text())["weights"] == f"detector checkpoint {run / 'checkpoint.pth'}"
 
     code, other, err = run_cli([*argv, "--model-kwargs", json.dumps(TINY)])  # other options: a new folder
