@@ -109,11 +109,19 @@ def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: 
     optimizer.zero_grad(set_to_none=True)
 
 
+def _skip_together(batch: tuple | None, device: torch.device) -> bool:
+    """True when this process's batch had no readable image, or (under DDP) any process's had none: every
+    process then skips the step, so no process waits for another's gradients."""
+    empty = torch.tensor(float(batch is None), device=device)
+    return bool(all_reduce_sum(empty) > 0)
+
+
 def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     device: torch.device, *, epoch: int, clip_max_norm: float = 0.1, accum_steps: int = 1,
                     amp: bool = False, scaler: torch.amp.GradScaler | None = None, progress: bool = True) -> dict[str, float]:
     """One pass over ``loader``; returns mean weighted ``loss`` and every unweighted component (all processes).
-    Batches whose images were all unreadable are skipped; an epoch with none readable is an error."""
+    Batches whose images were all unreadable are skipped (on every process together); an epoch with none
+    readable is an error."""
     model.train()
     criterion.train()
     scaler = scaler or grad_scaler(device, False)
@@ -122,7 +130,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: DataLoader, 
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not (progress and is_main_process()), dynamic_ncols=True)
     optimizer.zero_grad(set_to_none=True)
     for step, batch in enumerate(bar):
-        if batch is None:
+        if _skip_together(batch, device):
             continue
         images, mask, targets = batch
         outputs = _forward(model, images.to(device, non_blocking=True), mask.to(device, non_blocking=True), device, amp)

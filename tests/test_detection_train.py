@@ -111,6 +111,9 @@ def test_resume_gives_the_same_state_as_uninterrupted_training(tmp_path):
 
 def test_two_process_ddp_with_gloo(tmp_path):
     paths = _paths(tmp_path / "data")
+    # one unreadable training image: the process that draws it alone skips that step together with the other
+    broken = sorted(Path(paths["train_images"]).iterdir())[1]
+    broken.write_bytes(broken.read_bytes()[:100])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            str(ROOT / "eval.py"), "detection", "train", "--backbone", "pit_ti", "--train-ann", paths["train_ann"],
            "--train-images", paths["train_images"], "--val-ann", paths["val_ann"], "--val-images", paths["val_images"],
@@ -121,6 +124,7 @@ def test_two_process_ddp_with_gloo(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     log = _log(tmp_path / "ddp")
     assert len(log) == 1 and "AP" in log[0]
+    assert f"skipped unreadable image {broken}" in done.stderr
     # the evaluator gathered every image from both processes
     assert "Average Precision" in done.stdout and json.loads((tmp_path / "ddp" / "eval.json").read_text())["fps"] > 0
 
