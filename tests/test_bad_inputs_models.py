@@ -79,12 +79,7 @@ CASES: dict[str, tuple[str, Callable[[Path], None], tuple[str, ...]]] = {
                             ("junk.safetensors", "not a readable safetensors file")),
     "no-tensors": ("meta.pth", lambda p: torch.save({"epoch": 3, "args": {"lr": 0.1}}, p), ("meta.pth", "no state dict")),
 }
-# The CLIs' own up-front checks (os.path.isfile / Path.is_file) call a folder "does not exist" before
-# pit.read_state_dict can say "is a folder": marked until they let a folder through to it.
-_FOLDER = pytest.param("folder", marks=pytest.mark.xfail(
-    reason="the command's own is_file pre-check calls a folder missing", strict=False))
-BENCH_CASES = [_FOLDER if case == "folder" else case for case in CASES]
-ROBUSTNESS_CASES = ("missing", "truncated", "malicious-pickle", "nan", "other-architecture", _FOLDER)
+ROBUSTNESS_CASES = ("missing", "truncated", "malicious-pickle", "nan", "other-architecture", "folder")
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +96,7 @@ def _weights(tmp_path: Path, case: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", BENCH_CASES)
+@pytest.mark.parametrize("case", list(CASES))
 def test_bench_weights(tmp_path, case):
     path = _weights(tmp_path, case)
     assert_one_line_error(["bench", "--models", "pit_ti", "--weights", str(path), "--warmup", "0",
