@@ -38,6 +38,7 @@ from detection.data import CocoDetection, coco_paths, collate, make_transforms
 from detection.engine import evaluate, load_checkpoint
 
 CLEAN = "clean"
+KIND = "detection-coco-c"  # the run-folder marker kind (common.rundir)
 RESULT_FILE = "coco_c.json"
 
 
@@ -169,10 +170,10 @@ def load_for_eval(checkpoint: str, device: torch.device) -> tuple[torch.nn.Modul
     """(detector in eval mode on ``device``, post-processor, COCO category id per label, test resize) of a
     checkpoint, as ``detection eval`` builds them."""
     ckpt = load_checkpoint(checkpoint)
-    args = ckpt.get("args", {})
+    args = ckpt.get("args", {}) if isinstance(ckpt.get("args"), dict) else {}
     sizes = {k: args.get(k) for k in ("scales", "max_size", "test_size")}
     resize = make_transforms(False, **sizes, img_scale=args.get("img_scale", 1.0)).transforms[-1]
-    arch = ckpt.get("arch", "detr")
+    arch = ckpt["arch"]
     model = build_detector(arch, backbone=ckpt["backbone"], num_classes=ckpt["num_classes"], **ckpt.get("model_kwargs", {}))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), build_postprocessor(arch), list(ckpt["cat_ids"]), resize
@@ -294,7 +295,8 @@ def run_coco_c(checkpoints: Sequence[str], coco_root: str | None, out: str, corr
     if not (val_ann and val_images):
         raise ValueError("no data given: pass --coco DIR or --val-ann and --val-images")
     torch_device = init_distributed(device)
-    root = claim(out, "detection-coco-c") if is_main_process() else Path(out)
+    options = {"checkpoints": [str(Path(c).resolve()) for c in checkpoints], "seed": seed}
+    root = claim(out, KIND, options) if is_main_process() else Path(out)
     if is_main_process():
         announce(root)
     runs = {}
