@@ -17,6 +17,7 @@ import torch
 import corruptions
 from detection import coco_c
 from detection.coco_c import corrupt_native, image_seed, run_coco_c
+from detection.config import DetectionTrainConfig
 from detection.engine import evaluate_checkpoint, train_detector
 from tests.cli_helpers import assert_one_line_error, run_cli
 from tests.coco_fixtures import make_tiny_coco
@@ -36,10 +37,11 @@ def data(tmp_path_factory) -> dict:
 def trained(data) -> dict:
     """A tiny DETR (PiT-Ti backbone) trained a few epochs on ``data``."""
     torch.manual_seed(0)
-    train_detector(backbone="pit_ti", train_ann=data["train_ann"], train_images=data["train_images"],
-                   val_ann=data["val_ann"], val_images=data["val_images"], out=str(data["tmp"] / "run"), epochs=12,
-                   batch_size=4, lr=2e-3, lr_backbone=5e-4, clip_max_norm=1.0, augment=False, eval_every=100,
-                   scales=[64], max_size=128, test_size=64, num_workers=0, progress=False, model_kwargs=TINY)
+    train_detector(DetectionTrainConfig(
+        backbone="pit_ti", train_ann=data["train_ann"], train_images=data["train_images"], val_ann=data["val_ann"],
+        val_images=data["val_images"], out=str(data["tmp"] / "run"), epochs=12, batch_size=4, lr=2e-3, lr_backbone=5e-4,
+        clip_max_norm=1.0, augment=False, eval_every=100, scales=[64], max_size=128, test_size=64, num_workers=0,
+        progress=False, model_kwargs=TINY))
     return {**data, "checkpoint": str(data["tmp"] / "run" / "checkpoint.pth")}
 
 
