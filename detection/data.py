@@ -8,6 +8,7 @@ normalised cxcywh w.r.t. the transformed image, ``image_id``, ``orig_size`` (h, 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 from pathlib import Path
@@ -21,7 +22,8 @@ from torchvision.ops import box_convert
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-DEFAULT_SCALES = list(range(480, 801, 32))
+from detection.presets import ImageSizes
+
 
 
 def coco_paths(coco_dir: str | os.PathLike) -> dict[str, str]:
@@ -40,6 +42,38 @@ def load_coco(ann_file: str | os.PathLike) -> COCO:
         return COCO(str(ann_file))
 
 
+def get_size(width: int, height: int, size: int, max_size: int | None = None) -> tuple[int, int]:
+    """The official DETR resize rule → (new height, new width): the short side becomes ``size``
+    unless the long side would exceed ``max_size``, in which case the short side becomes
+    ``round(max_size · short / long)``; the other side is truncated (``int``), and an image whose
+    short side already equals the size is left as it is."""
+    if max_size is not None:
+        short, long = float(min(width, height)), float(max(width, height))
+        if long / short * size > max_size:
+            size = int(round(max_size * short / long))
+    if (width <= height and width == size) or (height <= width and height == size):
+        return height, width
+    if width < height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
+class RandomResize(v2.Transform):
+    """Resize to :func:`get_size` of a short side drawn from ``sizes`` (official ``RandomResize``)."""
+
+    def __init__(self, sizes: list[int] | tuple[int, ...], max_size: int | None = None) -> None:
+        super().__init__()
+        self.sizes, self.max_size = list(sizes), max_size
+
+    def make_params(self, flat_inputs: list) -> dict:
+        height, width = v2.query_size(flat_inputs)
+        size = self.sizes[int(torch.randint(len(self.sizes), ()))]
+        return {"size": list(get_size(width, height, size, self.max_size))}
+
+    def transform(self, inpt, params: dict):
+        return self._call_kernel(TF.resize, inpt, size=params["size"], antialias=True)
+
+
 class RandomSizeCrop(v2.Transform):
     """Crop a random (h, w) with each side in [min_size, min(max_size, side)] (DETR's RandomSizeCrop)."""
 
@@ -55,26 +89,44 @@ class RandomSizeCrop(v2.Transform):
                 "height": h, "width": w}
 
     def transform(self, inpt, params: dict):
-        return TF.crop(inpt, **params)
+        return self._call_kernel(TF.crop, inpt, **params)
 
 
-def make_transforms(train: bool, scales: list[int] | None = None, max_size: int | None = None,
-                    test_size: int | None = None, img_scale: float = 1.0) -> v2.Transform:
-    """DETR's recipe: train = flip, then either a multi-scale resize of the short side (``scales``,
-    long side ≤ ``max_size``) or resize 400/500/600 + random crop 384–600 + multi-scale resize;
-    test = short side ``test_size`` (long ≤ ``max_size``). All sizes are multiplied by ``img_scale``."""
-    scaled = lambda v: max(int(v * img_scale + 0.5), 8)  # noqa: E731  (round half up: 1333 * 0.5 -> 667)
-    scales = [scaled(s) for s in (scales or DEFAULT_SCALES)]
-    max_size = scaled(max_size or 1333)
-    test_size = scaled(test_size or 800)
+class DropEmptyBoxes(v2.Transform):
+    """Drop boxes left with zero width or height (after a crop), and their labels, as the official
+    ``crop`` does (``x1 > x0 and y1 > y0``, no minimum size)."""
+
+    def forward(self, *inputs):
+        sample = inputs if len(inputs) > 1 else inputs[0]
+        image, target = sample
+        boxes = target["boxes"]
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        target = {**target, "boxes": tv_tensors.wrap(boxes[keep], like=boxes), "labels": target["labels"][keep]}
+        return image, target
+
+
+def resolve_sizes(sizes: ImageSizes | None = None, *, scales: list[int] | None = None, max_size: int | None = None,
+                  test_size: int | None = None, img_scale: float = 1.0) -> ImageSizes:
+    """``sizes`` (default: the official ones) with the explicitly given sizes replacing its own, all × ``img_scale``."""
+    explicit = {"train_scales": tuple(scales or ()), "max_size": max_size, "test_size": test_size}
+    sizes = dataclasses.replace(sizes or ImageSizes(), **{k: v for k, v in explicit.items() if v})
+    return sizes.scaled(img_scale) if img_scale != 1.0 else sizes
+
+
+def make_transforms(train: bool, sizes: ImageSizes | None = None, *, scales: list[int] | None = None,
+                    max_size: int | None = None, test_size: int | None = None, img_scale: float = 1.0) -> v2.Transform:
+    """DETR's recipe on [0, 1] tensors (sizes from ``sizes``, default the official ones; explicit
+    ``scales``/``max_size``/``test_size`` replace them; everything is then multiplied by ``img_scale``):
+    train = flip, then either :class:`RandomResize` over the scales or resize + random crop + resize,
+    empty boxes dropped; test = :func:`get_size` of ``test_size``."""
+    sizes = resolve_sizes(sizes, scales=scales, max_size=max_size, test_size=test_size, img_scale=img_scale)
     to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     if not train:
-        return v2.Compose([*to_tensor, v2.Resize(test_size, max_size=max_size)])
-    crop = v2.Compose([v2.RandomShortestSize([scaled(s) for s in (400, 500, 600)]), RandomSizeCrop(scaled(384), scaled(600)),
-                       v2.RandomShortestSize(scales, max_size=max_size)])
+        return v2.Compose([*to_tensor, RandomResize([sizes.test_size], sizes.max_size)])
+    crop = v2.Compose([RandomResize(sizes.resize_scales), RandomSizeCrop(*sizes.crop_size),
+                       RandomResize(sizes.train_scales, sizes.max_size)])
     return v2.Compose([*to_tensor, v2.RandomHorizontalFlip(),
-                       v2.RandomChoice([v2.RandomShortestSize(scales, max_size=max_size), crop]),
-                       v2.SanitizeBoundingBoxes(min_size=1.0)])
+                       v2.RandomChoice([RandomResize(sizes.train_scales, sizes.max_size), crop]), DropEmptyBoxes()])
 
 
 class CocoDetection(torch.utils.data.Dataset):

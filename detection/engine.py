@@ -26,16 +26,11 @@ from tqdm import tqdm
 from detection.build import build_criterion, build_detector, build_postprocessor
 from detection.coco_eval import CocoEvaluator
 from detection.data import CocoDetection, collate, make_transforms
+from detection.presets import ARCH_DEFAULT, get_preset
 from common.distributed import all_gather_objects, all_reduce_sum, get_rank, get_world_size, init_distributed, is_distributed, is_main_process
 from common.io import append_jsonl, atomic_torch_save, atomic_write_json
 
 PRINTED = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
-def normalize_images(model: nn.Module, images: Tensor, mask: Tensor) -> Tensor:
-    """[0, 1] pixels (B, 3, H, W) → normalised with the backbone's mean/std, padding kept at 0."""
-    backbone = _unwrap(model).backbone
-    return ((images - backbone.pixel_mean) / backbone.pixel_std).masked_fill(mask[:, None], 0.0)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -92,7 +87,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: DataLoader, 
         images, mask = images.to(device, non_blocking=True), mask.to(device, non_blocking=True)
         targets = _to_device(targets, device)
         with _autocast(device, amp):
-            outputs = model(normalize_images(model, images, mask), mask)
+            outputs = model(images, mask)
         losses = criterion(outputs, targets)
         loss = sum(losses[k] * weights[k] for k in losses if k in weights)
         if not math.isfinite(loss.item()):
@@ -134,7 +129,7 @@ def evaluate(model: nn.Module, postprocessor: nn.Module, loader: DataLoader, eva
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         with _autocast(device, amp):
-            outputs = model(normalize_images(model, images, mask), mask)
+            outputs = model(images, mask)
         results = postprocessor(outputs, sizes)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -211,11 +206,13 @@ def train_detector(*, backbone: str, train_ann: str, train_images: str, val_ann:
                    test_size: int | None = None, img_scale: float = 1.0, amp: bool = False, accum_steps: int = 1,
                    device: str | None = None, num_workers: int = 2, resume: str | None = None, seed: int = 42,
                    eval_every: int = 1, progress: bool = True, model_kwargs: dict | None = None,
-                   finetune: str | None = None, augment: bool = True, gflops_size: tuple[int, int] | None = None) -> dict:
+                   finetune: str | None = None, augment: bool = True, gflops_size: tuple[int, int] | None = None,
+                   preset: str | None = None) -> dict:
     """Train ``arch`` over ``backbone`` on a COCO-format set, evaluating on the val set; returns the final
     eval stats (see :func:`evaluate`). ``resume`` continues a run exactly; ``finetune`` starts from a
     checkpoint's weights with mismatched heads dropped (optimizer state not restored). ``augment=False``
-    trains on the test transform (for overfitting checks and debugging)."""
+    trains on the test transform (for overfitting checks and debugging). ``preset`` (default: the
+    official recipe of ``arch``) supplies the image sizes, loss/matcher numbers and ``num_select``."""
     if accum_steps < 1 or epochs < 0 or batch_size < 1:
         raise ValueError("accum_steps and batch_size must be ≥ 1 and epochs ≥ 0")
     if resume and finetune:
@@ -231,7 +228,8 @@ def train_detector(*, backbone: str, train_ann: str, train_images: str, val_ann:
     model_kwargs = dict(model_kwargs or {})
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sizes = dict(scales=scales, max_size=max_size, test_size=test_size, img_scale=img_scale)
+    recipe = get_preset(preset or ARCH_DEFAULT[arch])
+    sizes = dict(sizes=recipe.sizes, scales=scales, max_size=max_size, test_size=test_size, img_scale=img_scale)
     train_set = CocoDetection(train_ann, train_images, make_transforms(augment, **sizes))
     val_set = CocoDetection(val_ann, val_images, make_transforms(False, **sizes))
     if val_set.cat_ids != train_set.cat_ids:
@@ -239,8 +237,8 @@ def train_detector(*, backbone: str, train_ann: str, train_images: str, val_ann:
     num_classes = train_set.num_classes
     model = build_detector(arch, backbone=backbone, num_classes=num_classes, backbone_weights=backbone_weights,
                            **model_kwargs).to(device)
-    criterion = build_criterion(arch, num_classes=num_classes, **model_kwargs).to(device)
-    postprocessor = build_postprocessor(arch)
+    criterion = build_criterion(arch, num_classes=num_classes, model_kwargs=model_kwargs, **recipe.criterion_kwargs).to(device)
+    postprocessor = build_postprocessor(arch, recipe.num_select)
     optimizer = torch.optim.AdamW(param_groups(model, lr, lr_backbone, weight_decay), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=lr_drop or 10**9, gamma=0.1)
     scaler = torch.amp.GradScaler(device.type) if amp and not torch.cuda.is_bf16_supported() else None
@@ -258,7 +256,7 @@ def train_detector(*, backbone: str, train_ann: str, train_images: str, val_ann:
     elif finetune:
         load_state_dropping_mismatched(model, load_checkpoint(finetune)["model"])
     if is_main_process() and not resume:
-        size = gflops_size or (make_transforms(False, **sizes).transforms[-1].size[0],) * 2
+        size = gflops_size or (make_transforms(False, **sizes).transforms[-1].sizes[0],) * 2
         atomic_write_json(out_dir / "run.json", {
             "arch": arch, "backbone": backbone, "num_classes": num_classes, "category_names": train_set.category_names,
             "params": sum(p.numel() for p in model.parameters()), "gflops": count_gflops(model, tuple(size)),
