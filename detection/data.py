@@ -1,8 +1,8 @@
 """COCO-format detection data: pycocotools loading, DETR's augmentation on torchvision
 ``transforms.v2``, and a collate that pads batches with masks.
 
-Samples are ``(image (3, H, W) float in [0, 1] (NOT normalised: the engine normalises with the
-backbone's mean/std), target)`` with target ``labels`` (n,) contiguous 0..K-1, ``boxes`` (n, 4)
+Samples are ``(image (3, H, W) float in [0, 1] (not normalised: every detector normalises inside
+itself), target)`` with target ``labels`` (n,) contiguous 0..K-1, ``boxes`` (n, 4)
 normalised cxcywh w.r.t. the transformed image, ``image_id``, ``orig_size`` (h, w) and ``size``.
 """
 from __future__ import annotations
@@ -131,9 +131,11 @@ def make_transforms(train: bool, sizes: ImageSizes | None = None, *, scales: lis
 
 class CocoDetection(torch.utils.data.Dataset):
     """Any COCO-format set. Crowd boxes and degenerate boxes are dropped; category ids are mapped
-    to contiguous labels (``cat_ids[label]`` = COCO id, ``label_of[coco_id]`` = label)."""
+    to labels (``cat_ids[label]`` = COCO id, ``label_of[coco_id]`` = label): contiguous 0..K-1, or with
+    ``label_space="coco-ids"`` the category id itself (as the official 91-row heads)."""
 
-    def __init__(self, ann_file: str | os.PathLike, image_dir: str | os.PathLike, transforms: v2.Transform | None = None) -> None:
+    def __init__(self, ann_file: str | os.PathLike, image_dir: str | os.PathLike, transforms: v2.Transform | None = None,
+                 label_space: str = "contiguous") -> None:
         self.coco = load_coco(ann_file)
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
@@ -141,11 +143,15 @@ class CocoDetection(torch.utils.data.Dataset):
         self.ids = sorted(self.coco.getImgIds())
         if not self.ids:
             raise ValueError(f"{ann_file} lists no images: the dataset is empty")
-        self.cat_ids = sorted(self.coco.getCatIds())
-        if not self.cat_ids:
+        ids = sorted(self.coco.getCatIds())
+        if not ids:
             raise ValueError(f"{ann_file} has no categories")
-        self.label_of = {c: i for i, c in enumerate(self.cat_ids)}
-        self.category_names = [self.coco.cats[c]["name"] for c in self.cat_ids]
+        if label_space not in ("coco-ids", "contiguous"):
+            raise ValueError(f"unknown label space {label_space!r}: use coco-ids or contiguous")
+        # coco-ids: label = category id (rows without a category stay unused, as in the official 91-row heads)
+        self.cat_ids = list(range(ids[-1] + 1)) if label_space == "coco-ids" else ids
+        self.label_of = {c: (c if label_space == "coco-ids" else i) for i, c in enumerate(ids)}
+        self.category_names = [self.coco.cats[c]["name"] if c in self.coco.cats else "N/A" for c in self.cat_ids]
         self.transforms = transforms
 
     @property

@@ -188,6 +188,18 @@ def load_checkpoint(path: str) -> dict:
     return ckpt
 
 
+def _finetune_state(path: str, arch: str, backbone: str) -> dict[str, Tensor]:
+    """The weights of any detector ``load_detector`` reads (suite, official, Hugging Face), checked to be ``arch`` over ``backbone``."""
+    from detection.official import load_detector
+
+    loaded = load_detector(path)
+    config = loaded.config
+    if (config["arch"], config["backbone"]) != (arch, backbone):
+        raise ValueError(f"--finetune {path} is {config['arch']} over {config['backbone']}: pass --arch {config['arch']} "
+                         f"--backbone {config['backbone']}")
+    return loaded.model.state_dict()
+
+
 def _check_compatible(ckpt: dict, path: str, *, arch: str, backbone: str, num_classes: int, cat_ids: list[int]) -> None:
     if ckpt.get("arch", "detr") != arch:
         raise ValueError(f"checkpoint {path} is for --arch {ckpt.get('arch')}, not {arch}")
@@ -207,12 +219,13 @@ def train_detector(*, backbone: str, train_ann: str, train_images: str, val_ann:
                    device: str | None = None, num_workers: int = 2, resume: str | None = None, seed: int = 42,
                    eval_every: int = 1, progress: bool = True, model_kwargs: dict | None = None,
                    finetune: str | None = None, augment: bool = True, gflops_size: tuple[int, int] | None = None,
-                   preset: str | None = None) -> dict:
+                   preset: str | None = None, label_space: str = "contiguous") -> dict:
     """Train ``arch`` over ``backbone`` on a COCO-format set, evaluating on the val set; returns the final
     eval stats (see :func:`evaluate`). ``resume`` continues a run exactly; ``finetune`` starts from a
     checkpoint's weights with mismatched heads dropped (optimizer state not restored). ``augment=False``
     trains on the test transform (for overfitting checks and debugging). ``preset`` (default: the
-    official recipe of ``arch``) supplies the image sizes, loss/matcher numbers and ``num_select``."""
+    official recipe of ``arch``) supplies the image sizes, loss/matcher numbers and ``num_select``;
+    ``label_space`` "coco-ids" makes head rows COCO category ids (as the official heads), "contiguous" 0..K-1."""
     if accum_steps < 1 or epochs < 0 or batch_size < 1:
         raise ValueError("accum_steps and batch_size must be ≥ 1 and epochs ≥ 0")
     if resume and finetune:
@@ -230,8 +243,10 @@ def train_detector(*, backbone: str, train_ann: str, train_images: str, val_ann:
     out_dir.mkdir(parents=True, exist_ok=True)
     recipe = get_preset(preset or ARCH_DEFAULT[arch])
     sizes = dict(sizes=recipe.sizes, scales=scales, max_size=max_size, test_size=test_size, img_scale=img_scale)
-    train_set = CocoDetection(train_ann, train_images, make_transforms(augment, **sizes))
-    val_set = CocoDetection(val_ann, val_images, make_transforms(False, **sizes))
+    if recipe.arch != arch:
+        raise ValueError(f"--preset {preset} is a {recipe.arch} recipe, not {arch}")
+    train_set = CocoDetection(train_ann, train_images, make_transforms(augment, **sizes), label_space=label_space)
+    val_set = CocoDetection(val_ann, val_images, make_transforms(False, **sizes), label_space=label_space)
     if val_set.cat_ids != train_set.cat_ids:
         raise ValueError(f"train and val category ids differ: {train_set.cat_ids} vs {val_set.cat_ids}")
     num_classes = train_set.num_classes
@@ -254,7 +269,7 @@ def train_detector(*, backbone: str, train_ann: str, train_images: str, val_ann:
         start_epoch = ckpt["epoch"] + 1
         _set_rng_state(ckpt["rng"][get_rank()] if isinstance(ckpt["rng"], list) and get_rank() < len(ckpt["rng"]) else ckpt["rng"][0])
     elif finetune:
-        load_state_dropping_mismatched(model, load_checkpoint(finetune)["model"])
+        load_state_dropping_mismatched(model, _finetune_state(finetune, arch, backbone))
     if is_main_process() and not resume:
         size = gflops_size or (make_transforms(False, **sizes).transforms[-1].sizes[0],) * 2
         atomic_write_json(out_dir / "run.json", {
@@ -296,21 +311,21 @@ def train_detector(*, backbone: str, train_ann: str, train_images: str, val_ann:
 
 def evaluate_checkpoint(checkpoint: str, val_ann: str, val_images: str, out: str, *, device: str | None = None,
                         batch_size: int = 2, num_workers: int = 2, save_vis: int = 0, progress: bool = True) -> dict:
-    """Evaluate a training checkpoint on a COCO-format set; writes ``eval.json`` (+ ``vis/*.png``) under ``out``."""
+    """Evaluate a detector (any ``detection.load_detector`` format: suite, official DETR / Deformable DETR .pth,
+    Hugging Face folder) on a COCO-format set; writes ``eval.json`` (+ ``vis/*.png``) under ``out``."""
+    from detection.official import load_detector
+
     device = init_distributed(device)
-    ckpt = load_checkpoint(checkpoint)
-    args = ckpt.get("args", {})
-    sizes = {k: args.get(k) for k in ("scales", "max_size", "test_size")}
-    val_set = CocoDetection(val_ann, val_images, make_transforms(False, **sizes, img_scale=args.get("img_scale", 1.0)))
-    if val_set.cat_ids != list(ckpt["cat_ids"]):
-        raise ValueError(f"checkpoint {checkpoint} was trained on category ids {ckpt['cat_ids']} "
-                         f"(num_classes={ckpt['num_classes']}) but {val_ann} has {val_set.cat_ids}")
-    arch = ckpt.get("arch", "detr")
-    model = build_detector(arch, backbone=ckpt["backbone"], num_classes=ckpt["num_classes"], **ckpt.get("model_kwargs", {}))
-    model.load_state_dict(ckpt["model"])
-    model.to(device)
-    stats, predictions = evaluate(model, build_postprocessor(arch), _loader(val_set, batch_size, num_workers, False, 0),
-                                  CocoEvaluator(val_set.coco, val_set.cat_ids), device, progress=progress)
+    loaded = load_detector(checkpoint, device=str(device))
+    rows_are_ids = loaded.cat_ids == list(range(len(loaded.cat_ids)))
+    val_set = CocoDetection(val_ann, val_images, make_transforms(False, loaded.sizes),
+                            label_space="coco-ids" if rows_are_ids else "contiguous")
+    unknown = sorted(set(val_set.coco.getCatIds()) - set(loaded.cat_ids))
+    if unknown:
+        raise ValueError(f"checkpoint {checkpoint} ({loaded.source}) predicts category ids {loaded.cat_ids} but "
+                         f"{val_ann} also has {unknown}: evaluate on the dataset it was trained on")
+    stats, predictions = evaluate(loaded.model, loaded.postprocessor, _loader(val_set, batch_size, num_workers, False, 0),
+                                  CocoEvaluator(val_set.coco, loaded.cat_ids), device, progress=progress)
     out_dir = Path(out)
     if is_main_process():
         out_dir.mkdir(parents=True, exist_ok=True)

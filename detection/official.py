@@ -197,3 +197,13 @@ def suite_checkpoint(loaded: LoadedDetector) -> dict:
     return {"model": loaded.model.state_dict(), "arch": config["arch"], "backbone": config["backbone"],
             "num_classes": config["num_classes"], "cat_ids": loaded.cat_ids, "category_names": loaded.category_names,
             "model_kwargs": config["model_kwargs"], "args": args, "converted_from": loaded.source}
+
+
+def convert_detector(src: str, dst: str) -> str:
+    """``detection convert``: write ``src`` (any :func:`load_detector` format) as a suite checkpoint at ``dst``;
+    returns a one-line summary."""
+    from common.io import atomic_torch_save
+
+    loaded = load_detector(src)
+    atomic_torch_save(suite_checkpoint(loaded), dst)
+    return f"{dst}: {loaded.source} → suite checkpoint ({len(loaded.cat_ids)} head rows)"
