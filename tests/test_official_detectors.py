@@ -11,7 +11,7 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-pytestmark = pytest.mark.slow  # four ResNet-50 detectors built twice: ~25 s of CPU
+
 
 from detection.official import load_detector, suite_checkpoint  # noqa: E402
 from detection.official_keys import hf_to_official  # noqa: E402
@@ -63,7 +63,7 @@ def _reference(model: torch.nn.Module, images: torch.Tensor, mask: torch.Tensor)
     return out.logits, out.pred_boxes
 
 
-@pytest.fixture(scope="module", params=list(VARIANTS))
+@pytest.fixture(scope="module", params=[pytest.param(v, marks=pytest.mark.slow) for v in VARIANTS])
 def reference(request, tmp_path_factory):
     model_cls, config_cls, extra = VARIANTS[request.param]
     torch.manual_seed(0)
@@ -147,3 +147,43 @@ def test_a_wrong_mapping_is_caught(reference, tmp_path):
     torch.save({"model": {"fc.weight": torch.zeros(3, 3)}}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="fits neither DETR nor Deformable DETR"):
         load_detector(str(tmp_path / "other.pth"))
+
+
+def _official_layout(state: dict) -> dict:
+    """Our key names → the official ones (the reverse of the documented prefix map), written by hand."""
+    import re
+
+    out = {}
+    for key, value in state.items():
+        key = key.replace("backbone.body.", "backbone.0.body.")
+        match = re.match(r"^(bbox_embed(?:\.\d+)?)\.(\d+)\.(weight|bias)$", key)
+        if match:
+            key = f"{match.group(1)}.layers.{int(match.group(2)) // 3}.{match.group(3)}"
+        out[key] = value
+    return out
+
+
+def test_eval_cli_on_an_official_checkpoint_writes_the_coco_stats(tmp_path):
+    """``eval.py detection eval --checkpoint OFFICIAL.pth --coco DIR`` and ``detection convert``."""
+    import json
+
+    from tests.cli_helpers import run_cli
+    from tests.coco_fixtures import make_tiny_coco
+    from detection.detr import build_detr
+
+    torch.manual_seed(0)
+    model = build_detr(backbone="resnet18", num_classes=91, hidden_dim=32, nheads=4, enc_layers=1, dec_layers=1,
+                       dim_feedforward=32, num_queries=5)
+    official = tmp_path / "detr-official.pth"
+    torch.save({"model": _official_layout(model.state_dict()), "epoch": 299,
+                "args": argparse.Namespace(backbone="resnet18", nheads=4, dilation=False)}, official)
+    coco = make_tiny_coco(tmp_path / "coco", num_images=3, size=(64, 80))
+    code, out, err = run_cli(["detection", "eval", "--checkpoint", str(official), "--coco", coco["root"],
+                              "--out", str(tmp_path / "run"), "--num-workers", "0", "--no-progress"])
+    assert code == 0, err
+    stats = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"} <= set(stats)
+    code, out, err = run_cli(["detection", "convert", str(official), str(tmp_path / "suite.pth")])
+    assert code == 0 and "suite checkpoint" in out, err
+    loaded = load_detector(str(tmp_path / "suite.pth"))
+    assert loaded.cat_ids == list(range(91)) and loaded.config["backbone"] == "resnet18"
