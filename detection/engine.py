@@ -1,7 +1,7 @@
 """Training and evaluation of COCO detectors, architecture-agnostic (``detection.build``).
 
-Recipe (DETR): AdamW lr 1e-4, backbone lr 1e-5, weight decay 1e-4, grad-norm clip 0.1, StepLR
-×0.1 at ``lr_drop``. Multi-GPU / multi-process: ``torchrun --nproc_per_node N eval.py detection
+Recipes (image sizes, loss/matcher numbers, detections kept) come from ``detection.presets``;
+AdamW, grad-norm clip, StepLR ×0.1 at ``lr_drop``. Multi-GPU / multi-process: ``torchrun --nproc_per_node N eval.py detection
 train ...`` (DDP, DistributedSampler; gloo on CPU); the batch size is per process.
 
 A run folder ``out`` holds ``run.json`` (arch, backbone, params, GFLOPs, args), ``log.jsonl``
