@@ -80,19 +80,19 @@ class Backbone(nn.Module):
         return [(m, F.interpolate(mask[None].float(), size=m.shape[-2:])[0].to(torch.bool)) for m in maps]
 
 
-def _check_serves(model: nn.Module, name: str, kw: dict) -> None:
-    """A detector needs ``forward_intermediates`` at arbitrary sizes: probe one odd size on the meta device."""
-    if not hasattr(model, "forward_intermediates") or not hasattr(model, "feature_info"):
-        raise ValueError(f"backbone {name!r} lacks timm's forward_intermediates/feature_info: pick a model that has "
-                         "them (e.g. resnet50, convnext_tiny, pit_s)")
-    probe = torch.empty(1, 3, 200, 264, device="meta")
+def _check_serves(name: str, kw: dict) -> None:
+    """A detector needs ``forward_intermediates`` + ``feature_info`` working at arbitrary sizes: check on
+    a meta-device copy (no weights, no compute) with one odd input size; refuse in one line."""
     try:
         with torch.device("meta"):
-            copy = pit.create_model(name, num_classes=0, **kw)
-        copy.forward_intermediates(probe, intermediates_only=True)
+            model = pit.create_model(name, num_classes=0, **kw)
+            if not hasattr(model, "forward_intermediates") or not hasattr(model, "feature_info"):
+                raise ValueError("it lacks timm's forward_intermediates/feature_info")
+            model.forward_intermediates(torch.empty(1, 3, 200, 264), intermediates_only=True)
     except Exception as exc:  # any failure means the model cannot serve: say so in one line
-        raise ValueError(f"backbone {name!r} cannot run at arbitrary input sizes "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"backbone {name!r} cannot serve a detector at arbitrary input sizes ({reason}); pick a "
+                         "model with forward_intermediates that accepts any size, e.g. resnet50, convnext_tiny, pit_s") from None
 
 
 def freeze_resnet_stem(model: nn.Module) -> None:
@@ -116,10 +116,10 @@ def build_backbone(name: str, weights: str | None = None, multi_scale: bool = Fa
         kw = {**kw, "dynamic_img_size": True, "dynamic_img_pad": True}
     if dilation:
         kw = {**kw, "output_stride": 16}
+    _check_serves(name, kw)
     with warnings.catch_warnings():  # a classifier checkpoint's head is expected to go: no warning for it
         warnings.filterwarnings("ignore", message=r".*dropping the classifier", category=UserWarning)
         model = pit.create_model(name, weights=weights, num_classes=0, **kw)
-    _check_serves(model, name, kw)
     model = freeze_batch_norm_2d(model)  # torchvision.ops.FrozenBatchNorm2d in place of every BatchNorm2d
     if _is_resnet(model):
         freeze_resnet_stem(model)

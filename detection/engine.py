@@ -55,7 +55,9 @@ def _autocast(device: torch.device, amp: bool):
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # keys as a tensor: checkpoints stay weights-only loadable
+    state = {"torch": torch.get_rng_state(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+             "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -63,7 +65,8 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -322,7 +325,7 @@ def evaluate_checkpoint(checkpoint: str, val_ann: str, val_images: str, out: str
                             label_space="coco-ids" if rows_are_ids else "contiguous")
     unknown = sorted(set(val_set.coco.getCatIds()) - set(loaded.cat_ids))
     if unknown:
-        raise ValueError(f"checkpoint {checkpoint} ({loaded.source}) predicts category ids {loaded.cat_ids} but "
+        raise ValueError(f"checkpoint {checkpoint} ({loaded.source}) was trained on category ids {loaded.cat_ids} but "
                          f"{val_ann} also has {unknown}: evaluate on the dataset it was trained on")
     stats, predictions = evaluate(loaded.model, loaded.postprocessor, _loader(val_set, batch_size, num_workers, False, 0),
                                   CocoEvaluator(val_set.coco, loaded.cat_ids), device, progress=progress)
