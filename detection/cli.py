@@ -48,6 +48,13 @@ def _data_args(p: argparse.ArgumentParser, train: bool) -> None:
     g.add_argument("--val-images", help="validation image folder")
 
 
+def _convert_args(sub) -> None:
+    v = sub.add_parser("convert", help="write a suite checkpoint from an official DETR / Deformable DETR .pth "
+                                       "or a Hugging Face folder")
+    v.add_argument("src", help="official .pth, Hugging Face save_pretrained folder, or suite checkpoint")
+    v.add_argument("dst", help="suite checkpoint to write")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     t = sub.add_parser("train", help="train a detector (resumable; torchrun for DDP)")
@@ -101,11 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--save-vis", type=int, default=0, metavar="N", help="draw predictions vs ground truth on N images")
     e.add_argument("--no-progress", action="store_true")
 
-    v = sub.add_parser("convert", help="write a suite checkpoint from an official DETR / Deformable DETR .pth "
-                                       "or a Hugging Face folder")
-    v.add_argument("src", help="official .pth, Hugging Face save_pretrained folder, or suite checkpoint")
-    v.add_argument("dst", help="suite checkpoint to write")
-
+    _convert_args(sub)
     c = sub.add_parser("compare", help="markdown table + plot of several run folders")
     c.add_argument("--runs", nargs="+", required=True)
     c.add_argument("--out", help="folder for compare.md and compare_ap.png")

@@ -187,3 +187,12 @@ def test_eval_cli_on_an_official_checkpoint_writes_the_coco_stats(tmp_path):
     assert code == 0 and "suite checkpoint" in out, err
     loaded = load_detector(str(tmp_path / "suite.pth"))
     assert loaded.cat_ids == list(range(91)) and loaded.config["backbone"] == "resnet18"
+    # fine-tune from the official file on contiguous labels: the 92-row head is re-initialised with a warning
+    from detection.engine import train_detector
+
+    kw = dict(hidden_dim=32, nheads=4, enc_layers=1, dec_layers=1, dim_feedforward=32, num_queries=5)
+    with pytest.warns(UserWarning, match="mismatched shapes"):
+        train_detector(backbone="resnet18", train_ann=coco["train_ann"], train_images=coco["train_images"],
+                       val_ann=coco["val_ann"], val_images=coco["val_images"], out=str(tmp_path / "ft"), epochs=0,
+                       num_workers=0, progress=False, model_kwargs=kw, finetune=str(official), device="cpu",
+                       scales=[64], max_size=96, test_size=64)
