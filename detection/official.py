@@ -31,6 +31,7 @@ from detection.presets import ARCH_DEFAULT, ImageSizes, get_preset
 
 StateDict = dict[str, Tensor]
 RESNET_BY_LAYER3_BLOCKS = {6: "resnet50", 23: "resnet101"}
+LEGACY_PREFIXES = ("transformer.decoder_norm.", "transformer.encoder_layers.", "transformer.decoder.0.")
 
 
 @dataclass
@@ -150,6 +151,10 @@ def _suite(ckpt: dict, path: str) -> LoadedDetector:
     arch = ckpt.get("arch", "detr")
     config = {"arch": arch, "backbone": ckpt["backbone"], "num_classes": ckpt["num_classes"],
               "model_kwargs": dict(ckpt.get("model_kwargs") or {})}
+    if any(k.startswith(LEGACY_PREFIXES) for k in ckpt["model"]):
+        raise ValueError(f"{path} is a suite checkpoint from before the detectors took the official module names "
+                         "(and DETR the official positional encoding): its weights would not give the same outputs; "
+                         "train it again")
     model = build_detector(arch, backbone=config["backbone"], num_classes=config["num_classes"], **config["model_kwargs"])
     _load_into(model, ckpt["model"], f"{path} (suite checkpoint, {arch} over {config['backbone']})")
     args = dict(ckpt.get("args") or {})

@@ -2,7 +2,8 @@
 Deformable DETR (random init, ResNet-50 via timm, every parameter and frozen-BN statistic
 perturbed so no layer is trivially zero or identity): the save_pretrained folder and an
 official-layout ``.pth`` written from the same weights must give the same ``pred_logits`` /
-``pred_boxes`` within 1e-4, on a batch holding one unpadded and one padded image."""
+``pred_boxes`` within 1e-4, on a batch holding one unpadded and one padded image (DETR-R50, DETR-R50-DC5,
+Deformable DETR plain / box refinement / two-stage)."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +23,7 @@ SMALL = dict(use_pretrained_backbone=False, num_labels=91, encoder_layers=2, dec
              encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=96, decoder_ffn_dim=96)
 VARIANTS = {
     "detr": ("DetrForObjectDetection", "DetrConfig", dict(num_queries=7)),
+    "detr-dc5": ("DetrForObjectDetection", "DetrConfig", dict(num_queries=7, dilation=True)),
     "deformable": ("DeformableDetrForObjectDetection", "DeformableDetrConfig", dict(num_queries=7)),
     "deformable-refine": ("DeformableDetrForObjectDetection", "DeformableDetrConfig",
                           dict(num_queries=7, with_box_refine=True)),
@@ -71,9 +73,10 @@ def reference(request, tmp_path_factory):
     _perturb(model)
     folder = tmp_path_factory.mktemp(request.param)
     model.save_pretrained(folder)
-    arch = "detr" if request.param == "detr" else "deformable"
+    arch = "detr" if request.param.startswith("detr") else "deformable"
     official = tmp_path_factory.mktemp("official") / f"{request.param}.pth"
-    args = argparse.Namespace(backbone="resnet50", nheads=4, dilation=False, num_queries=7, enc_n_points=4, dec_n_points=4)
+    args = argparse.Namespace(backbone="resnet50", nheads=4, dilation=request.param == "detr-dc5", num_queries=7,
+                              enc_n_points=4, dec_n_points=4)
     torch.save({"model": hf_to_official(model.state_dict(), arch), "args": args, "epoch": 49}, official)
     return request.param, folder, official, _batch(), _reference(model, *_batch())
 
@@ -97,7 +100,7 @@ def test_hugging_face_folder_gives_the_reference_outputs(reference):
 def test_official_pth_gives_the_reference_outputs(reference, tmp_path):
     name, _, official, batch, expected = reference
     loaded = load_detector(str(official))
-    variant = {"detr": "DETR-resnet50", "deformable": "(plain)", "deformable-refine": "with_box_refine",
+    variant = {"detr": "DETR-resnet50", "detr-dc5": "DETR-resnet50-DC5", "deformable": "(plain)", "deformable-refine": "with_box_refine",
                "deformable-two-stage": "two_stage"}[name]
     assert variant in loaded.source
     _check(loaded, batch, expected)
