@@ -79,12 +79,8 @@ CASES: dict[str, tuple[str, Callable[[Path], None], tuple[str, ...]]] = {
                             ("junk.safetensors", "not a readable safetensors file")),
     "no-tensors": ("meta.pth", lambda p: torch.save({"epoch": 3, "args": {"lr": 0.1}}, p), ("meta.pth", "no state dict")),
 }
-# The CLIs' own up-front checks (os.path.isfile / Path.is_file) call a folder "does not exist" before
-# pit.read_state_dict can say "is a folder": marked until they let a folder through to it.
-_FOLDER = pytest.param("folder", marks=pytest.mark.xfail(
-    reason="the command's own is_file pre-check calls a folder missing", strict=False))
-BENCH_CASES = [_FOLDER if case == "folder" else case for case in CASES]
-ROBUSTNESS_CASES = ("missing", "truncated", "malicious-pickle", "nan", "other-architecture", _FOLDER)
+BENCH_CASES = CASES
+ROBUSTNESS_CASES = ("missing", "truncated", "malicious-pickle", "nan", "other-architecture", "folder")
 
 
 @pytest.fixture(scope="module")
