@@ -4,18 +4,24 @@ Every option of the demo's detector lives in :class:`DetectionRecipe`, and
 :meth:`DetectionRecipe.train_kwargs` is the one place that turns it into the arguments of
 ``detection.engine.train_detector``.
 
-Why this recipe (chosen on a held-out *tuning* set: the same generator with another seed, so
-the demo's reported validation split never took part in choosing it):
+Why this recipe (chosen on a held-out *tuning* set: the same generator with ``seed=1``, whose
+val split is not the demo's, so the reported validation split took no part in choosing it):
 
 * the images come from the classifiers' world (the same textured shapes on textured
-  backgrounds), with whole objects of 15–32 px radius in 128 px images, about the size the
-  classifiers saw them at 64 px, so the classifier-trained backbones transfer;
+  backgrounds), with whole objects of 15–29 px radius in 96 px images, about the size the
+  classifiers saw them at (18–27 px in 64 px images), so the classifier-trained backbones
+  transfer; 96 px has about half the pixels of 128 px, so a step costs less;
 * Deformable DETR (faster to converge than DETR) over the backbone's three stages, with a
-  reduced transformer (hidden 128, 1 encoder / 2 decoder layers, FFN 256) and 10 queries for
-  at most 3 objects per image;
+  reduced transformer (hidden 128, 1 encoder / 2 decoder layers, FFN 256), iterative box
+  refinement and 10 queries for at most 3 objects per image;
+* many small steps: batch 4 at lr 5e-4 (backbone 2e-4). On the tuning set, with a backbone from
+  a half-trained PiT-Ti classifier (val top-1 30 %, about the demo's DeiT-Ti), this reached AP 3.8 /
+  10.9 / 15.5 / 18.6 after epochs 1–4, against 0.9 / 1.8 / 4.4 at batch 8, lr 2e-4, no refinement;
 * no augmentation and one image size (the generator already varies position, size, rotation,
-  colour and texture), so every step goes to learning, and a step decay of the learning rate
-  (×0.1 for the last epochs) so training ends low.
+  colour and texture), so every step goes to learning, and the learning rates drop ×0.1 for the
+  last two of 10 epochs, so training ends low (on the tuning set one epoch at ×0.1 added 3 AP);
+* one seed per backbone: the default demo's 15-minute budget on 2 CPU cores has no room for a
+  second (the report says so and makes no ranking claim).
 """
 from __future__ import annotations
 
@@ -35,22 +41,22 @@ class DetectionRecipe:
 
     arch: str = "deformable"
     epochs: int = 10
-    batch_size: int = 8
-    lr: float = 2e-4
-    lr_backbone: float = 1e-4
+    batch_size: int = 4
+    lr: float = 5e-4
+    lr_backbone: float = 2e-4
     lr_drop: int | None = 8  # the learning rates drop ×0.1 after this many epochs
     augment: bool = False
     eval_every: int = 1
-    seeds: tuple[int, ...] = (0, 1)
+    seeds: tuple[int, ...] = (0,)
     model_kwargs: dict[str, Any] = field(default_factory=lambda: {
         "hidden_dim": 128, "num_queries": 10, "enc_layers": 1, "dec_layers": 2, "dim_feedforward": 256,
-        "num_feature_levels": 3})
+        "num_feature_levels": 3, "with_box_refine": True})
 
     def train_kwargs(self, img_size: int) -> dict[str, Any]:
         """Keyword arguments of ``detection.engine.train_detector`` (all but data, backbone, seed, out, device)."""
         return {"arch": self.arch, "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                 "lr_backbone": self.lr_backbone, "lr_drop": self.lr_drop, "augment": self.augment,
-                "eval_every": self.eval_every, "scales": [img_size], "max_size": img_size, "test_size": img_size,
+                "eval_every": self.eval_every, "scales": [img_size], "max_size": 2 * img_size, "test_size": img_size,
                 "model_kwargs": dict(self.model_kwargs)}
 
 

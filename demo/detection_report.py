@@ -96,7 +96,7 @@ def predict_examples(checkpoint: str, data_root: str | Path, img_size: int, coun
     model.eval()
     paths = synthetic.detection_paths(data_root)
     dataset = CocoDetection(paths["val_ann"], paths["val_images"],
-                            make_transforms(False, scales=[img_size], max_size=img_size, test_size=img_size))
+                            make_transforms(False, scales=[img_size], max_size=2 * img_size, test_size=img_size))
     images, mask, targets = collate([dataset[i] for i in range(min(count, len(dataset)))])
     sizes = torch.stack([t["orig_size"] for t in targets])
     results = build_postprocessor(ckpt["arch"])(model(normalize_images(model, images, mask), mask), sizes)

@@ -7,8 +7,10 @@ robustness runner also resume inside a stage):
 2. train two tiny classifiers of matched cost, PiT-Ti and DeiT-Ti, at a small image size;
 3. robustness suite on both: clean, the 15 ImageNet-C corruptions on the fly at 5 severities,
    occlusion, FGSM and PGD (``robustness.runner.run_robustness``);
-4. detection suite: a detector on each backbone, started from the classifiers' weights, trained
-   briefly and evaluated with pycocotools (``detection.engine.train_detector``);
+4. detection suite: a small Deformable DETR on each backbone (and each seed of the recipe), started
+   from the classifiers' weights, trained on a detection set from the classifiers' world and
+   evaluated with pycocotools on held-out images (``demo.detection``, whose docstring says why
+   this recipe);
 5. ``OUT/report.md`` with the paper-style tables, PNG plots and the commands for the real datasets.
 
 ``--quick`` shrinks every stage (fewer images and epochs) to run in about 3 minutes;
@@ -55,9 +57,9 @@ class DemoConfig:
     num_workers: int = 1
 
 
-# Detection images from the classifiers' world: whole textured shapes of 15-32 px radius, 1-3 per 128 px image.
-DEMO_DETECTION = synthetic.DetectionSpec(num_train=480, num_val=100, img_size=128, max_objects=3,
-                                         radius=(0.12, 0.25), cut_by_border=False)
+# Detection images from the classifiers' world: whole textured shapes of 15-29 px radius, 1-3 per 96 px image.
+DEMO_DETECTION = synthetic.DetectionSpec(num_train=400, num_val=100, img_size=96, max_objects=3,
+                                         radius=(0.16, 0.3), cut_by_border=False)
 DEFAULT_CONFIG = DemoConfig(
     classification=synthetic.ClassificationSpec(num_classes=10, train_per_class=200, val_per_class=50, img_size=64),
     detection=DEMO_DETECTION,
