@@ -54,8 +54,10 @@ class DetectionSpec:
     """Parameters of the synthetic COCO-format detection set.
 
     ``radius``: (min, max) object radius as a fraction of ``img_size`` (a circle's radius; the
-    other shapes fit in the same circle). ``cut_by_border``: object centres anywhere in the
-    image, so some objects are cut by the border; ``False`` keeps every object whole inside.
+    other shapes fit in the same circle but a rotated square, whose corners reach 1.13 radii).
+    ``cut_by_border``: object centres anywhere in the image, so some objects are cut by the
+    border; ``False`` keeps centres a radius away from it, so objects are whole (but for a
+    rotated square's corners).
     """
 
     num_train: int = 256

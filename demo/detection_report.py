@@ -56,18 +56,23 @@ def _range(stat: dict) -> str:
 
 def plot_detection_curves(runs: dict[str, list[dict]], path: Path) -> Path:
     """Training loss and val AP per epoch, one colour per backbone, one line style per seed."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     fig, (loss_ax, ap_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
     for colour, (label, seed_runs) in zip(("tab:blue", "tab:orange", "tab:green"), runs.items()):
         for style, run in zip(("-", "--", ":"), seed_runs):
             curve = run["curve"]
             name = f"{label} seed {run['seed']}"
-            loss_ax.plot([c["epoch"] for c in curve], [c["loss"] for c in curve], style, color=colour, label=name)
+            loss_ax.plot([c["epoch"] for c in curve], [c["loss"] for c in curve], style, marker=".", color=colour,
+                         label=name)
             evaluated = [c for c in curve if c["AP"] is not None]
             ap_ax.plot([c["epoch"] for c in evaluated], [c["AP"] for c in evaluated], style, marker="o",
                        color=colour, label=name)
     loss_ax.set(xlabel="epoch", ylabel="train loss (weighted sum)", title="Detector training loss")
     ap_ax.set(xlabel="epoch", ylabel="val AP %", title="Val AP (COCOeval)", ylim=(0, 100))
+    for ax in (loss_ax, ap_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ap_ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
