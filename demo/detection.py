@@ -40,11 +40,11 @@ class DetectionRecipe:
     """The demo detector's architecture and training schedule (see the module docstring for why)."""
 
     arch: str = "deformable"
-    epochs: int = 10
+    epochs: int = 14
     batch_size: int = 4
     lr: float = 5e-4
     lr_backbone: float = 2e-4
-    lr_drop: int | None = 8  # the learning rates drop ×0.1 after this many epochs
+    lr_drop: int | None = 11  # the learning rates drop ×0.1 after this many epochs
     augment: bool = False
     eval_every: int = 1
     seeds: tuple[int, ...] = (0,)

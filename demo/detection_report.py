@@ -141,7 +141,7 @@ def plot_detection_examples(examples: dict[str, list[dict[str, Any]]], path: Pat
         row[0].set_ylabel(label)
     fig.suptitle(f"Val images: ground truth (green), predictions with score ≥ {SCORE_THRESHOLD} (red)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
 
@@ -168,8 +168,8 @@ def detection_section(runs: dict[str, list[dict]], recipe: DetectionRecipe, spec
                      + [f"{sum(r['fps'] for r in seed_runs) / len(seed_runs):.1f}"] for label, seed_runs in runs.items()])
     seed_note = (f"mean ± half the range over {seeds} seeds (per-seed numbers below)" if seeds > 1 else
                  "one seed per backbone (the budget allowed no second one): no spread measured")
-    lines += ["", f"AP in percent from pycocotools' COCOeval on the {spec.num_val} val images, which no training or "
-              f"tuning step saw; {seed_note}; – where no val object falls in that COCO size bucket. FPS: whole "
+    lines += ["", f"AP in percent from pycocotools' COCOeval on the {spec.num_val} val images, held out from "
+              f"training (the recipe was chosen on a separate tuning set); {seed_note}; – where no val object falls in that COCO size bucket. FPS: whole "
               f"detector incl. post-processing, batch {recipe.batch_size}, on {device}.", "",
               "**" + compare_backbones(summaries, seeds) + "**", ""]
     if quick:
