@@ -74,7 +74,7 @@ def test_end_to_end_resume_and_options_guard(data, tmp_path, monkeypatch):
     assert counts(resumed) == counts(full)
 
     # Changed options refuse to mix; --overwrite starts afresh.
-    with pytest.raises(ValueError, match="different options.*limit.*--overwrite"):
+    with pytest.raises(ValueError, match="other options.*limit.*--overwrite"):
         run_robustness([MODEL], data["val"], str(tmp_path / "resumed"), **dict(kwargs, limit=5))
     fresh = run_robustness([MODEL], data["val"], str(tmp_path / "resumed"), **dict(kwargs, limit=5), overwrite=True)
     assert fresh["records"][0]["n"] == 5
@@ -152,7 +152,7 @@ def _eval_main():
 def test_cli_errors(data, tmp_path, capsys, extra, message):
     argv = ["robustness", "--model", "test_convnext", "--data", data["val"], "--out", str(tmp_path / "o"),
             "--class-map", "folder", "--no-progress", "--device", "cpu"] + extra
-    assert _eval_main()(argv) == 1
+    assert _eval_main()(argv) == 2
     assert message in capsys.readouterr().err
 
 
@@ -172,3 +172,24 @@ def test_wrong_class_count_is_a_clear_error(data, tmp_path):
     model = ModelSpec("test_convnext", model_kwargs={"num_classes": 2})
     with pytest.raises(ValueError, match="2 outputs.*class index 2"):
         run_robustness([model], data["val"], str(tmp_path / "o"), **FAST)
+
+
+def test_img_size_reaches_only_models_with_a_fixed_input_size():
+    vit = runner._build_model(ModelSpec("test_vit", model_kwargs={"num_classes": 3}), torch.device("cpu"), 0, 32)
+    assert tuple(vit.model.patch_embed.img_size) == (32, 32)  # timm: fixed_input_size=True
+    cnn = runner._build_model(MODEL, torch.device("cpu"), 0, 32)  # a CNN's constructor takes no img_size
+    assert cnn(torch.rand(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_cli_defaults_are_the_config_defaults():
+    import argparse
+
+    from robustness import cli
+    from robustness.config import RobustnessConfig
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["--model", "pit_ti"])
+    pairs = {"batch_size": "batch_size", "workers": "num_workers", "eps": "eps", "alpha": "alpha", "steps": "steps",
+             "seed": "seed", "limit": "limit", "img_size": "img_size", "crop_pct": "crop_pct"}
+    assert {a: getattr(args, a) for a in pairs} == {a: getattr(RobustnessConfig, f) for a, f in pairs.items()}
