@@ -53,7 +53,7 @@ class DetectionRecipe:
         "num_feature_levels": 3, "with_box_refine": True})
 
     def train_kwargs(self, img_size: int) -> dict[str, Any]:
-        """Keyword arguments of ``detection.engine.train_detector`` (all but data, backbone, seed, out, device)."""
+        """Fields of ``detection.config.DetectionTrainConfig`` (all but data, backbone, seed, out, device)."""
         return {"arch": self.arch, "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                 "lr_backbone": self.lr_backbone, "lr_drop": self.lr_drop, "augment": self.augment,
                 "eval_every": self.eval_every, "scales": [img_size], "max_size": 2 * img_size, "test_size": img_size,
@@ -69,15 +69,17 @@ def train_demo_detector(recipe: DetectionRecipe, data_root: str | Path, img_size
     ``checkpoint`` path and its per-epoch ``curve`` (epoch, train loss, AP/AP50 in percent or None).
     """
     from detection.coco_eval import STAT_NAMES
+    from detection.config import DetectionTrainConfig
     from detection.engine import train_detector
 
     out = Path(out)
-    checkpoint = out / "checkpoint.pth"
-    stats = train_detector(backbone=backbone, backbone_weights=backbone_weights, **synthetic.detection_paths(data_root),
-                           out=str(out), seed=seed, device=device, num_workers=num_workers, progress=progress,
-                           resume=str(checkpoint) if checkpoint.exists() else None, **recipe.train_kwargs(img_size))
+    config = DetectionTrainConfig(backbone=backbone, backbone_weights=backbone_weights, out=str(out), seed=seed,
+                                  device=device, num_workers=num_workers, progress=progress,
+                                  **synthetic.detection_paths(data_root), **recipe.train_kwargs(img_size))
+    stats = train_detector(config)  # a folder holding this run's checkpoint resumes it (detection.resume)
     result = {k: _percent(stats[k]) for k in STAT_NAMES}
-    return {**result, "fps": stats["fps"], "checkpoint": str(checkpoint), "curve": read_curve(out / "log.jsonl")}
+    return {**result, "fps": stats["fps"], "checkpoint": str(out / "checkpoint.pth"),
+            "curve": read_curve(out / "log.jsonl")}
 
 
 def _percent(value: float | None) -> float | None:
@@ -88,7 +90,7 @@ def read_curve(log: str | Path) -> list[dict[str, Any]]:
     """``train_detector``'s ``log.jsonl`` → [{"epoch" (1-based), "loss", "AP", "AP50"}] (AP in percent; None
     for epochs without evaluation)."""
     return [{"epoch": r["epoch"] + 1, "loss": r["train_loss"], "AP": _percent(r.get("AP")),
-             "AP50": _percent(r.get("AP50"))} for r in read_jsonl(log)]
+             "AP50": _percent(r.get("AP50"))} for r in read_jsonl(log) if "epoch" in r]  # not the header line
 
 
 def seed_summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:

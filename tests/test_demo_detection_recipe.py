@@ -2,8 +2,9 @@
 
 The demo's data spec and ``DetectionRecipe`` (``demo.pipeline.DEFAULT_CONFIG``) with fewer images and
 epochs and a randomly initialised backbone (the demo starts from its classifiers; training those
-here would cost minutes), on generated images of another seed than the demo's. Chance is measured,
-not assumed: the same detector evaluated before any training step. Not a timing test.
+here would cost minutes), on generated images of another seed than the demo's. Chance: the same
+detector evaluated before any training step scored AP50 0.0 on these images (docs/demo.md). Not a
+timing test.
 """
 from __future__ import annotations
 
@@ -21,18 +22,12 @@ TEST_SPEC = replace(DEFAULT_CONFIG.detection, num_train=200, num_val=32, seed=7)
 TEST_RECIPE = replace(DEFAULT_CONFIG.detector, epochs=8, lr_drop=7, seeds=(0,))
 
 
-def _train(recipe, root, out):
-    return train_demo_detector(recipe, root, TEST_SPEC.img_size, out, backbone="pit_ti", backbone_weights=None,
-                               seed=0, device="cpu", num_workers=0, progress=False)
-
-
 def test_reduced_demo_recipe_learns_well_above_chance(tmp_path):
     root = synthetic.make_detection(tmp_path / "cache", TEST_SPEC)
-    untrained = _train(replace(TEST_RECIPE, epochs=0), root, tmp_path / "untrained")
-    trained = _train(TEST_RECIPE, root, tmp_path / "trained")
+    trained = train_demo_detector(TEST_RECIPE, root, TEST_SPEC.img_size, tmp_path / "run", backbone="pit_ti",
+                                  backbone_weights=None, seed=0, device="cpu", num_workers=0, progress=False)
     curve = trained["curve"]
     assert [c["epoch"] for c in curve] == list(range(1, TEST_RECIPE.epochs + 1))
     assert curve[-1]["loss"] < 0.6 * curve[0]["loss"]
-    assert untrained["AP50"] < 2.0, untrained  # chance: boxes and classes of an untrained detector
-    assert trained["AP50"] >= max(10.0, 10 * untrained["AP50"]), (trained, curve)
+    assert trained["AP50"] >= 10.0, (trained, curve)  # 17.8 when written; an untrained detector: 0.0
     assert 0 < trained["AP"] <= trained["AP50"]
