@@ -29,5 +29,5 @@ def test_reduced_demo_recipe_learns_well_above_chance(tmp_path):
     curve = trained["curve"]
     assert [c["epoch"] for c in curve] == list(range(1, TEST_RECIPE.epochs + 1))
     assert curve[-1]["loss"] < 0.6 * curve[0]["loss"]
-    assert trained["AP50"] >= 10.0, (trained, curve)  # 17.8 when written; an untrained detector: 0.0
+    assert trained["AP50"] >= 10.0, (trained, curve)  # measured 17.8, and 13.9 after the detection-internals merge
     assert 0 < trained["AP"] <= trained["AP50"]
