@@ -285,10 +285,3 @@ def make_detection(cache: str | os.PathLike | None = None, spec: DetectionSpec |
                                "images": images, "annotations": annotations, "categories": categories})
 
     return _cached_or_build("detection", spec, cache, build)
-
-
-def detection_paths(root: str | os.PathLike) -> dict[str, str]:
-    """The four paths ``train_detector`` takes, for a set made by :func:`make_detection`."""
-    root = Path(root)
-    return {"train_ann": str(root / "annotations" / "instances_train2017.json"), "train_images": str(root / "train2017"),
-            "val_ann": str(root / "annotations" / "instances_val2017.json"), "val_images": str(root / "val2017")}

@@ -71,11 +71,12 @@ def train_demo_detector(recipe: DetectionRecipe, data_root: str | Path, img_size
     from detection.coco_eval import STAT_NAMES
     from detection.config import DetectionTrainConfig
     from detection.engine import train_detector
+    from detection.data import coco_paths
 
     out = Path(out)
     config = DetectionTrainConfig(backbone=backbone, backbone_weights=backbone_weights, out=str(out), seed=seed,
                                   device=device, num_workers=num_workers, progress=progress,
-                                  **synthetic.detection_paths(data_root), **recipe.train_kwargs(img_size))
+                                  **coco_paths(data_root), **recipe.train_kwargs(img_size))
     stats = train_detector(config)  # a folder holding this run's checkpoint resumes it (detection.resume)
     result = {k: _percent(stats[k]) for k in STAT_NAMES}
     return {**result, "fps": stats["fps"], "checkpoint": str(out / "checkpoint.pth"),

@@ -88,23 +88,18 @@ def predict_examples(checkpoint: str, data_root: str | Path, img_size: int, coun
     xyxy pixels, ``gt_labels``/``pred_labels`` category names, ``scores`` (predictions with score
     ≥ ``SCORE_THRESHOLD``).
     """
-    from common import synthetic
-    from detection.build import build_detector, build_postprocessor
-    from detection.data import CocoDetection, collate, make_transforms
-    from detection.engine import load_checkpoint, normalize_images
+    from detection.data import CocoDetection, coco_paths, collate, make_transforms
+    from detection.official import load_detector
     from torchvision.ops import box_convert
 
-    ckpt = load_checkpoint(checkpoint)
-    model = build_detector(ckpt["arch"], backbone=ckpt["backbone"], num_classes=ckpt["num_classes"],
-                           **ckpt.get("model_kwargs", {}))
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    paths = synthetic.detection_paths(data_root)
+    loaded = load_detector(checkpoint)
+    paths = coco_paths(data_root)
     dataset = CocoDetection(paths["val_ann"], paths["val_images"],
                             make_transforms(False, scales=[img_size], max_size=2 * img_size, test_size=img_size))
     images, mask, targets = collate([dataset[i] for i in range(min(count, len(dataset)))])
     sizes = torch.stack([t["orig_size"] for t in targets])
-    results = build_postprocessor(ckpt["arch"])(model(normalize_images(model, images, mask), mask), sizes)
+    with torch.no_grad():
+        results = loaded.postprocessor(loaded.model(images, mask), sizes)
     names = dataset.category_names
     examples = []
     for image, target, result in zip(images, targets, results):

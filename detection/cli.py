@@ -86,6 +86,20 @@ def _convert_args(sub) -> None:
     v.add_argument("dst", help="suite checkpoint to write")
 
 
+def _run_args(t: argparse.ArgumentParser) -> None:
+    """``detection train``'s run group: resume / overwrite / fine-tune, device, workers, seed, evaluation."""
+    r = t.add_argument_group("run")
+    r.add_argument("--resume", help="checkpoint to continue exactly (the same command on the same --out resumes by itself)")
+    r.add_argument("--overwrite", action="store_true", help="start the run in --out over, discarding its checkpoint")
+    r.add_argument("--finetune", help="detector to start from (any --checkpoint format of eval, e.g. an official "
+                                      "DETR .pth); a class head of another size is re-initialised with a warning")
+    r.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
+    r.add_argument("--num-workers", type=NON_NEGATIVE_INT)
+    r.add_argument("--seed", type=int)
+    r.add_argument("--eval-every", type=POSITIVE_INT, help="evaluate every N epochs (and after the last; default 1)")
+    r.add_argument("--no-progress", action="store_true")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     t = sub.add_parser("train", help="train a detector (resumable; torchrun for DDP)")
@@ -120,16 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--img-scale", type=POSITIVE, help="multiply every size by this, e.g. 0.5 for small machines (default 1)")
     m = t.add_argument_group("model")
     m.add_argument("--model-kwargs", default="{}", help='JSON of model keywords, e.g. \'{"hidden_dim": 128, "num_queries": 50}\'')
-    r = t.add_argument_group("run")
-    r.add_argument("--resume", help="checkpoint to continue exactly (the same command on the same --out resumes by itself)")
-    r.add_argument("--overwrite", action="store_true", help="start the run in --out over, discarding its checkpoint")
-    r.add_argument("--finetune", help="detector to start from (any --checkpoint format of eval, e.g. an official "
-                                      "DETR .pth); a class head of another size is re-initialised with a warning")
-    r.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
-    r.add_argument("--num-workers", type=NON_NEGATIVE_INT)
-    r.add_argument("--seed", type=int)
-    r.add_argument("--eval-every", type=POSITIVE_INT, help="evaluate every N epochs (and after the last; default 1)")
-    r.add_argument("--no-progress", action="store_true")
+    _run_args(t)
 
     e = sub.add_parser("eval", help="COCO bbox mAP, FPS and visualisations of a checkpoint")
     e.add_argument("--checkpoint", required=True, help="a suite checkpoint, an official DETR / Deformable DETR .pth, "
@@ -169,9 +174,10 @@ def _data(args: argparse.Namespace, train: bool) -> tuple[dict[str, str], str, i
 
 def _builtin_data(keys: list[str]) -> tuple[dict[str, str], str, int]:
     from common import synthetic
+    from detection.data import coco_paths
 
     root = synthetic.make_detection(spec=BUILTIN_DATA)
-    paths = {k: v for k, v in synthetic.detection_paths(root).items() if k in keys}
+    paths = {k: v for k, v in coco_paths(root).items() if k in keys}
     text = (f"built-in generated COCO-format set ({BUILTIN_DATA.num_train} train / {BUILTIN_DATA.num_val} val "
             f"shapes images, {BUILTIN_DATA.img_size} px, cached in {root})")
     note(f"no --coco given: using the {text}; for COCO pass --coco DIR")

@@ -164,10 +164,11 @@ def _load_coco_tensors(ann_file: str, image_dir: str):
 def test_overfits_a_handful_of_images(tmp_path):
     from pycocotools.cocoeval import COCOeval
 
-    from common.synthetic import DetectionSpec, detection_paths, make_detection
+    from common.synthetic import DetectionSpec, make_detection
+    from detection.data import coco_paths
 
     torch.manual_seed(0)
-    paths = detection_paths(make_detection(tmp_path, DetectionSpec(num_train=4, num_val=1, img_size=64, max_objects=2)))
+    paths = coco_paths(make_detection(tmp_path, DetectionSpec(num_train=4, num_val=1, img_size=64, max_objects=2)))
     coco, category_ids, image_ids, images, targets = _load_coco_tensors(paths["train_ann"], paths["train_images"])
     mask = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.bool)
     sizes = dict(TINY, num_queries=10, num_feature_levels=2)

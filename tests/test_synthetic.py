@@ -126,8 +126,10 @@ def test_whole_objects_in_a_radius_range(tmp_path):
     assert longest.max() / longest.min() > 1.4  # still varied sizes
 
 
-def test_detection_paths_point_at_the_set(det_root):
-    paths = synthetic.detection_paths(det_root)
+def test_detection_set_has_the_standard_coco_layout(det_root):
+    from detection.data import coco_paths
+
+    paths = coco_paths(det_root)
     assert set(paths) == {"train_ann", "train_images", "val_ann", "val_images"}
     assert all(Path(p).exists() for p in paths.values())
 
