@@ -31,11 +31,11 @@ import corruptions
 from common.distributed import all_gather_objects, get_rank, get_world_size, init_distributed, is_main_process
 from common.io import atomic_write_json, atomic_write_text
 from common.rundir import announce, claim
-from detection.build import build_detector, build_postprocessor
 from detection.coco_c_report import comparison_table, write_report
 from detection.coco_eval import CocoEvaluator
 from detection.data import CocoDetection, coco_paths, collate, make_transforms
-from detection.engine import evaluate, load_checkpoint
+from detection.engine import evaluate
+from detection.official import LoadedDetector, load_detector
 
 CLEAN = "clean"
 KIND = "detection-coco-c"  # the run-folder marker kind (common.rundir)
@@ -166,17 +166,18 @@ def summarize_cells(cells: Sequence[dict], names: Sequence[str], severities: Seq
             "corruption_ap": per, "cells_in_mpc": len(grid)}
 
 
-def load_for_eval(checkpoint: str, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module, list[int], v2.Transform]:
-    """(detector in eval mode on ``device``, post-processor, COCO category id per label, test resize) of a
-    checkpoint, as ``detection eval`` builds them."""
-    ckpt = load_checkpoint(checkpoint)
-    args = ckpt.get("args", {}) if isinstance(ckpt.get("args"), dict) else {}
-    sizes = {k: args.get(k) for k in ("scales", "max_size", "test_size")}
-    resize = make_transforms(False, **sizes, img_scale=args.get("img_scale", 1.0)).transforms[-1]
-    arch = ckpt["arch"]
-    model = build_detector(arch, backbone=ckpt["backbone"], num_classes=ckpt["num_classes"], **ckpt.get("model_kwargs", {}))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), build_postprocessor(arch), list(ckpt["cat_ids"]), resize
+def load_for_eval(checkpoint: str, val_ann: str, val_images: str,
+                  device: torch.device) -> tuple[LoadedDetector, CocoDetection, v2.Transform]:
+    """(detector of any ``load_detector`` format on ``device``, the val set as native uint8 images in the
+    detector's label space, the detector's test resize), as ``detection eval`` sets them up."""
+    loaded = load_detector(checkpoint, device=str(device))
+    rows_are_ids = loaded.cat_ids == list(range(len(loaded.cat_ids)))
+    dataset = CocoDetection(val_ann, val_images, v2.ToImage(), label_space="coco-ids" if rows_are_ids else "contiguous")
+    unknown = sorted(set(dataset.coco.getCatIds()) - set(loaded.cat_ids))
+    if unknown:
+        raise ValueError(f"checkpoint {checkpoint} ({loaded.source}) was trained on category ids {loaded.cat_ids} but "
+                         f"{val_ann} also has {unknown}: evaluate on the dataset it was trained on")
+    return loaded, dataset, make_transforms(False, loaded.sizes).transforms[-1]
 
 
 def evaluate_cell(model: torch.nn.Module, postprocessor: torch.nn.Module, dataset: CocoDetection, loader: DataLoader,
@@ -232,10 +233,8 @@ def coco_c_checkpoint(checkpoint: str, val_ann: str, val_images: str, out: str |
     device = device or init_distributed(None)
     out = Path(out)
     options = {"checkpoint": str(Path(checkpoint).resolve()), "val_ann": str(Path(val_ann).resolve()), "seed": seed}
-    model, postprocessor, cat_ids, resize = load_for_eval(checkpoint, device)
-    dataset = CocoDetection(val_ann, val_images, v2.ToImage())
-    if dataset.cat_ids != cat_ids:
-        raise ValueError(f"checkpoint {checkpoint} was trained on category ids {cat_ids} but {val_ann} has {dataset.cat_ids}")
+    loaded, dataset, resize = load_for_eval(checkpoint, val_ann, val_images, device)
+    model, postprocessor, cat_ids = loaded.model, loaded.postprocessor, loaded.cat_ids
     cells = _previous_cells(out / RESULT_FILE, options)
     done = {(c["corruption"], c["severity"]) for c in cells}
     loader = native_loader(dataset, batch_size, num_workers)
