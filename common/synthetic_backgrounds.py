@@ -27,19 +27,22 @@ from PIL import Image
 
 from common import synthetic
 
-# The release's class folders (IN-9 class index = position), which the IN-9 loader expects.
+# The release's class folders (IN-9 class index = position) and variants, which the IN-9 loader expects.
 IN9_FOLDERS = ("00_dog", "01_bird", "02_wheeled vehicle", "03_reptile", "04_carnivore", "05_insect",
                "06_musical instrument", "07_primate", "08_fish")
+IN9_VARIANTS = ("original", "only_fg", "no_fg", "only_bg_b", "only_bg_t", "mixed_same", "mixed_rand", "mixed_next")
 
 
 @dataclass(frozen=True)
 class BackgroundsSpec:
-    """Parameters of the generated IN-9-style set (``per_class`` images in each of the 9 classes)."""
+    """Parameters of the generated IN-9-style set (``per_class`` images in each of the 9 classes);
+    ``variants``: the variant folders written (``fg_mask`` is always written)."""
 
     per_class: int = 8
     img_size: int = 64
     distractor_rate: float = 0.5
     seed: int = 0
+    variants: tuple[str, ...] = IN9_VARIANTS
 
 
 def _objects(rng: np.random.Generator, labels: np.ndarray, size: int, scale: tuple[float, float]):
@@ -66,6 +69,9 @@ def _bbox_masks(masks: np.ndarray) -> np.ndarray:
 
 def draw_in9_world(spec: BackgroundsSpec) -> dict[str, np.ndarray]:
     """Every variant as uint8 (N,H,W,3) arrays plus ``labels`` (N,) and ``fg_mask`` bool (N,H,W), N = 9·per_class."""
+    unknown = sorted(set(spec.variants) - set(IN9_VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown IN-9 variant(s) {unknown}: choose from {IN9_VARIANTS}")
     if spec.per_class < 2:
         raise ValueError(f"per_class must be at least 2 (mixed_same needs another image of the class), got {spec.per_class}")
     rng = np.random.default_rng([spec.seed, 9])
@@ -100,7 +106,7 @@ def make_in9_style(cache: str | os.PathLike | None = None, spec: BackgroundsSpec
         world = draw_in9_world(spec)
         names = [f"{k}_{i:04d}" for i, k in enumerate(world["labels"])]
         for variant, images in world.items():
-            if variant == "labels":
+            if variant not in spec.variants and variant != "fg_mask":
                 continue
             for name, label, item in zip(names, world["labels"], images):
                 folder = root / variant / "val" / IN9_FOLDERS[label]

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from common.synthetic_backgrounds import IN9_FOLDERS, BackgroundsSpec, make_in9_style
+from common.synthetic_backgrounds import IN9_FOLDERS, IN9_VARIANTS, BackgroundsSpec, make_in9_style
 from robustness.background import challenge as challenge_mod
 from robustness.background import (IN9_CLASSES, VARIANTS, bg_gap, evaluate_in9, evaluate_variant, in9_predictor,
                                    in9_summary, output_map, run_challenge)
@@ -55,7 +55,7 @@ def authors_map(num_outputs: int):
 
 
 def test_generated_folders_are_in9s() -> None:
-    assert IN9_FOLDERS == IN9_CLASSES
+    assert IN9_FOLDERS == IN9_CLASSES and IN9_VARIANTS == VARIANTS
 
 
 def test_mapping_is_the_authors_file() -> None:

@@ -8,9 +8,10 @@ fooling one. Here one forward pass holds many (foreground, background) pairs:
 
 * a pool of foregrounds is evaluated together; each foreground stops at its first fooling background;
 * each foreground tries its untried backgrounds in order of how often they fooled earlier foregrounds
-  (of its class first, then of any class), then file order; it gets as many slots per pass as it has
-  tried backgrounds so far (1, 1, 2, 4, ...), so foregrounds that fall quickly waste no slots and
-  robust ones finish in few passes.
+  (of its class first, then of any class); ties (at first, all backgrounds) are broken by file order
+  rotated by a per-foreground offset, so the foregrounds of one pass explore different backgrounds and
+  the counts learn fast. A foreground gets as many slots per pass as it has tried backgrounds so far
+  (1, 1, 2, 4, ...): foregrounds that fall quickly waste no slots and robust ones finish in few passes.
 
 Whether a foreground is robust does not depend on the order in which its backgrounds are tried, so the
 answer is the authors'; only the number of forward passes changes. For every foreground we also bound
@@ -62,11 +63,12 @@ class ChallengeResult:
 @dataclass
 class _Pool:
     """The foregrounds evaluated together: images uint8 (A,3,H,W), masks bool (A,1,H,W), labels (A,),
-    tried bool (A,NB), per-foreground fooling backgrounds found, composites and passes spent."""
+    tie-break offsets (A,), tried bool (A,NB), per-foreground fooling backgrounds found."""
 
     images: torch.Tensor
     masks: torch.Tensor
     labels: torch.Tensor
+    offsets: torch.Tensor
     tried: torch.Tensor
     items: list[layout.Foreground]
     fooled_by: list[list[int]]
@@ -182,14 +184,14 @@ class _Engine:
         self.file_rank = rank  # tie-break: lower rank first
         self.passes_since_record = 0
 
-    def _priority(self, labels: torch.Tensor) -> torch.Tensor:
+    def _priority(self, pool: _Pool) -> torch.Tensor:
         """int64 (A, NB): higher = try sooner (fooling counts of the class, then of all classes, then rank)."""
         nb = self.file_rank.numel()
-        base = (nb - 1 - self.file_rank).unsqueeze(0).expand(labels.numel(), nb)
         if self.order != "adaptive":
-            return base.clone()
+            return (nb - 1 - self.file_rank).unsqueeze(0).repeat(len(pool.items), 1)
+        base = nb - 1 - (self.file_rank.unsqueeze(0) + pool.offsets.unsqueeze(1)) % nb
         total = self.fooled_class.sum(0)
-        return (self.fooled_class[labels] * (nb + 1) + total) * nb + base
+        return (self.fooled_class[pool.labels] * (nb + 1) + total) * nb + base
 
     def _plan(self, pool: _Pool) -> tuple[torch.Tensor, torch.Tensor]:
         """(foreground slot, background index) pairs for one forward pass, at most ``batch_size``."""
@@ -198,7 +200,7 @@ class _Engine:
         grant = (self.batch_size - (want.cumsum(0) - want)).clamp(min=0)
         grant = torch.minimum(want, grant)
         k = int(grant.max())
-        priority = self._priority(pool.labels).masked_fill(pool.tried, -1)
+        priority = self._priority(pool).masked_fill(pool.tried, -1)
         top = priority.topk(k, dim=1).indices  # (A, k): best untried backgrounds first
         take = torch.arange(k, device=self.device).unsqueeze(0) < grant.unsqueeze(1)
         fg = torch.arange(len(pool.items), device=self.device).unsqueeze(1).expand_as(top)
@@ -226,7 +228,7 @@ class _Engine:
 
     def run(self, foregrounds: list[layout.Foreground]) -> Iterator[dict]:
         """Evaluate ``foregrounds``; yields each one's record as soon as it is finished."""
-        queue = iter(foregrounds)
+        queue = enumerate(foregrounds)
         pool = self._new_pool()
         while True:
             self._refill(pool, queue)
@@ -243,19 +245,24 @@ class _Engine:
         return _Pool(torch.empty(0, c, h, w, dtype=torch.uint8, device=self.device),
                      torch.empty(0, 1, h, w, dtype=torch.bool, device=self.device),
                      torch.empty(0, dtype=torch.int64, device=self.device),
+                     torch.empty(0, dtype=torch.int64, device=self.device),
                      torch.empty(0, nb, dtype=torch.bool, device=self.device), [], [])
 
-    def _refill(self, pool: _Pool, queue: Iterator[layout.Foreground]) -> None:
+    def _refill(self, pool: _Pool, queue: Iterator[tuple[int, layout.Foreground]]) -> None:
         """Top the pool up to ``batch_size`` foregrounds (read from disk)."""
-        new = [f for _, f in zip(range(self.batch_size - len(pool.items)), queue)]
-        if not new:
+        numbered = [item for _, item in zip(range(self.batch_size - len(pool.items)), queue)]
+        if not numbered:
             return
+        new = [f for _, f in numbered]
+        nb = self.backgrounds.shape[0]
+        offsets = torch.tensor([int(i * 0.6180339887 * nb) % nb for i, _ in numbered], device=self.device)
         size = tuple(self.backgrounds.shape[-2:])
         images = torch.stack([layout.read_image(f.image) for f in new]).to(self.device)
         masks = torch.stack([layout.read_mask(f.mask, size) for f in new]).unsqueeze(1).to(self.device)
         pool.images = torch.cat([pool.images, images])
         pool.masks = torch.cat([pool.masks, masks])
         pool.labels = torch.cat([pool.labels, torch.tensor([f.label for f in new], device=self.device)])
+        pool.offsets = torch.cat([pool.offsets, offsets])
         pool.tried = torch.cat([pool.tried, torch.zeros(len(new), pool.tried.shape[1], dtype=torch.bool,
                                                         device=self.device)])
         pool.items += new
@@ -265,6 +272,6 @@ class _Engine:
     def _keep(pool: _Pool, keep: list[bool]) -> None:
         index = [i for i, k in enumerate(keep) if k]
         pool.images, pool.masks = pool.images[index], pool.masks[index]
-        pool.labels, pool.tried = pool.labels[index], pool.tried[index]
+        pool.labels, pool.offsets, pool.tried = pool.labels[index], pool.offsets[index], pool.tried[index]
         pool.items = [pool.items[i] for i in index]
         pool.fooled_by = [pool.fooled_by[i] for i in index]
