@@ -1,23 +1,39 @@
 """Robustness datasets on top of ``classification.data``: ImageNet-C on disk
-(``<root>/<corruption>/<severity>/<wnid>/*.JPEG``) and the 200-class masks of ImageNet-A/R."""
+(``<root>/<corruption>/<severity>/<wnid>/*.JPEG``), the fixed 200-class lists of ImageNet-A/R, and the
+one DataLoader (one worker pool) that serves every pass of a run.
+
+The loader reads *keys* ``(path, label, index, img_size, crop_pct)`` that the main process hands it
+pass after pass, so the worker processes start once per run and stay (persistent workers): no worker
+pool is forked per pass, which is what made some Ctrl-C go unnoticed.
+"""
 from __future__ import annotations
 
+import hashlib
+import math
 import os
+import warnings
+from importlib import resources
 from pathlib import Path
 
 import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from classification.data import (  # noqa: F401  (the robustness suite's view of the shared data layer)
     IMG_EXTENSIONS, ImageFolderSet, ShardSampler, build_class_index, class_folders, eval_transform, make_loader,
     skip_none_collate, to_float,
 )
+from common.distributed import get_rank, get_world_size
+
+SUBSETS = ("imagenet-a", "imagenet-r")
+Key = tuple[str, int, int, int, float]  # (path, label, index in the pass, img_size, crop_pct)
 
 
 def imagenet_c_root(root: str | os.PathLike, corruption: str, severity: int) -> Path:
     """``<root>/<corruption>/<severity>``, with an error naming what exists when it is missing."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"ImageNet-C folder {root} does not exist")
+        raise FileNotFoundError(f"--imagenet-c folder {root} does not exist")
     path = root / corruption / str(severity)
     if not path.is_dir():
         present = sorted(d.name for d in root.iterdir() if d.is_dir())
@@ -26,10 +42,101 @@ def imagenet_c_root(root: str | os.PathLike, corruption: str, severity: int) -> 
     return path
 
 
+def subset_wnids(subset: str) -> list[str]:
+    """The dataset authors' fixed 200 wnids of ``"imagenet-a"`` or ``"imagenet-r"`` (timm's copy of them)."""
+    if subset not in SUBSETS:
+        raise KeyError(f"unknown ImageNet subset {subset!r}: choose from {SUBSETS}")
+    text = (resources.files("timm.data") / "_info" / f"{subset.replace('-', '_')}_synsets.txt").read_text()
+    return text.split()
+
+
+def check_subset_folders(root: str | os.PathLike, subset: str) -> list[str]:
+    """Compare ``root``'s class folders with the subset's 200 wnids: an extra folder is an error (ValueError,
+    one line); returns the missing wnids (their images are absent, the mask still has all 200)."""
+    flag = f"--{subset}"
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{flag} folder {root} does not exist")
+    wnids = subset_wnids(subset)
+    folders = class_folders(root)
+    extra = sorted(set(folders) - set(wnids))
+    if extra:
+        raise ValueError(f"{flag} {root} has {len(extra)} class folder(s) outside the 200 {subset} classes "
+                         f"({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}): point {flag} at the "
+                         f"{subset} folder itself, or remove the extra folders")
+    return sorted(set(wnids) - set(folders))
+
+
 def class_mask(classes: list[int], num_classes: int, device: torch.device) -> torch.Tensor | None:
-    """Bool (num_classes,) mask, True for the classes present; None when every class is present."""
+    """Bool (num_classes,) mask, True for ``classes`` (indices ≥ num_classes ignored); None when all are in."""
+    classes = sorted({c for c in classes if c < num_classes})
     if len(classes) == num_classes:
         return None
     mask = torch.zeros(num_classes, dtype=torch.bool, device=device)
-    mask[torch.tensor(classes, device=device)] = True
+    mask[torch.tensor(classes, dtype=torch.long, device=device)] = True
     return mask
+
+
+def input_fingerprint(root: str | os.PathLike, paths: list[str]) -> str:
+    """A short hash of the image files of a pass (paths relative to ``root``): changes when one is added or removed."""
+    digest = hashlib.sha256("\n".join(os.path.relpath(p, root) for p in paths).encode())
+    return digest.hexdigest()[:16]
+
+
+def file_state(path: str | os.PathLike) -> list[int] | None:
+    """[size, mtime_ns] of a file, or None when it is gone: tells whether a skipped image was replaced."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+class KeyedImages(Dataset):
+    """Decodes a key ``(path, label, index, img_size, crop_pct)`` → ``(uint8 (3,S,S), label, index)`` with
+    timm's eval transform, or None for an unreadable file (reported once, skipped by ``skip_none_collate``)."""
+
+    def __init__(self) -> None:
+        self._transforms: dict[tuple[int, float], object] = {}
+
+    def __len__(self) -> int:  # keys come from the batch sampler; the length is never used
+        return 0
+
+    def __getitem__(self, key: Key) -> tuple[torch.Tensor, int, int] | None:
+        path, label, index, size, pct = key
+        transform = self._transforms.get((size, pct))
+        if transform is None:
+            transform = self._transforms[(size, pct)] = eval_transform(size, pct)
+        try:
+            with Image.open(path) as img:
+                return transform(img.convert("RGB")), label, index
+        except (OSError, ValueError, SyntaxError) as err:
+            warnings.warn(f"skipping unreadable image {path}: {err}", RuntimeWarning, stacklevel=2)
+            return None
+
+
+class PassBatches(Sampler):
+    """Batches of the current pass's keys for this process: rank r of W reads items r, r+W, r+2W, ...
+    (no padding, so counts summed over processes are exact). ``start(keys)`` points it at a new pass."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.keys: list[Key] = []
+
+    def start(self, keys: list[Key]) -> None:
+        self.keys = keys[get_rank()::get_world_size()]
+
+    def __iter__(self):
+        for i in range(0, len(self.keys), self.batch_size):
+            yield self.keys[i:i + self.batch_size]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.keys) / self.batch_size)
+
+
+def pass_loader(batch_size: int, num_workers: int, pin_memory: bool) -> tuple[DataLoader, PassBatches]:
+    """The run's one loader and its batch sampler: call ``batches.start(keys)`` then iterate the loader."""
+    batches = PassBatches(batch_size)
+    loader = DataLoader(KeyedImages(), batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
+                        collate_fn=skip_none_collate, persistent_workers=num_workers > 0)
+    return loader, batches

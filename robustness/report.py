@@ -70,6 +70,14 @@ def _fmt(v: float | None) -> str:
     return "–" if v is None else f"{v:.2f}"
 
 
+def provenance(options: dict) -> list[str]:
+    """The report's first lines: what data and which weights the numbers come from."""
+    lines = [f"**Data:** {options['data_used']}"] if options.get("data_used") else []
+    for label, used in (options.get("weights_used") or {}).items():
+        lines.append(f"**Weights of {label}:** {used}")
+    return ["  \n".join(lines)] if lines else []
+
+
 def markdown_report(records: list[dict], summary: dict[str, dict], options: dict) -> str:
     """The report: one comparison table (a row per model, like the paper's) + per-corruption tables."""
     cols = [("Clean top-1", "clean_top1"), ("Clean top-5", "clean_top5"), ("Occlusion", "occlusion_top1"),
@@ -78,7 +86,7 @@ def markdown_report(records: list[dict], summary: dict[str, dict], options: dict
             ("Mean corruption error (raw)", "mean_corruption_error"), ("mCE (AlexNet-norm.)", "mCE"),
             ("Relative mCE", "relative_mCE")]
     cols = [(t, k) for t, k in cols if any(s.get(k) is not None for s in summary.values())]
-    lines = ["# Robustness report", "",
+    lines = ["# Robustness report", "", *provenance(options), "",
              "Accuracies are top-1 % (higher is better). *Mean corruption error (raw)* is the plain top-1 error "
              "averaged over every corruption and severity evaluated; *mCE* and *relative mCE* are normalised by "
              "AlexNet's errors (Hendrycks & Dietterich 2019, ×100, lower is better) over the ImageNet-C "
@@ -109,7 +117,9 @@ def markdown_report(records: list[dict], summary: dict[str, dict], options: dict
             lines.append(f"| {c} | " + " | ".join(_fmt(row.get(k)) for k in sevs) +
                          f" | {mean:.2f} | {_fmt(None if ce is None else 100 * ce)} |")
     n = sorted({r["n"] for r in records})
-    lines += ["", f"Images per cell: {', '.join(map(str, n))}.", "", "Options:", "", "```json",
+    skipped = sum(r.get("skipped", 0) for r in records)
+    lines += ["", f"Images per cell: {', '.join(map(str, n))}" + (f" ({skipped} unreadable images skipped over all "
+              "cells, see results.json)." if skipped else "."), "", "Options:", "", "```json",
               json.dumps(options, indent=1), "```", ""]
     return "\n".join(lines)
 

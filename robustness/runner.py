@@ -3,51 +3,39 @@
 A *cell* is one (model, dataset, corruption, severity, variant) and yields exact top-1/top-5 counts.
 Cells that read the same images share one *pass* over the data (clean, occlusion and attacks on the
 clean set; the 5 severities of one on-the-fly corruption), so each image is decoded once per pass.
-Finished cells are appended to ``out/cells.jsonl`` and ``out/results.json`` is rewritten atomically,
-so an interrupted run resumes where it stopped; the run's options are kept in ``out/run.json`` and a
-run with different options refuses to mix results. Under ``torchrun`` every process evaluates a
-shard of each pass (no padding duplicates) and exact counts are summed; only rank 0 writes.
+``plan_passes`` is the one place that says which passes and cells a run has. Every pass goes through
+the run's one DataLoader (one worker pool). Finished cells are kept in the run folder
+(``robustness.store``), so a rerun computes only what is missing, stale or new. Under ``torchrun``
+every process evaluates a shard of each pass (no padding duplicates) and exact counts are summed;
+only rank 0 writes.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from torch import nn
 from tqdm import tqdm
 
 import pit
+from classification.metrics import topk_correct
+from common import io, rundir
+from common.autocast import autocast
+from common.distributed import barrier, get_rank, get_world_size, init_distributed, is_main_process
 from robustness import attacks as attacks_lib
 from robustness import datasets as ds
 from robustness import occlusion as occ
-from robustness.metrics import reduce_counts, topk_correct
+from robustness.config import ATTACKS, OCCLUSIONS, ModelSpec, RobustnessConfig, absolute  # noqa: F401
+from robustness.metrics import reduce_counts
 from robustness.report import summarize, write_report
-from common import io
-from common.distributed import all_gather_objects, barrier, get_rank, get_world_size, init_distributed, is_main_process
+from robustness.store import RunStore, jsonable
 
-ATTACKS = ("fgsm", "pgd")
-OCCLUSIONS = {"occlusion_center": "centred square, half of each side (25% of the area), zero fill",
-              "occlusion_random": "one random square patch of 25% of the area, zero fill"}
-
-
-@dataclass
-class ModelSpec:
-    """One model to evaluate: a ``pit.create_model`` name, optional weights file, display label."""
-
-    name: str
-    weights: str | None = None
-    label: str | None = None
-    model_kwargs: dict = field(default_factory=dict)
-
-    @property
-    def display(self) -> str:
-        return self.label or self.name
+RANDOM_VARIANTS = ("pgd", "occlusion_random")
 
 
 @dataclass
@@ -65,107 +53,81 @@ class Cell:
 
 @dataclass
 class Pass:
-    """One loop over ``root``; every cell gets the same batches. ``masked``: logits restricted to the
-    classes present (ImageNet-A/R); ``on_the_fly``: each cell corrupts the clean batch on the device."""
+    """One loop over ``root``; every cell gets the same batches. ``subset``: ImageNet-A/R, logits masked
+    to its 200 classes; ``on_the_fly``: each cell corrupts the clean batch on the device."""
 
     name: str
     root: str
     cells: list[Cell]
-    masked: bool = False
+    subset: str | None = None
     on_the_fly: bool = False
 
 
-def run_robustness(models: list[ModelSpec], data: str, out: str, *, class_map: str = "imagenet",
-                   img_size: int | None = None, crop_pct: float | None = None,
-                   imagenet_c: str | None = None, corrupt_on_the_fly: bool = False,
-                   imagenet_a: str | None = None, imagenet_r: str | None = None,
-                   corruptions: list[str] | str = "all", severities: list[int] = (1, 2, 3, 4, 5),
-                   attacks: list[str] = (), eps: float = 1 / 255, alpha: float | None = None, steps: int = 5,
-                   occlusion: bool = False, limit: int | None = None, batch_size: int = 64,
-                   device: str | None = None, amp: bool = False, num_workers: int = 2, seed: int = 0,
-                   progress: bool = True, overwrite: bool = False) -> dict:
-    """Evaluate ``models`` and write ``out/results.json``, ``out/report.md`` and plots; see the module doc.
+@dataclass
+class ModelRun:
+    """One model of the run: its spec, eval geometry and identity; ``module`` is built on first need."""
+
+    spec: ModelSpec
+    img_size: int
+    crop_pct: float
+    identity: dict[str, Any]
+    module: nn.Module | None = None
+    num_outputs: int = 0
+
+
+@dataclass
+class RunContext:
+    """What the passes of a run share: the config, the device, the run folder and the one loader."""
+
+    config: RobustnessConfig
+    device: torch.device
+    store: RunStore
+    corruptions: list[str]
+    loader: Any = None
+    batches: ds.PassBatches | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def run_robustness(models: list[ModelSpec], data: str, out: str, **options: Any) -> dict:
+    """``run(RobustnessConfig(models, data, out, **options))``: the options are the config's fields."""
+    return run(RobustnessConfig(models=list(models), data=data, out=out, **options))
+
+
+def run(config: RobustnessConfig) -> dict:
+    """Evaluate ``config.models`` and write ``out/results.json``, ``out/report.md`` and plots.
 
     Accuracies in the summary are percentages; mCE / relative mCE are AlexNet-normalised, ×100; the raw
     mean corruption error is a plain top-1 error percentage. Returns
     ``{"records": [...], "summary": {label: {...}}, "report": path}`` (on every process).
+    Raises ValueError when a set yields no readable image (no report is written then).
     """
-    if not models:
-        raise ValueError("no model given")
-    labels = [m.display for m in models]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"model labels must be unique, got {labels}: give each ModelSpec a label")
-    if imagenet_c and corrupt_on_the_fly:
-        raise ValueError("choose one source of corruptions: imagenet_c (on disk) or corrupt_on_the_fly, not both")
-    unknown = sorted(set(attacks) - set(ATTACKS))
-    if unknown:
-        raise ValueError(f"unknown attack(s) {unknown}: choose from {list(ATTACKS)}")
-    bad_sev = [s for s in severities if s not in (1, 2, 3, 4, 5)]
-    if bad_sev:
-        raise ValueError(f"severities must be in 1..5, got {bad_sev}")
-    if eps < 0 or steps < 1 or batch_size < 1:
-        raise ValueError("need eps >= 0, steps >= 1 and batch_size >= 1")
-    corruption_names = resolve_corruptions(corruptions) if (imagenet_c or corrupt_on_the_fly) else []
-    alpha = alpha if alpha is not None else 2.5 * eps / steps
-    data = str(Path(data).resolve())
-    class_index = ds.build_class_index(class_map, data)
-    ds.class_folders(data)
-
-    device_ = init_distributed(device)
-    out_dir = Path(out)
-    randomised = bool(corrupt_on_the_fly or "pgd" in attacks or occlusion)
-    options = {
-        "data": data, "class_map": class_map, "img_size": img_size, "crop_pct": crop_pct,
-        "imagenet_c": _abs(imagenet_c), "corrupt_on_the_fly": corrupt_on_the_fly,
-        "imagenet_a": _abs(imagenet_a), "imagenet_r": _abs(imagenet_r), "eps": eps, "alpha": alpha, "steps": steps,
-        "limit": limit, "seed": seed, "amp": amp,
-        # Random draws are keyed by (seed, cell, batch, rank): they depend on how the data is batched.
-        "batch_size": batch_size if randomised else None, "world_size": get_world_size() if randomised else None,
-    }
-    model_ids = _jsonable({m.display: _model_identity(m) for m in models})
-    options = _jsonable(options)
-    selection = {"models": labels, "corruptions": corruption_names, "severities": list(severities),
-                 "attacks": list(attacks), "occlusion": occlusion}
-    done = _prepare_out_dir(out_dir, options, model_ids, overwrite)
-
-    records: dict[str, dict] = dict(done)
-    wanted: list[str] = []
-    for spec in models:
-        passes = plan_passes(spec.display, data, imagenet_c, corrupt_on_the_fly, imagenet_a, imagenet_r,
-                             corruption_names, list(severities), list(attacks), occlusion)
-        wanted += [c.key for p in passes for c in p.cells]
-        if all(c.key in records for p in passes for c in p.cells):
-            continue  # finished in an earlier run
-        model = _build_model(spec, device_, seed, img_size)
-        size, pct = _input_geometry(model, spec, img_size, crop_pct)
-        with torch.no_grad():
-            num_outputs = model(torch.zeros(1, 3, size, size, device=device_)).shape[-1]
-        for p in passes:
-            todo = [c for c in p.cells if c.key not in records]
-            if not todo:
-                continue
-            dataset = ds.ImageFolderSet(p.root, class_index, size, pct, limit=limit)
-            _check_labels(num_outputs, dataset)  # before the loop: every process raises alike, none hangs
-            ctx = dict(model=model, device=device_, seed=seed, eps=eps, alpha=alpha, steps=steps, amp=amp,
-                       num_outputs=num_outputs)
-            counts = _evaluate_pass(p, todo, dataset, ctx, batch_size, num_workers, progress)
-            for cell, (n, c1, c5) in zip(todo, counts.tolist()):
-                rec = {"key": cell.key, **asdict(cell), "model_name": spec.name, "n": n, "top1_correct": c1,
-                       "top5_correct": c5, "top1": 100.0 * c1 / n if n else None, "top5": 100.0 * c5 / n if n else None}
-                records[cell.key] = rec
-                if is_main_process():
-                    io.append_jsonl(out_dir / "cells.jsonl", rec)
-            if is_main_process():
-                _write_results(out_dir, options, selection, model_ids, [records[k] for k in wanted if k in records])
-        del model
-    final = [records[k] for k in wanted]
-    summary = summarize(final, labels)
-    report = out_dir / "report.md"
+    corruptions = check_paths(config)
+    device = init_distributed(config.device)
+    runs = [model_run(spec, config) for spec in config.models]
+    store = RunStore.open(config.out, marker_options(config))
+    ctx = RunContext(config, device, store, corruptions)
+    plans = {r.spec.display: plan_passes(r.spec.display, config, corruptions) for r in runs}
+    wanted = {c.key: cell_options(c, p, r, ctx) for r in runs for p in plans[r.spec.display] for c in p.cells}
+    store.conflicts(wanted, config.overwrite)
+    ctx.loader, ctx.batches = ds.pass_loader(config.batch_size, config.num_workers, device.type == "cuda")
+    try:
+        for r in runs:
+            for p in plans[r.spec.display]:
+                _run_pass(p, r, ctx, wanted)
+            r.module = None
+    finally:
+        ctx.loader = None
+    final = [store.records[k] for k in wanted]
+    empty = sorted({rec["root"] for rec in final if not rec["n"]})
+    if empty:
+        raise ValueError(f"no readable image in {', '.join(empty)} (every file was skipped, see the warnings): "
+                         "replace the files and run the same command again")
+    summary = summarize(final, [r.spec.display for r in runs])
     if is_main_process():
-        _write_results(out_dir, options, selection, model_ids, final)
-        write_report(final, summary, out_dir, options={**options, **selection})
+        _write_results(ctx, runs, final, summary)
+        write_report(final, summary, store.out_dir, options=_report_options(ctx, runs))
     barrier()
-    return {"records": final, "summary": summary, "report": str(report)}
+    return {"records": final, "summary": summary, "report": str(store.out_dir / "report.md")}
 
 
 def resolve_corruptions(corruptions: list[str] | str) -> list[str]:
@@ -178,63 +140,208 @@ def resolve_corruptions(corruptions: list[str] | str) -> list[str]:
         expanded = {"all": list(CORRUPTIONS), "extra": list(EXTRA_CORRUPTIONS)}.get(name, [name])
         for n in expanded:
             if n not in CORRUPTIONS and n not in EXTRA_CORRUPTIONS:
-                raise KeyError(f"unknown corruption {n!r}: choose from 'all', 'extra', "
+                raise KeyError(f"unknown corruption {n!r}: choose --corruptions from 'all', 'extra', "
                                f"{', '.join(list(CORRUPTIONS) + list(EXTRA_CORRUPTIONS))}")
             if n not in out:
                 out.append(n)
     return out
 
 
-def plan_passes(label: str, data: str, imagenet_c: str | None, on_the_fly: bool, imagenet_a: str | None,
-                imagenet_r: str | None, corruptions: list[str], severities: list[int], attacks: list[str],
-                occlusion: bool) -> list[Pass]:
-    """The passes over the data for one model, in evaluation order."""
+def plan_passes(label: str, config: RobustnessConfig, corruptions: list[str]) -> list[Pass]:
+    """The passes over the data for one model, in evaluation order: the one place cells are planned."""
+    data = absolute(config.data)
     clean = [Cell(label, "imagenet", None, None, "clean")]
-    clean += [Cell(label, "imagenet", None, None, v) for v in (OCCLUSIONS if occlusion else ())]
-    clean += [Cell(label, "imagenet", None, None, a) for a in attacks]
+    clean += [Cell(label, "imagenet", None, None, v) for v in (OCCLUSIONS if config.occlusion else ())]
+    clean += [Cell(label, "imagenet", None, None, a) for a in config.attacks]
     passes = [Pass("clean", data, clean)]
     for c in corruptions:
-        if on_the_fly:
-            passes.append(Pass(f"{c} (on the fly)", data, [Cell(label, "imagenet-c", c, s, "clean") for s in severities],
-                                   on_the_fly=True))
+        if config.corrupt_on_the_fly:
+            cells = [Cell(label, "imagenet-c", c, s, "clean") for s in config.severities]
+            passes.append(Pass(f"{c} (on the fly)", data, cells, on_the_fly=True))
         else:
-            passes += [Pass(f"{c} {s}", str(ds.imagenet_c_root(imagenet_c, c, s)), [Cell(label, "imagenet-c", c, s, "clean")])
-                       for s in severities]
-    for name, root in (("imagenet-a", imagenet_a), ("imagenet-r", imagenet_r)):
+            passes += [Pass(f"{c} {s}", str(ds.imagenet_c_root(absolute(config.imagenet_c), c, s)),
+                            [Cell(label, "imagenet-c", c, s, "clean")]) for s in config.severities]
+    for subset, root in (("imagenet-a", config.imagenet_a), ("imagenet-r", config.imagenet_r)):
         if root:
-            passes.append(Pass(name, root, [Cell(label, name, None, None, "clean")], masked=True))
+            passes.append(Pass(subset, absolute(root), [Cell(label, subset, None, None, "clean")], subset=subset))
     return passes
 
 
-def _evaluate_pass(p: Pass, cells: list[Cell], dataset: ds.ImageFolderSet, ctx: dict, batch_size: int,
-                   num_workers: int, progress: bool) -> torch.Tensor:
-    """Run ``cells`` over ``dataset``; returns int64 (len(cells), 3) counts [n, top1, top5] summed over processes."""
-    device, model = ctx["device"], ctx["model"]
-    loader = ds.make_loader(dataset, batch_size, num_workers, pin_memory=device.type == "cuda")
+def check_paths(config: RobustnessConfig) -> list[str]:
+    """Check every input path and name before the first pass; returns the corruptions to run.
+
+    Raises FileNotFoundError / ValueError / KeyError with one line naming the flag.
+    """
+    for spec in config.models:
+        _check_model(spec)
+    names = resolve_corruptions(config.corruptions) if (config.imagenet_c or config.corrupt_on_the_fly) else []
+    class_index = ds.build_class_index(config.class_map, _existing_dir("--data", config.data))
+    ds.ImageFolderSet(config.data, class_index, 8, 1.0, limit=config.limit)
+    for c in names if config.imagenet_c else ():
+        for s in config.severities:
+            ds.class_folders(ds.imagenet_c_root(config.imagenet_c, c, s))
+    for subset, root in (("imagenet-a", config.imagenet_a), ("imagenet-r", config.imagenet_r)):
+        if not root:
+            continue
+        _existing_dir(f"--{subset}", root)
+        if config.class_map == "imagenet":
+            missing = ds.check_subset_folders(root, subset)
+            if missing and is_main_process():
+                rundir.note(f"--{subset} {root} lacks {len(missing)} of the 200 class folders ({', '.join(missing[:3])}"
+                            f"{', ...' if len(missing) > 3 else ''}): scored over all 200 classes, as published")
+        ds.ImageFolderSet(root, class_index, 8, 1.0)
+    return names
+
+
+def _existing_dir(flag: str, path: str) -> str:
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{flag} folder {path} does not exist")
+    return path
+
+
+def _check_model(spec: ModelSpec) -> None:
+    if not timm.is_model(spec.name):
+        raise ValueError(f"unknown model {spec.name!r}: use a PiT name ({', '.join(pit.PIT_NAMES)}) or a timm "
+                         "model name (timm.list_models())")
+    if spec.weights is None:
+        return
+    path = Path(spec.weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"--weights file {path} for {spec.display} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"--weights file {path} for {spec.display} is empty (0 bytes): get the file again")
+
+
+def _model_cfg(name: str) -> dict[str, Any]:
+    cfg = timm.models.get_pretrained_cfg(name)
+    return cfg.to_dict() if cfg is not None else {}
+
+
+def model_run(spec: ModelSpec, config: RobustnessConfig) -> ModelRun:
+    """The model's eval geometry (explicit values, else its kwargs, else timm's config) and identity."""
+    cfg = _model_cfg(spec.name)
+    size = config.img_size or spec.model_kwargs.get("img_size") or cfg.get("input_size", (3, 224, 224))[-1]
+    size = size[-1] if isinstance(size, (tuple, list)) else size
+    identity: dict[str, Any] = {"name": spec.name, "model_kwargs": spec.model_kwargs,
+                                "weights": absolute(spec.weights), "pretrained": spec.pretrained}
+    if spec.weights:
+        identity["weights_state"] = ds.file_state(spec.weights)
+    return ModelRun(spec, int(size), float(config.crop_pct or cfg.get("crop_pct", 0.875)), jsonable(identity))
+
+
+def marker_options(config: RobustnessConfig) -> dict[str, Any]:
+    """What identifies the run for its folder (``default_out`` reuses a folder only for the same run)."""
+    skip = {"models", "out", "device", "num_workers", "progress", "overwrite", "data_note"}
+    options = {k: v for k, v in asdict(config).items() if k not in skip}
+    options["models"] = [model_run(spec, config).identity | {"label": spec.display} for spec in config.models]
+    options.update(data=absolute(config.data), imagenet_c=absolute(config.imagenet_c),
+                   imagenet_a=absolute(config.imagenet_a), imagenet_r=absolute(config.imagenet_r))
+    return jsonable(options)
+
+
+def cell_options(cell: Cell, p: Pass, r: ModelRun, ctx: RunContext) -> dict[str, Any]:
+    """The options that make ``cell``'s number: a finished cell is kept only if they are unchanged."""
+    config = ctx.config
+    options: dict[str, Any] = {"model": r.identity, "root": p.root, "class_map": config.class_map,
+                               "img_size": r.img_size, "crop_pct": r.crop_pct, "limit": config.limit, "amp": config.amp}
+    if cell.variant in ATTACKS:
+        options["eps"] = config.eps
+    if cell.variant == "pgd":
+        options.update(alpha=config.step_size, steps=config.steps)
+    if cell.variant in RANDOM_VARIANTS or p.on_the_fly:  # draws are keyed by (seed, cell, batch, rank)
+        options.update(seed=config.seed, batch_size=config.batch_size, world_size=get_world_size())
+    return jsonable(options)
+
+
+def _run_pass(p: Pass, r: ModelRun, ctx: RunContext, wanted: dict[str, dict]) -> None:
+    """List the pass's images, compute the cells that are missing or stale, and save them."""
+    config = ctx.config
+    listing = ds.ImageFolderSet(p.root, ds.build_class_index(config.class_map, config.data), r.img_size, r.crop_pct,
+                                limit=config.limit)
+    paths = [path for path, _ in listing.samples]
+    fingerprint = ds.input_fingerprint(p.root, paths)
+    todo = []
+    for cell in p.cells:
+        keep, why = ctx.store.reusable(cell.key, wanted[cell.key], fingerprint)
+        if not keep:
+            todo.append(cell)
+        if why and is_main_process():
+            rundir.note(f"recomputing {cell.key.replace('|None', '')}: {why}")
+    if not todo:
+        return
+    module = _ensure_model(r, ctx)
+    _check_labels(r.num_outputs, listing)  # before the loop: every process raises alike, none hangs
+    keys = [(path, label, i, r.img_size, r.crop_pct) for i, (path, label) in enumerate(listing.samples)]
+    counts, seen = _evaluate_pass(p, todo, keys, module, r.num_outputs, ctx, listing.classes)
+    skipped = {paths[i]: ds.file_state(paths[i]) for i in (~seen).nonzero().flatten().tolist()}
+    ctx.store.add([_record(cell, r, p, row, wanted[cell.key], fingerprint, skipped)
+                   for cell, row in zip(todo, counts.tolist())])
+
+
+def _record(cell: Cell, r: ModelRun, p: Pass, row: list[int], options: dict, fingerprint: str,
+            skipped: dict[str, Any]) -> dict[str, Any]:
+    n, c1, c5 = row
+    return {"key": cell.key, **asdict(cell), "model_name": r.spec.name, "n": n, "skipped": len(skipped),
+            "top1_correct": c1, "top5_correct": c5, "top1": 100.0 * c1 / n if n else None,
+            "top5": 100.0 * c5 / n if n else None, "root": p.root, "inputs": fingerprint,
+            "skipped_files": skipped, "options": options}
+
+
+def _ensure_model(r: ModelRun, ctx: RunContext) -> nn.Module:
+    """Build ``r``'s model on first need and record in run.json that it loaded."""
+    if r.module is None:
+        r.module = _build_model(r.spec, ctx.device, ctx.config.seed, ctx.config.img_size)
+        with torch.no_grad():
+            r.num_outputs = r.module(torch.zeros(1, 3, r.img_size, r.img_size, device=ctx.device)).shape[-1]
+        ctx.store.record_model(r.spec.display, r.identity)
+    return r.module
+
+
+def _evaluate_pass(p: Pass, cells: list[Cell], keys: list[ds.Key], model: nn.Module, num_outputs: int,
+                   ctx: RunContext, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``cells`` over the pass's images. Returns int64 (len(cells), 3) counts [n, top1, top5] and a bool
+    (len(keys),) tensor of the images read, both summed over processes."""
+    device = ctx.device
     counts = torch.zeros(len(cells), 3, dtype=torch.int64, device=device)
-    mask = ds.class_mask(dataset.classes, ctx["num_outputs"], device) if p.masked else None
+    seen = torch.zeros(len(keys), dtype=torch.int64, device=device)
+    mask = _pass_mask(p, classes, num_outputs, ctx)
     rank, world = get_rank(), get_world_size()
-    bar = tqdm(loader, desc=f"{cells[0].model} | {p.name}", disable=not (progress and is_main_process()), leave=False)
-    for batch_idx, (images_u8, labels, _) in enumerate(bar):
+    ctx.batches.start(keys)
+    show = ctx.config.progress and is_main_process()
+    for batch_idx, (images_u8, labels, index) in enumerate(tqdm(ctx.loader, desc=f"{cells[0].model} | {p.name}",
+                                                                disable=not show, leave=False)):
         if labels.numel() == 0:
             continue
+        seen[index.to(device)] = 1
         images = ds.to_float(images_u8, device)
         labels = labels.to(device, non_blocking=True)
         global_batch = batch_idx * world + rank
         for i, cell in enumerate(cells):
-            x = _apply_variant(cell, images, labels, ctx, p.on_the_fly, _generator(ctx["seed"], cell, global_batch, device))
-            with torch.no_grad(), _autocast(device, ctx["amp"]):
+            generator = _generator(ctx.config.seed, cell, global_batch, device)
+            x = _apply_variant(cell, images, labels, model, ctx, p.on_the_fly, generator)
+            with torch.no_grad(), autocast(device, ctx.config.amp):
                 logits = model(x).float()
-            if mask is not None:  # ImageNet-A/R: only the classes present can be predicted
+            if mask is not None:  # ImageNet-A/R: only the subset's classes can be predicted
                 logits = logits.masked_fill(~mask, float("-inf"))
             counts[i, 0] += labels.numel()
             counts[i, 1:] += topk_correct(logits, labels)
-    return reduce_counts(counts).cpu()
+    return reduce_counts(counts).cpu(), reduce_counts(seen).cpu() > 0
 
 
-def _apply_variant(cell: Cell, images: torch.Tensor, labels: torch.Tensor, ctx: dict, on_the_fly: bool,
-                   generator: torch.Generator) -> torch.Tensor:
+def _pass_mask(p: Pass, classes: list[int], num_outputs: int, ctx: RunContext) -> torch.Tensor | None:
+    """ImageNet-A/R: the authors' fixed 200 classes (--class-map imagenet) or the classes present (folder)."""
+    if p.subset is None:
+        return None
+    if ctx.config.class_map == "imagenet":
+        index = ds.build_class_index("imagenet", ctx.config.data)
+        classes = [index[w] for w in ds.subset_wnids(p.subset)]
+    return ds.class_mask(classes, num_outputs, ctx.device)
+
+
+def _apply_variant(cell: Cell, images: torch.Tensor, labels: torch.Tensor, model: nn.Module, ctx: RunContext,
+                   on_the_fly: bool, generator: torch.Generator) -> torch.Tensor:
     """The input the model sees for this cell: float (B,3,H,W) in [0,1]."""
+    config = ctx.config
     if on_the_fly:
         from corruptions import corrupt
 
@@ -245,11 +352,11 @@ def _apply_variant(cell: Cell, images: torch.Tensor, labels: torch.Tensor, ctx: 
         return occ.occlude_center(images, 0.5)
     if cell.variant == "occlusion_random":
         return occ.occlude_random(images, 0.25, generator=generator)
-    with _autocast(ctx["device"], ctx["amp"]):
+    with autocast(ctx.device, config.amp):
         if cell.variant == "fgsm":
-            return attacks_lib.fgsm(ctx["model"], images, labels, ctx["eps"])
+            return attacks_lib.fgsm(model, images, labels, config.eps)
         if cell.variant == "pgd":
-            return attacks_lib.pgd(ctx["model"], images, labels, ctx["eps"], ctx["alpha"], ctx["steps"],
+            return attacks_lib.pgd(model, images, labels, config.eps, config.step_size, config.steps,
                                    generator=generator)
     raise KeyError(f"unknown variant {cell.variant!r}")
 
@@ -260,102 +367,49 @@ def _generator(seed: int, cell: Cell, global_batch: int, device: torch.device) -
     return torch.Generator(device=device).manual_seed(int.from_bytes(digest.digest()[:8], "little") >> 1)
 
 
-def _autocast(device: torch.device, enabled: bool):
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
-
-
 def _check_labels(num_outputs: int, dataset: ds.ImageFolderSet) -> None:
     top = max(dataset.classes)
     if top >= num_outputs:
         raise ValueError(f"the model has {num_outputs} outputs but {dataset.root} has class index {top}: "
-                         "use a model with matching num_classes (--num-classes) or --class-map folder")
+                         "use a model with matching --num-classes, or --class-map folder")
 
 
 def _build_model(spec: ModelSpec, device: torch.device, seed: int, img_size: int | None) -> nn.Module:
     """``pit.create_model`` wrapped to take [0,1] pixels, in eval mode on ``device``.
 
-    An explicit eval ``img_size`` is passed to models that take one (ViT/DeiT position embeddings) and
-    left out for those that do not (CNNs). Initialisation is seeded, so randomly initialised models are
-    the same in every process and on resume.
+    An explicit eval ``img_size`` is passed to the models whose timm config says their input size is
+    fixed (ViT/DeiT position embeddings); others (CNNs, PiT, which resamples its positional grid in the
+    forward pass) run at any size. Initialisation is seeded, so randomly initialised models are the
+    same in every process and on resume.
     """
     kwargs = dict(spec.model_kwargs)
+    if img_size is not None and "img_size" not in kwargs and _model_cfg(spec.name).get("fixed_input_size"):
+        kwargs["img_size"] = img_size
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if img_size is not None and "img_size" not in kwargs:
-            try:
-                model = pit.create_model(spec.name, weights=spec.weights, img_size=img_size, **kwargs)
-            except (TypeError, ValueError) as err:  # pit.create_model reports constructor TypeErrors as ValueError
-                if "img_size" not in str(err):
-                    raise
-                torch.manual_seed(seed)
-                model = pit.create_model(spec.name, weights=spec.weights, **kwargs)
-        else:
-            model = pit.create_model(spec.name, weights=spec.weights, **kwargs)
+        model = pit.create_model(spec.name, weights=spec.weights, pretrained=spec.pretrained, **kwargs)
     return pit.NormalizedModel(model).to(device).eval()
 
 
-def _input_geometry(model: nn.Module, spec: ModelSpec, img_size: int | None, crop_pct: float | None) -> tuple[int, float]:
-    """Eval image size and crop fraction: explicit values, else the model's kwargs, else its pretrained_cfg."""
-    cfg = getattr(model.model, "pretrained_cfg", None) or {}
-    size = img_size or spec.model_kwargs.get("img_size") or cfg.get("input_size", (3, 224, 224))[-1]
-    size = size[-1] if isinstance(size, (tuple, list)) else size
-    return int(size), float(crop_pct or cfg.get("crop_pct", 0.875))
-
-
-def _jsonable(obj: Any) -> Any:
-    """``obj`` as it reads back from JSON (tuples → lists), so stored and current options compare equal."""
-    return json.loads(json.dumps(obj))
-
-
-def _abs(path: str | None) -> str | None:
-    return str(Path(path).resolve()) if path else None
-
-
-def _model_identity(spec: ModelSpec) -> dict[str, Any]:
-    """What makes a model's numbers: name, kwargs and the weights file (path, size, mtime)."""
-    ident: dict[str, Any] = {"name": spec.name, "model_kwargs": spec.model_kwargs, "weights": _abs(spec.weights)}
+def weights_used(spec: ModelSpec) -> str:
+    """One line for the report: which weights ``spec`` ran with."""
     if spec.weights:
-        if not os.path.isfile(spec.weights):
-            raise FileNotFoundError(f"weights file {spec.weights} does not exist")
-        st = os.stat(spec.weights)
-        ident.update(weights_size=st.st_size, weights_mtime=st.st_mtime)
-    return ident
+        return f"file {absolute(spec.weights)}"
+    if spec.pretrained:
+        return "the model's published pretrained weights"
+    return "random initialisation (accuracy at chance)"
 
 
-def _prepare_out_dir(out_dir: Path, options: dict, model_ids: dict, overwrite: bool) -> dict[str, dict]:
-    """Check ``out_dir/run.json`` against this run (rank 0), record it, and return the finished cells."""
-    error, done = None, {}
-    if is_main_process():
-        run_file = out_dir / "run.json"
-        if overwrite and out_dir.exists():
-            for name in ("run.json", "cells.jsonl", "results.json", "report.md"):
-                (out_dir / name).unlink(missing_ok=True)
-            shutil.rmtree(out_dir / "plots", ignore_errors=True)
-        previous = json.loads(run_file.read_text()) if run_file.exists() else None
-        if previous is not None:
-            error = _options_conflict(previous, options, model_ids)
-        if error is None:
-            merged = dict(previous["models"]) if previous else {}
-            merged.update(model_ids)
-            io.atomic_write_json(run_file, {"options": options, "models": merged})
-            done = {r["key"]: r for r in io.read_jsonl(out_dir / "cells.jsonl") if r.get("model") in model_ids}
-    error, done = all_gather_objects((error, done))[0]
-    if error:
-        raise ValueError(error)
-    return done
+def _report_options(ctx: RunContext, runs: list[ModelRun]) -> dict[str, Any]:
+    config = ctx.config
+    options = marker_options(config)
+    options.update(alpha=config.step_size, corruptions=ctx.corruptions,
+                   data_used=config.data_note or f"{absolute(config.data)} (--class-map {config.class_map})",
+                   weights_used={r.spec.display: weights_used(r.spec) for r in runs})
+    return options
 
 
-def _options_conflict(previous: dict, options: dict, model_ids: dict) -> str | None:
-    diffs = [f"{k}: {previous['options'].get(k)!r} → {v!r}" for k, v in options.items() if previous["options"].get(k) != v]
-    diffs += [f"model {label!r}: {previous['models'][label]} → {ident}" for label, ident in model_ids.items()
-              if label in previous["models"] and previous["models"][label] != ident]
-    if not diffs:
-        return None
-    return ("the output folder holds results of a run with different options (" + "; ".join(diffs) +
-            "): use a new --out folder, or --overwrite to discard the old results")
-
-
-def _write_results(out_dir: Path, options: dict, selection: dict, model_ids: dict, records: list[dict]) -> None:
-    io.atomic_write_json(out_dir / "results.json", {"options": {**options, **selection}, "models": model_ids,
-                                                    "records": records, "summary": summarize(records, selection["models"])})
+def _write_results(ctx: RunContext, runs: list[ModelRun], records: list[dict], summary: dict) -> None:
+    io.atomic_write_json(ctx.store.out_dir / "results.json",
+                         {"options": _report_options(ctx, runs), "models": {r.spec.display: r.identity for r in runs},
+                          "records": records, "summary": summary})

@@ -74,7 +74,7 @@ def test_end_to_end_resume_and_options_guard(data, tmp_path, monkeypatch):
     assert counts(resumed) == counts(full)
 
     # Changed options refuse to mix; --overwrite starts afresh.
-    with pytest.raises(ValueError, match="different options.*limit.*--overwrite"):
+    with pytest.raises(ValueError, match="other options.*limit.*--overwrite"):
         run_robustness([MODEL], data["val"], str(tmp_path / "resumed"), **dict(kwargs, limit=5))
     fresh = run_robustness([MODEL], data["val"], str(tmp_path / "resumed"), **dict(kwargs, limit=5), overwrite=True)
     assert fresh["records"][0]["n"] == 5
@@ -152,7 +152,7 @@ def _eval_main():
 def test_cli_errors(data, tmp_path, capsys, extra, message):
     argv = ["robustness", "--model", "test_convnext", "--data", data["val"], "--out", str(tmp_path / "o"),
             "--class-map", "folder", "--no-progress", "--device", "cpu"] + extra
-    assert _eval_main()(argv) == 1
+    assert _eval_main()(argv) == 2
     assert message in capsys.readouterr().err
 
 

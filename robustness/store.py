@@ -1,0 +1,109 @@
+"""The run folder of a robustness run: which cells are finished, and whether they can be kept.
+
+``cells.jsonl`` gets one record per finished cell (appended, so an interrupted run keeps every cell it
+finished); the latest record of a key wins. Each record carries the options that made its number
+(``options``: model identity, data root, geometry, and the attack / random-draw options where they
+matter), the images it read (``n``) and skipped (``skipped``, with the skipped files' size and mtime) and
+a fingerprint of its input file list. On a rerun a cell is kept when its options are unchanged and its
+inputs are the same; it is recomputed, with a note, when its inputs changed or it read nothing; a cell
+computed with other options is a conflict: refused unless ``--overwrite``, which recomputes just those
+cells. ``run.json`` records each model's identity once the model has loaded, so a model that failed to
+load leaves no trace. The folder is claimed as a ``robustness`` run (``common.rundir``): a folder of
+another kind of run is refused and never touched.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from common import io, rundir
+from common.distributed import all_gather_objects, is_main_process
+from robustness import datasets as ds
+
+KIND = "robustness"
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples → lists), so stored and current values compare equal."""
+    return json.loads(json.dumps(obj))
+
+
+class RunStore:
+    """Finished cells of ``out_dir`` (the same on every process); only rank 0 writes."""
+
+    def __init__(self, out_dir: Path, records: dict[str, dict], models: dict[str, dict]) -> None:
+        self.out_dir = out_dir
+        self.records = records
+        self.models = models
+
+    @classmethod
+    def open(cls, out: str, marker_options: dict) -> "RunStore":
+        """Claim ``out`` as a robustness run (checked writable first) and read its finished cells."""
+        error, records, models = None, {}, {}
+        if is_main_process():
+            try:
+                out_dir = rundir.claim(out, KIND, jsonable(marker_options))
+                models = _read_run_json(out_dir / "run.json")
+                records = {r["key"]: r for r in io.read_jsonl(out_dir / "cells.jsonl") if "key" in r}
+            except (ValueError, OSError) as err:
+                error = err
+        error, records, models = all_gather_objects((error, records, models))[0]
+        if error is not None:
+            raise error
+        return cls(Path(out), records, models)
+
+    def conflicts(self, wanted: dict[str, dict], overwrite: bool) -> None:
+        """Refuse (ValueError, one line) when a wanted cell was computed with other options, unless ``overwrite``."""
+        clashes = [(key, self.records[key]) for key, opts in wanted.items()
+                   if key in self.records and "options" in self.records[key]
+                   and self.records[key]["options"] != opts]
+        if not clashes or overwrite:
+            return
+        key, rec = clashes[0]
+        old, new = rec["options"], wanted[key]
+        diffs = [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        raise ValueError(f"--out {self.out_dir} holds {len(clashes)} cell(s) computed with other options "
+                         f"(e.g. {rec['model']} {rec['dataset']}: {'; '.join(diffs)}): pass --overwrite to "
+                         "recompute them (other cells are kept), or choose another --out")
+
+    def reusable(self, key: str, options: dict, fingerprint: str) -> tuple[bool, str | None]:
+        """(keep the finished record?, why it is recomputed — None when it was simply not computed yet)."""
+        rec = self.records.get(key)
+        if rec is None:
+            return False, None
+        if rec.get("options") != options:
+            return False, "computed with other options" if "options" in rec else "computed by an older version"
+        if not rec["n"]:
+            return False, "it read no image last time"
+        if rec.get("inputs") != fingerprint:
+            return False, "image files were added or removed"
+        if any(ds.file_state(path) != state for path, state in rec.get("skipped_files", {}).items()):
+            return False, "a skipped image was replaced"
+        return True, None
+
+    def record_model(self, label: str, identity: dict) -> None:
+        """Note in ``run.json`` that ``label`` loaded with ``identity`` (called after a successful load)."""
+        self.models[label] = jsonable(identity)
+        if is_main_process():
+            io.atomic_write_json(self.out_dir / "run.json", {"kind": KIND, "models": self.models})
+
+    def add(self, records: list[dict]) -> None:
+        for rec in records:
+            self.records[rec["key"]] = rec
+            if is_main_process():
+                io.append_jsonl(self.out_dir / "cells.jsonl", rec)
+
+
+def _read_run_json(path: Path) -> dict[str, dict]:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        models = data["models"]
+        if not isinstance(models, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{path} is corrupt (not a robustness run record): delete it (cells.jsonl keeps the "
+                         "finished cells) and run again") from None
+    return models
