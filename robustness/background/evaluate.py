@@ -7,6 +7,7 @@ authors' loop's passes, the per-foreground limit, per-class [robust, total]}.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -27,6 +28,29 @@ def cell_key(label: str, variant: str) -> str:
     return f"{label}|{DATASET}|None|None|{variant}"
 
 
+def planned_cells(label: str, root: str | os.PathLike) -> tuple[dict[str, str], list[str]]:
+    """(cell key → variant or ``CHALLENGE``, notes) for the IN-9 sets present under ``root``."""
+    present, notes = layout.present_variants(root)
+    cells = {cell_key(label, v): v for v in present}
+    if _can_challenge(root, present):
+        cells[cell_key(label, CHALLENGE)] = CHALLENGE
+    else:
+        notes.append(f"IN-9 background challenge skipped: needs original/, {layout.BACKGROUNDS}/ and "
+                     f"{layout.MASKS}/ under {root}")
+    return cells, notes
+
+
+def _can_challenge(root: str | os.PathLike, present: list[str]) -> bool:
+    return {"original", layout.BACKGROUNDS} <= set(present) and (Path(root) / layout.MASKS / "val").is_dir()
+
+
+def cell_fingerprint(root: str | os.PathLike, variant: str) -> str:
+    """A short hash of the files a cell reads (the variant's images; for the challenge: originals + backgrounds)."""
+    names = ["original", layout.BACKGROUNDS] if variant == CHALLENGE else [variant]
+    keys = [f"{v}/{s.key}" for v in names for s in layout.variant_samples(root, v)]
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+
+
 def _record(label: str, model_name: str, variant: str, n: int, correct: int, **extra) -> dict:
     return {"key": cell_key(label, variant), "model": label, "dataset": DATASET, "corruption": None, "severity": None,
             "variant": variant, "model_name": model_name, "n": n, "top1_correct": correct, "top5_correct": None,
@@ -43,20 +67,17 @@ def evaluate_in9(model: nn.Module, label: str, model_name: str, root: str | os.P
     Missing variants are skipped with a note; the challenge runs when ``original``, ``only_bg_t`` and
     ``fg_mask`` are all present. Progress of the challenge lives in ``<out_dir>/in9/<label>/``.
     """
-    present, notes = layout.present_variants(root)
-    if not present:
+    cells, notes = planned_cells(label, root)
+    todo = [variant for key, variant in cells.items() if key not in done]
+    if not todo:
         return [], notes
     predict = in9_predictor(model, layout.output_map(num_outputs, class_map), amp)
     records = []
-    for variant in present:
-        if cell_key(label, variant) not in done:
+    for variant in todo:
+        if variant != CHALLENGE:
             n, correct = evaluate_variant(predict, root, variant, device, batch_size, num_workers, progress)
             records.append(_record(label, model_name, variant, n, correct))
-    can_challenge = {"original", layout.BACKGROUNDS} <= set(present) and (Path(root) / layout.MASKS / "val").is_dir()
-    if not can_challenge:
-        notes.append(f"IN-9 background challenge skipped: needs original/, {layout.BACKGROUNDS}/ and "
-                     f"{layout.MASKS}/ under {root}")
-    elif cell_key(label, CHALLENGE) not in done:
+            continue
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
         result = run_challenge(predict, root, Path(out_dir) / "in9" / safe, device=device, limit=challenge_limit,
                                batch_size=challenge_batch, progress=progress)
