@@ -247,3 +247,44 @@ def test_layout_errors(tmp_path: Path, in9_root: Path) -> None:
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="unknown background order"):
         run_challenge(predict, in9_root, tmp_path / "p", device=CPU, order="random")
+
+
+# ---------------------------------------------------------------------------------------------
+# eval.py robustness --in9
+# ---------------------------------------------------------------------------------------------
+
+def _cli_args(in9_root: Path, out: Path) -> list[str]:
+    return ["robustness", "--model", "pit_ti", "--weights", "none", "--num-classes", "9", "--img-size", "32",
+            "--data", str(in9_root / "original" / "val"), "--class-map", "folder", "--in9", str(in9_root),
+            "--in9-challenge-limit", "1", "--workers", "0", "--batch-size", "16", "--device", "cpu", "--no-progress",
+            "--out", str(out)]
+
+
+def test_cli_writes_in9_cells_report_and_plot(in9_root: Path, tmp_path: Path) -> None:
+    from tests.cli_helpers import run_cli
+
+    out = tmp_path / "run"
+    rc, stdout, stderr = run_cli(_cli_args(in9_root, out))
+    assert rc == 0, stderr
+    results = json.loads((out / "results.json").read_text())
+    cells = {r["variant"]: r for r in results["records"] if r["dataset"] == "in9"}
+    assert set(cells) == set(VARIANTS) | {"bg_challenge"}
+    assert all(cells[v]["n"] == 36 for v in VARIANTS) and cells["bg_challenge"]["n"] == 9
+    summary = next(iter(results["summary"].values()))
+    assert summary["bgc_top1"] == cells["bg_challenge"]["top1"]
+    assert summary["bg_gap"] == pytest.approx(cells["mixed_same"]["top1"] - cells["mixed_rand"]["top1"])
+    report = (out / "report.md").read_text()
+    main_table = next(line for line in report.splitlines() if line.startswith("| Model |"))
+    assert "| BGC | BG-gap |" in main_table
+    assert "Quick estimate" in report and "first 1 foregrounds" in report and (out / "plots" / "in9.png").is_file()
+    rc, stdout, _ = run_cli(_cli_args(in9_root, out))  # a rerun reuses every finished cell
+    assert rc == 0 and json.loads((out / "results.json").read_text())["records"] == results["records"]
+
+
+def test_cli_in9_errors(in9_root: Path, tmp_path: Path) -> None:
+    from tests.cli_helpers import assert_one_line_error
+
+    args = _cli_args(in9_root, tmp_path / "o")
+    assert_one_line_error([a if a != str(in9_root) else str(tmp_path / "none") for a in args], 2, "--in9")
+    without = args[:args.index("--in9")] + args[args.index("--in9") + 2:]
+    assert_one_line_error(without, 2, "--in9-challenge-limit needs --in9")
