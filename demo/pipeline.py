@@ -28,6 +28,7 @@ import torch
 
 from common import synthetic
 from common.io import atomic_write_json
+from demo.background import background_rows
 
 # (report label, pit.create_model name, extra model kwargs): matched-cost pair, as in the paper's Table 1.
 DEMO_MODELS: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -55,6 +56,7 @@ class DemoConfig:
     det_arch: str = "deformable"
     det_model_kwargs: dict = field(default_factory=dict)
     num_workers: int = 1
+    in9_per_class: int = 4  # Background Challenge section: generated IN-9-style objects (and backgrounds) per class
 
 
 DEFAULT_CONFIG = DemoConfig(
@@ -64,7 +66,7 @@ DEFAULT_CONFIG = DemoConfig(
 QUICK_CONFIG = DemoConfig(
     classification=synthetic.ClassificationSpec(num_classes=10, train_per_class=20, val_per_class=4, img_size=64),
     detection=synthetic.DetectionSpec(num_train=12, num_val=6, img_size=128, max_objects=3),
-    epochs=2, batch_size=32, pgd_steps=2, det_epochs=1, det_batch_size=4,
+    epochs=2, batch_size=32, pgd_steps=2, det_epochs=1, det_batch_size=4, in9_per_class=3,
 )
 # A small detector so that a few CPU epochs do something: fewer/lighter layers and queries than DETR's.
 DEMO_DETECTOR_KWARGS = {"hidden_dim": 128, "num_queries": 30, "enc_layers": 2, "dec_layers": 2, "dim_feedforward": 256}
@@ -134,6 +136,9 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, device: str 
         for label, name, kwargs in DEMO_MODELS}
     robustness = stages.run("robustness", lambda: _robustness(config, data["classification"], classifiers,
                                                               out / "robustness", device, progress))
+    backgrounds = stages.run("background challenge", lambda: background_rows(
+        classifiers, DEMO_MODELS, num_classes=config.classification.num_classes, img_size=config.img_size,
+        per_class=config.in9_per_class, out=out / "backgrounds", cache=cache, device=device))
     detection = {label: stages.run(f"detection {label}", lambda label=label, name=name: _detect(
         config, data["detection"], classifiers[label]["checkpoint"], out / "detection" / label, name, device,
         progress)) for label, name, _ in DEMO_MODELS}
@@ -141,7 +146,8 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, device: str 
     from demo.report import write_demo_report
 
     report = write_demo_report(out, config=config, models=DEMO_MODELS, data=data, classifiers=classifiers,
-                               robustness=robustness, detection=detection, stage_seconds=stages.seconds(),
+                               robustness=robustness, backgrounds=backgrounds, detection=detection,
+                               stage_seconds=stages.seconds(),
                                wall_seconds=time.perf_counter() - started, device=device, quick=quick)
     _say(f"report written: {report}")
     return report

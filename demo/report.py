@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from common.io import atomic_write_text, read_jsonl
+from demo.background import report_lines
 
 REAL_DATA_COMMANDS = """\
 ```bash
@@ -145,7 +146,7 @@ def plot_detection_bars(detection: dict[str, dict], path: Path) -> Path:
 
 
 def write_demo_report(out: Path, *, config, models, data: dict, classifiers: dict[str, dict], robustness: dict,
-                      detection: dict[str, dict], stage_seconds: dict[str, float], wall_seconds: float, device: str,
+                      backgrounds: list[dict], detection: dict[str, dict], stage_seconds: dict[str, float], wall_seconds: float, device: str,
                       quick: bool) -> Path:
     """Write ``out/report.md`` and ``out/plots/*.png``; returns the report path."""
     out = Path(out)
@@ -205,6 +206,7 @@ def write_demo_report(out: Path, *, config, models, data: dict, classifiers: dic
     plot_robustness_bars(summary, plots / "robustness.png")
     plot_mean_severity(robustness["records"], labels, plots / "corruption_severity.png")
 
+    lines += report_lines(backgrounds, config.in9_per_class)
     lines += ["## 3. Detection (paper Table 5 style, COCO AP %)", ""]
     lines += _table(["Backbone"] + [n for n, _ in DETECTION_COLUMNS],
                     [[label] + [_fmt(detection[label].get(k), 1) for _, k in DETECTION_COLUMNS] for label in labels])
