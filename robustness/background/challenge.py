@@ -63,15 +63,15 @@ class ChallengeResult:
 @dataclass
 class _Pool:
     """The foregrounds evaluated together: images uint8 (A,3,H,W), masks bool (A,1,H,W), labels (A,),
-    tie-break offsets (A,), tried bool (A,NB), per-foreground fooling backgrounds found."""
+    tie-break offsets (A,), and bool (A,NB) backgrounds tried / found fooling."""
 
     images: torch.Tensor
     masks: torch.Tensor
     labels: torch.Tensor
     offsets: torch.Tensor
     tried: torch.Tensor
+    fooled: torch.Tensor
     items: list[layout.Foreground]
-    fooled_by: list[list[int]]
 
 
 def backgrounds_fingerprint(samples: list[layout.Sample]) -> str:
@@ -213,13 +213,12 @@ class _Engine:
         fooled = self.predict(composite).to(self.device) != pool.labels[fg]
         self.passes_since_record += 1
         pool.tried[fg, bg] = True
+        pool.fooled[fg[fooled], bg[fooled]] = True
         self.fooled_class.index_put_((pool.labels[fg[fooled]], bg[fooled]), torch.ones_like(bg[fooled]), accumulate=True)
-        for i, b in zip(fg[fooled].tolist(), bg[fooled].tolist()):
-            pool.fooled_by[i].append(b)
-        return torch.tensor([bool(f) for f in pool.fooled_by], device=self.device) | pool.tried.all(1)
+        return pool.fooled.any(1) | pool.tried.all(1)
 
     def _record(self, pool: _Pool, i: int) -> dict:
-        fooled = sorted(pool.fooled_by[i])
+        fooled = pool.fooled[i].nonzero().flatten().tolist()
         record = {"fg": pool.items[i].key, "label": pool.items[i].label, "robust": not fooled, "fooled_by": fooled,
                   "images": int(pool.tried[i].sum()), "passes": self.passes_since_record,
                   "reference_passes": list(reference_passes(pool.tried[i], fooled))}
@@ -246,7 +245,8 @@ class _Engine:
                      torch.empty(0, 1, h, w, dtype=torch.bool, device=self.device),
                      torch.empty(0, dtype=torch.int64, device=self.device),
                      torch.empty(0, dtype=torch.int64, device=self.device),
-                     torch.empty(0, nb, dtype=torch.bool, device=self.device), [], [])
+                     torch.empty(0, nb, dtype=torch.bool, device=self.device),
+                     torch.empty(0, nb, dtype=torch.bool, device=self.device), [])
 
     def _refill(self, pool: _Pool, queue: Iterator[tuple[int, layout.Foreground]]) -> None:
         """Top the pool up to ``batch_size`` foregrounds (read from disk)."""
@@ -263,15 +263,15 @@ class _Engine:
         pool.masks = torch.cat([pool.masks, masks])
         pool.labels = torch.cat([pool.labels, torch.tensor([f.label for f in new], device=self.device)])
         pool.offsets = torch.cat([pool.offsets, offsets])
-        pool.tried = torch.cat([pool.tried, torch.zeros(len(new), pool.tried.shape[1], dtype=torch.bool,
-                                                        device=self.device)])
+        fresh = torch.zeros(len(new), nb, dtype=torch.bool, device=self.device)
+        pool.tried = torch.cat([pool.tried, fresh])
+        pool.fooled = torch.cat([pool.fooled, fresh])
         pool.items += new
-        pool.fooled_by += [[] for _ in new]
 
     @staticmethod
     def _keep(pool: _Pool, keep: list[bool]) -> None:
         index = [i for i, k in enumerate(keep) if k]
         pool.images, pool.masks = pool.images[index], pool.masks[index]
-        pool.labels, pool.offsets, pool.tried = pool.labels[index], pool.offsets[index], pool.tried[index]
+        pool.labels, pool.offsets = pool.labels[index], pool.offsets[index]
+        pool.tried, pool.fooled = pool.tried[index], pool.fooled[index]
         pool.items = [pool.items[i] for i in index]
-        pool.fooled_by = [pool.fooled_by[i] for i in index]
