@@ -185,7 +185,7 @@ def check_paths(config: RobustnessConfig) -> list[str]:
         for s in config.severities:
             ds.class_folders(ds.imagenet_c_root(config.imagenet_c, c, s))
     if config.in9:
-        for line in background.planned_cells("", _existing_dir("--in9", config.in9))[1]:
+        for line in background.check_in9(_existing_dir("--in9", config.in9)):
             if is_main_process():
                 rundir.note(line)
     for subset, root in (("imagenet-a", config.imagenet_a), ("imagenet-r", config.imagenet_r)):

@@ -288,3 +288,8 @@ def test_cli_in9_errors(in9_root: Path, tmp_path: Path) -> None:
     assert_one_line_error([a if a != str(in9_root) else str(tmp_path / "none") for a in args], 2, "--in9")
     without = args[:args.index("--in9")] + args[args.index("--in9") + 2:]
     assert_one_line_error(without, 2, "--in9-challenge-limit needs --in9")
+    no_mask = tmp_path / "nomask"
+    shutil.copytree(in9_root, no_mask)
+    next((no_mask / "fg_mask" / "val" / IN9_CLASSES[5]).glob("*.npy")).unlink()
+    assert_one_line_error([a if a != str(in9_root) else str(no_mask) for a in args], 2, "has no mask")
+    assert not (tmp_path / "o" / "results.json").exists()  # refused before any evaluation

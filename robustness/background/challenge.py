@@ -81,7 +81,6 @@ def backgrounds_fingerprint(samples: list[layout.Sample]) -> str:
 
 def load_backgrounds(samples: list[layout.Sample], device: torch.device) -> torch.Tensor:
     """uint8 (NB,3,H,W) backgrounds on ``device`` (the release's 4,050 at 224² take 0.6 GB)."""
-    layout.check_sizes([s.path for s in samples], "only_bg_t")
     return torch.stack([layout.read_image(s.path) for s in samples]).to(device)
 
 
@@ -114,7 +113,9 @@ def run_challenge(predict: Predict, root: str | os.PathLike, progress_dir: str |
         raise ValueError(f"IN-9: original images are {fg_size[1]}x{fg_size[0]} but only_bg_t backgrounds are "
                          f"{bg_size[1]}x{bg_size[0]}: the challenge pastes one onto the other")
     wanted = {f.key for f in foregrounds}
-    done = {k: r for k, r in read_progress(progress_dir, fingerprint).items() if k in wanted}
+    # Rank 0 reads the progress for everyone before any process writes: all shard the same list.
+    earlier = all_gather_objects(read_progress(progress_dir, fingerprint) if is_main_process() else None)[0]
+    done = {k: r for k, r in earlier.items() if k in wanted}
     todo = [f for f in foregrounds if f.key not in done]
     mine = todo[get_rank()::get_world_size()]
     new: list[dict] = []

@@ -40,6 +40,18 @@ def planned_cells(label: str, root: str | os.PathLike) -> tuple[dict[str, str], 
     return cells, notes
 
 
+def check_in9(root: str | os.PathLike) -> list[str]:
+    """Check ``root`` before any evaluation (class folders, one image size per variant, a mask for every
+    original image); returns the notes about what is missing. Raises one-line ValueError / FileNotFoundError."""
+    cells, notes = planned_cells("", root)
+    for variant in cells.values():
+        if variant != CHALLENGE:
+            layout.check_sizes([s.path for s in layout.variant_samples(root, variant)], variant)
+    if CHALLENGE in cells.values():
+        layout.challenge_foregrounds(root)
+    return notes
+
+
 def _can_challenge(root: str | os.PathLike, present: list[str]) -> bool:
     return {"original", layout.BACKGROUNDS} <= set(present) and (Path(root) / layout.MASKS / "val").is_dir()
 
