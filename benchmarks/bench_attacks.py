@@ -3,35 +3,23 @@
     python benchmarks/bench_attacks.py                                   # CPU, resnet18 at 64 px
     python benchmarks/bench_attacks.py --model pit_s --img-size 224 --batch-size 64 --device cuda
 
-Both sides attack the same ``pit.NormalizedModel`` (random init) on the same batch; each timing is the
-best of ``--repeats`` runs, taken alternately so load changes hit both alike. Prints a markdown
+Both sides attack the same ``pit.NormalizedModel`` (random init) on the same batch; each timing is
+``common.timing.time_call`` (``torch.utils.benchmark``, median seconds per attack over at least
+``--min-time``, on ``--threads`` threads), and the figure is the best of ``--repeats`` such timings,
+taken alternately so load changes hit both alike. Prints a markdown
 table with the speed ratio (torchattacks time / ours: ≥1 means ours is no slower) and checks that
 the adversarial images agree (random start off).
 """
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torchattacks
 
 import pit
+from common.timing import time_call
 from robustness.attacks import fgsm, pgd
-
-
-def _time(fn, device: torch.device) -> float:
-    """Wall time on CUDA; on CPU the process CPU time, which a machine shared with other jobs
-    disturbs far less than wall time (run with ``--threads 1`` so no thread spins idle)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize(device)
-        return time.perf_counter() - start
-    start = time.process_time()
-    fn()
-    return time.process_time() - start
 
 
 def main() -> None:
@@ -42,7 +30,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="PGD steps")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (CPU timings are CPU time)")
+    p.add_argument("--min-time", type=float, default=0.2, help="seconds timed per attack and repeat")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -58,15 +47,15 @@ def main() -> None:
         f"PGD L2 ({steps} steps)": (lambda: pgd(model, x, y, 0.5, 0.1, steps, random_start=False, norm="L2"),
                                    torchattacks.PGDL2(model, eps=0.5, alpha=0.1, steps=steps, random_start=False)),
     }
-    clock = "wall s" if device.type == "cuda" else f"CPU s, {args.threads} thread(s)"
+    clock = "s" if device.type == "cuda" else f"s, {args.threads} thread(s)"
     print(f"device {device}, model {args.model}, batch {args.batch_size}, {args.img_size} px, torch {torch.__version__}")
     print(f"\n| attack | ours ({clock}) | torchattacks ({clock}) | speed ratio | max abs diff |\n|---|---|---|---|---|")
     for name, (ours, ref) in cases.items():
         diff = (ours() - ref(x, y)).abs().max().item()  # also warms up both
         t_ours, t_ref = [], []
         for _ in range(args.repeats):
-            t_ours.append(_time(ours, device))
-            t_ref.append(_time(lambda: ref(x, y), device))
+            t_ours.append(time_call(ours, min_run_time=args.min_time, warmup=0, num_threads=args.threads))
+            t_ref.append(time_call(lambda: ref(x, y), min_run_time=args.min_time, warmup=0, num_threads=args.threads))
         mo, mr = min(t_ours), min(t_ref)
         print(f"| {name} | {mo:.4f} | {mr:.4f} | {mr / mo:.2f}× | {diff:.1e} |")
 

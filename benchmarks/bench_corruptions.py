@@ -3,6 +3,8 @@
     python benchmarks/bench_corruptions.py [--batch 32] [--ref-images 4] [--device cpu] [--threads 2]
 
 Prints per-corruption seconds per image (ours, reference), the speed-up and the geometric-mean speed-up.
+Timings are ``common.timing.time_call`` (``torch.utils.benchmark``: median seconds per call of all five
+severities, at least ``--min-time`` seconds for ours; the slow reference is timed over two calls).
 """
 
 from __future__ import annotations
@@ -10,13 +12,13 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common.timing import time_call  # noqa: E402
 from corruptions import ALL_CORRUPTIONS, corrupt  # noqa: E402
 from tests.imagecorruptions_ref import load_reference, reference_corrupt  # noqa: E402
 
@@ -43,6 +45,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--min-time", type=float, default=0.5, help="seconds timed per corruption (ours)")
     p.add_argument("--names", nargs="*", default=list(ALL_CORRUPTIONS))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -50,24 +53,17 @@ def main() -> None:
     photos = _photos(args.batch, args.size)
     x = (torch.from_numpy(photos).permute(0, 3, 1, 2).float() / 255).to(args.device)
     g = torch.Generator(device=args.device).manual_seed(0)
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     ratios = []
     print(f"{'corruption':20s} {'ours ms/img':>12s} {'ref ms/img':>12s} {'speed-up':>9s}")
     for name in args.names:
         corrupt(x[:2], name, 1, g)  # warm-up (asset loading, kernels)
-        sync()
-        t0 = time.perf_counter()
-        for s in range(1, 6):
-            corrupt(x, name, s, g)
-        sync()
-        ours = (time.perf_counter() - t0) / (5 * len(x))
+        ours = time_call(lambda: [corrupt(x, name, s, g) for s in range(1, 6)], min_run_time=args.min_time,
+                         warmup=0, num_threads=args.threads) / (5 * len(x))
         theirs = float("nan")
         if ref is not None:
-            t0 = time.perf_counter()
-            for s in range(1, 6):
-                for img in photos[:args.ref_images]:
-                    reference_corrupt(ref, img, name, s)
-            theirs = (time.perf_counter() - t0) / (5 * args.ref_images)
+            images = photos[:args.ref_images]
+            theirs = time_call(lambda: [reference_corrupt(ref, img, name, s) for s in range(1, 6) for img in images],
+                               min_run_time=0.0, warmup=0, num_threads=args.threads) / (5 * len(images))
             ratios.append(theirs / ours)
         print(f"{name:20s} {ours * 1e3:12.2f} {theirs * 1e3:12.2f} {theirs / ours:8.1f}x", flush=True)
     if ratios:

@@ -5,9 +5,11 @@
     python benchmarks/bench_pit_vs_timm.py --device cuda --batch-size 128 --amp
 
 Both models get the same weights (timm's copied into ours through ``checkpoint_filter_fn``),
-run in eval mode under ``torch.inference_mode``; repeats are interleaved (ours, timm, ours,
-...) so machine load hits both alike, and the speed ratio is the median over the repeats of
-timm's time / ours in the same repeat (robust to load that drifts during the run).
+run in eval mode under ``torch.inference_mode``; each timing is ``common.timing.time_call``
+(``torch.utils.benchmark``: median seconds per forward over at least ``--min-time``). Repeats
+are interleaved (ours, timm, ours, ...) so machine load hits both alike, and the speed ratio is
+the median over the repeats of timm's time / ours in the same repeat (robust to load that
+drifts during the run).
 Goal: ours ≥ 0.95× timm.
 Exits 1 when the goal is missed.
 """
@@ -16,25 +18,24 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
 import timm
 import torch
 
 import pit
+from common.autocast import autocast
+from common.timing import time_call
 
 
-def _time_forward(model: torch.nn.Module, x: torch.Tensor, iters: int, amp: bool) -> float:
-    """Seconds for ``iters`` forward passes (device-synchronised)."""
-    with torch.inference_mode(), torch.autocast(x.device.type, enabled=amp):
-        if x.device.type == "cuda":
-            torch.cuda.synchronize(x.device)
-        start = time.perf_counter()
-        for _ in range(iters):
+def _time_forward(model: torch.nn.Module, x: torch.Tensor, min_time: float, amp: bool) -> float:
+    """Median seconds per forward pass of ``model(x)`` (``time_call``: warm-up, CUDA sync, repeats)."""
+
+    @torch.inference_mode()
+    def forward() -> None:
+        with autocast(x.device, enabled=amp):
             model(x)
-        if x.device.type == "cuda":
-            torch.cuda.synchronize(x.device)
-    return time.perf_counter() - start
+
+    return time_call(forward, min_run_time=min_time, warmup=0)
 
 
 def main() -> int:
@@ -43,9 +44,9 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--iters", type=int, default=2, help="forward passes per timed repeat")
+    parser.add_argument("--min-time", type=float, default=0.3, help="seconds timed per model and repeat")
     parser.add_argument("--repeats", type=int, default=21, help="interleaved timed repeats per model")
-    parser.add_argument("--amp", action="store_true", help="autocast (bf16 on CPU, fp16 on CUDA)")
+    parser.add_argument("--amp", action="store_true", help="the suite's autocast policy (bf16; fp16 without bf16)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -56,12 +57,12 @@ def main() -> int:
     with torch.inference_mode():
         max_diff = (ours(x) - reference(x)).abs().max().item()
     for model in (ours, reference):  # warm-up
-        _time_forward(model, x, 2, args.amp)
+        _time_forward(model, x, args.min_time, args.amp)
     times: dict[str, list[float]] = {"ours": [], "timm": []}
     for _ in range(args.repeats):
-        times["ours"].append(_time_forward(ours, x, args.iters, args.amp))
-        times["timm"].append(_time_forward(reference, x, args.iters, args.amp))
-    ips = {k: args.batch_size * args.iters / statistics.median(v) for k, v in times.items()}
+        times["ours"].append(_time_forward(ours, x, args.min_time, args.amp))
+        times["timm"].append(_time_forward(reference, x, args.min_time, args.amp))
+    ips = {k: args.batch_size / statistics.median(v) for k, v in times.items()}
     ratio = statistics.median(t / o for o, t in zip(times["ours"], times["timm"]))
     print(f"device={device} torch={torch.__version__} timm={timm.__version__} threads={torch.get_num_threads()} "
           f"batch={args.batch_size} img={args.img_size} amp={args.amp}")

@@ -6,7 +6,8 @@
     python eval.py bench --json bench.json                 # also write the rows as JSON
 
 Per model: exact parameter count, GMACs including attention (``pit.count_macs``), measured
-throughput (images/s, eval mode, random input, after warm-up), and the paper's figures beside
+throughput (images/s, eval mode, random input, after warm-up, median of ``torch.utils.benchmark``
+blocks over at least ``--min-time`` seconds), and the paper's figures beside
 them (FLOPs, params, V100 img/s at batch 128, top-1 of the DeiT-recipe or distilled weights).
 With ``--data`` and ``--weights`` it adds top-1/top-5 on an ImageNet-layout folder with the
 paper's eval transform (resize 256 bicubic, centre crop 224; ``--crop-pct`` scales it).
@@ -14,16 +15,22 @@ paper's eval transform (resize 256 bicubic, centre crop 224; ``--crop-pct`` scal
 from __future__ import annotations
 
 import argparse
-import time
+from pathlib import Path
 
 import timm
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 import pit
-from common.distributed import default_device
+from classification.data import UnknownClassFolders
 from classification.evaluate import evaluate_topk, imagenet_val_loader
+from classification.options import non_negative_int, positive_float, positive_int, unit_fraction
+from common.autocast import autocast
+from common.distributed import default_device
 from common.io import atomic_write_json
+from common.rundir import check_out_file
+from common.timing import time_call
 
 PAPER_MODELS = (
     "deit_tiny_patch16_224", "pit_ti", "pit_xs", "deit_small_patch16_224", "pit_s", "deit_base_patch16_224", "pit_b",
@@ -56,23 +63,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one checkpoint per --models entry, same order (needed for --data)")
     speed = parser.add_argument_group("throughput")
     speed.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    speed.add_argument("--batch-size", type=int, default=None,
+    speed.add_argument("--batch-size", type=positive_int, default=None,
                        help="images per forward (default: 128 on GPU as in the paper, 8 on CPU)")
-    speed.add_argument("--img-size", type=int, default=224, help="square input side in pixels")
-    speed.add_argument("--amp", action="store_true", help="autocast: fp16 on CUDA, bf16 on CPU")
+    speed.add_argument("--img-size", type=positive_int, default=224, help="square input side in pixels")
+    speed.add_argument("--amp", action="store_true",
+                       help="mixed precision with the suite's policy (bf16; fp16 on GPUs without bf16)")
     speed.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    speed.add_argument("--warmup", type=int, default=2, help="untimed forward passes first")
-    speed.add_argument("--iters", type=int, default=5, help="timed forward passes")
+    speed.add_argument("--warmup", type=non_negative_int, default=2, help="untimed forward passes first")
+    speed.add_argument("--min-time", type=positive_float, default=1.0, metavar="SECONDS",
+                       help="time forward passes for at least this long (torch.utils.benchmark); img/s from the median")
     accuracy = parser.add_argument_group("accuracy (optional)")
     accuracy.add_argument("--data", default=None, metavar="DIR",
                           help="ImageNet val layout folder (DIR/<wnid>/*.JPEG) for top-1/top-5")
-    accuracy.add_argument("--crop-pct", type=float, default=0.875,
-                          help="centre-crop fraction: resize to img-size/crop-pct first (0.875: 256 -> 224)")
-    accuracy.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    accuracy.add_argument("--crop-pct", type=unit_fraction, default=0.875,
+                          help="centre-crop fraction in (0, 1]: resize to img-size/crop-pct first (0.875: 256 -> 224)")
+    accuracy.add_argument("--workers", type=non_negative_int, default=2, help="data-loading processes")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
 
 
-@torch.inference_mode()
 def measure_throughput(
     model: nn.Module,
     batch_size: int,
@@ -81,39 +89,36 @@ def measure_throughput(
     amp: bool = False,
     channels_last: bool = False,
     warmup: int = 2,
-    iters: int = 5,
+    min_time: float = 1.0,
 ) -> float:
-    """Images per second of ``model`` (eval mode) on random ``(batch_size, 3, H, W)`` input on ``device``."""
-    if iters < 1 or batch_size < 1:
-        raise ValueError(f"need --iters >= 1 and --batch-size >= 1, got {iters} and {batch_size}")
+    """Images per second of ``model`` (eval mode) on random ``(batch_size, 3, H, W)`` input on ``device``:
+    ``batch_size`` over the median seconds per forward (``common.timing.time_call``)."""
+    if batch_size < 1:
+        raise ValueError(f"need --batch-size >= 1, got {batch_size}")
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.eval()
-    x = torch.randn(batch_size, 3, h, w, device=device).contiguous(memory_format=memory_format)
+    x = torch.rand(batch_size, 3, h, w, device=device).contiguous(memory_format=memory_format)
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    @torch.inference_mode()
+    def forward() -> None:
+        with autocast(device, enabled=amp):
+            model(x)
 
-    with torch.autocast(device.type, enabled=amp):
-        for _ in range(warmup):
-            model(x)
-        sync()
-        start = time.perf_counter()
-        for _ in range(iters):
-            model(x)
-        sync()
-    return batch_size * iters / (time.perf_counter() - start)
+    return batch_size / time_call(forward, min_run_time=min_time, warmup=warmup)
 
 
 def _build(name: str, weights: str | None, img_size: int) -> nn.Module:
+    """``name`` as a [0, 1]-pixel model (normalising inside itself), at ``img_size`` where the grid is fixed."""
     cfg = timm.models.get_pretrained_cfg(name)
     fixed = bool(getattr(cfg, "fixed_input_size", False))  # ViT/DeiT: the grid is set at construction
-    return pit.create_model(name, weights=weights, img_size=img_size if fixed and img_size != 224 else None)
+    model = pit.create_model(name, weights=weights, img_size=img_size if fixed and img_size != 224 else None)
+    return pit.NormalizedModel(model)
 
 
-def bench_model(name: str, args: argparse.Namespace, device: torch.device, weights: str | None) -> dict:
-    """One table row: measured figures, plus the paper's under ``paper``."""
+def bench_model(name: str, args: argparse.Namespace, device: torch.device, weights: str | None,
+                loader: DataLoader | None = None) -> dict:
+    """One table row: measured figures (+ top-1/top-5 over ``loader``), plus the paper's under ``paper``."""
     model = _build(name, weights, args.img_size).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -122,15 +127,43 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, weigh
         "params": sum(p.numel() for p in model.parameters()),
         "gmacs": pit.count_macs(model, (3, args.img_size, args.img_size)) / 1e9,
         "img_s": measure_throughput(model, args.batch_size, args.img_size, device, args.amp, args.channels_last,
-                                    args.warmup, args.iters),
+                                    args.warmup, args.min_time),
         "paper": PAPER.get(name),
     }
-    if args.data:
-        cfg = model.pretrained_cfg
-        loader = imagenet_val_loader(args.data, args.img_size, args.crop_pct, args.batch_size, args.workers, device)
-        row.update(evaluate_topk(model, loader, device, cfg["mean"], cfg["std"], args.amp, args.channels_last,
-                                 desc=name))
+    if loader is not None:
+        row.update(evaluate_topk(model, loader, device, args.amp, args.channels_last, desc=name))
     return row
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Every name, path and output checked before the first model is timed."""
+    for name in args.models:
+        if not timm.is_model(name):
+            pit.create_model(name)  # raises the one-line unknown-model error with close names
+    if args.weights is not None and len(args.weights) != len(args.models):
+        raise ValueError(f"--weights needs one file per --models entry: got {len(args.weights)} files "
+                         f"for {len(args.models)} models ({' '.join(args.models)})")
+    for path in args.weights or []:
+        if Path(path).is_dir():
+            raise IsADirectoryError(f"--weights {path} is a folder: pass the checkpoint file inside it")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--weights {path} does not exist")
+    if args.data and args.weights is None:
+        raise ValueError("top-1 on --data needs trained weights: pass --weights PATH (one per model)")
+    if args.json:
+        check_out_file(args.json, flag="--json")
+
+
+def _accuracy_loader(args: argparse.Namespace, device: torch.device) -> DataLoader | None:
+    """The ``--data`` loader, or None; a folder that is not an ImageNet val layout is refused in one line."""
+    if not args.data:
+        return None
+    try:
+        return imagenet_val_loader(args.data, args.img_size, args.crop_pct, args.batch_size, args.workers, device)
+    except UnknownClassFolders as err:
+        raise ValueError(f"--data {args.data}: class folders {err.folders[:3]} are not ImageNet wnids; bench scores "
+                         "1000-class ImageNet models, so --data must be an ImageNet val layout DIR/<wnid>/*.JPEG "
+                         "(e.g. DIR/n01440764/...)") from None
 
 
 def format_table(rows: list[dict], settings: str) -> str:
@@ -156,17 +189,14 @@ def main(args: argparse.Namespace) -> int:
     device = torch.device(args.device) if args.device else default_device()
     if args.batch_size is None:
         args.batch_size = 128 if device.type == "cuda" else 8
-    if args.weights is not None and len(args.weights) != len(args.models):
-        raise ValueError(f"--weights needs one file per --models entry: got {len(args.weights)} files "
-                         f"for {len(args.models)} models ({' '.join(args.models)})")
-    if args.data and args.weights is None:
-        raise ValueError("top-1 on --data needs trained weights: pass --weights PATH (one per model)")
+    _check_inputs(args)
+    loader = _accuracy_loader(args, device)
     weights = args.weights or [None] * len(args.models)
     settings = (f"device={device} batch={args.batch_size} img={args.img_size} amp={args.amp} "
                 f"channels_last={args.channels_last} torch={torch.__version__} threads={torch.get_num_threads()}")
     rows = []
     for name, path in zip(args.models, weights):
-        rows.append(bench_model(name, args, device, path))
+        rows.append(bench_model(name, args, device, path, loader))
         if args.json:  # results as they come: a long run keeps what it measured
             atomic_write_json(args.json, {"settings": settings, "rows": rows})
     print(format_table(rows, settings))

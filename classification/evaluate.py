@@ -4,20 +4,23 @@
 class index is the synset's position in ImageNet-1k (timm's ``ImageNetInfo``), so a folder
 holding only some classes is still scored against 1000-way logits. The paper's eval transform
 is resize 256 (bicubic) + centre crop 224, i.e. ``crop_pct = 224/256 = 0.875``. Loading is the
-robustness suite's (``robustness.datasets``): decoded once to uint8, unreadable images reported
-and skipped, normalised on the device.
+shared data layer's (``classification.data``): decoded once to uint8, unreadable images reported
+and skipped, scaled to [0, 1] on the device. Models take [0, 1] pixels and normalise inside
+themselves (``pit.NormalizedModel``).
 """
 from __future__ import annotations
 
 import os
-from typing import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from classification.data import ImageFolderSet, build_class_index, make_loader, to_float
+from classification.metrics import topk_correct
+from common.autocast import autocast
 
 __all__ = ["imagenet_val_set", "imagenet_val_loader", "evaluate_topk"]
 
@@ -39,36 +42,37 @@ def evaluate_topk(
     model: nn.Module,
     loader: DataLoader,
     device: torch.device | str,
-    mean: Sequence[float],
-    std: Sequence[float],
     amp: bool = False,
     channels_last: bool = False,
     desc: str = "eval",
+    progress: bool = True,
 ) -> dict[str, float]:
-    """Top-1/top-5 accuracy (in %) of ``model`` (normalised input) over uint8 ``(images, labels, _)`` batches.
+    """Top-1/top-5 accuracy (in %) and mean cross-entropy of ``model`` over uint8 ``(images, labels, _)`` batches.
 
-    Images are scaled to [0, 1] and normalised with ``mean``/``std`` on the device; counts stay there.
-    Returns ``{"top1", "top5", "images"}``.
+    ``model`` takes [0, 1] pixels (B,3,H,W) and returns (B, K) logits; images are scaled to [0, 1] on
+    the device, ``amp`` uses the suite's autocast policy. The model's train/eval mode is restored.
+    Returns ``{"top1", "top5", "loss", "images"}``; an empty set (no readable image) is a ValueError.
     """
     device = torch.device(device)
+    was_training = model.training
     model.eval()
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    correct = torch.zeros(2, dtype=torch.long, device=device)
+    counts = torch.zeros(2, dtype=torch.int64, device=device)
+    loss = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    for images, targets, _ in tqdm(loader, desc=desc, unit="batch", leave=False):
+    for images, targets, _ in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
         if not len(targets):
             continue
-        images = ((to_float(images, device) - mean_t) / std_t).contiguous(memory_format=memory_format)
+        images = to_float(images, device).contiguous(memory_format=memory_format)
         targets = targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, enabled=amp):
+        with autocast(device, enabled=amp):
             logits = model(images)
-        k = min(5, logits.shape[-1])
-        hits = logits.topk(k, dim=-1).indices == targets[:, None]
-        correct += torch.stack((hits[:, 0].sum(), hits.any(dim=-1).sum()))
+        counts += topk_correct(logits, targets)
+        loss += F.cross_entropy(logits.float(), targets, reduction="sum").double()
         seen += targets.numel()
+    model.train(was_training)
     if seen == 0:
-        raise ValueError("the evaluation set is empty (no readable images)")
-    top1, top5 = (100.0 * correct.double() / seen).tolist()
-    return {"top1": top1, "top5": top5, "images": seen}
+        where = getattr(loader.dataset, "root", "the evaluation set")
+        raise ValueError(f"{where}: no readable image to evaluate (every image was skipped or the set is empty)")
+    top1, top5 = (100.0 * counts.double() / seen).tolist()
+    return {"top1": top1, "top5": top5, "loss": loss.item() / seen, "images": seen}

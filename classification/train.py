@@ -6,76 +6,195 @@ schedule and linear warm-up (``timm.scheduler.CosineLRScheduler``), label smooth
 optional EMA of the weights (``timm.utils.ModelEmaV3``) and optional DeiT hard distillation from a
 teacher for two-head ("distilled") models: ``loss = ½·CE(cls_head, y) + ½·CE(dist_head, argmax teacher)``.
 
-Data: an ImageFolder root with ``train/`` and ``val/`` (class folders, e.g. wnids). Models come from
-``pit.create_model`` (any PiT or timm name) and take normalised input; the mean/std are the model's
-``pretrained_cfg`` ones, so a checkpoint written here evaluates correctly through ``pit.NormalizedModel``.
+Data: an ImageFolder root with ``train/`` and ``val/`` (class folders, e.g. wnids), read through
+``classification.data.ImageFolderSet`` (uint8 decode once, unreadable images skipped with a warning);
+without ``--data`` the built-in generated set (``common.synthetic.make_classification``). Every model
+takes [0, 1] pixels and normalises inside itself (``pit.NormalizedModel``); the checkpoint holds the
+inner model's weights, so ``pit.create_model(name, weights=checkpoint)`` loads it.
 
 Example::
 
     python eval.py train-classifier --model pit_ti --data DATA --img-size 64 --epochs 10 --out runs/pit_ti
 
-The checkpoint (``OUT/checkpoint.pth``, written atomically after every epoch) is
-``{"model": state_dict, "model_ema"?, "optimizer", "scheduler", "epoch", "args", "classes", "val"}``;
-``--resume`` continues from it, and a finished run is returned without retraining.
+Run folder (``--out``, default ``runs/train-classifier-<model>``): ``checkpoint.pth`` (written atomically
+after every epoch) = ``{"model", "model_ema"?, "optimizer", "epoch", "options", "classes", "val",
+"history"}`` and ``log.jsonl`` (one record per epoch, rewritten from the checkpoint's history). Running
+the same command again resumes from the checkpoint (a finished run is returned as is); other options
+are refused unless ``--resume`` (continue to more ``--epochs``) or ``--overwrite`` (start over).
+Resume is exact: every epoch reseeds all random streams from ``(seed, epoch)`` and evaluation draws
+from its own generator, so an interrupted and resumed run ends with bitwise the same weights.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
-import os
+import random
 import sys
 import time
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import torch
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
-from timm.utils import ModelEmaV3, accuracy
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
-from torchvision import datasets
 from torchvision.transforms import v2
 from tqdm import tqdm
 
 import pit
+from classification.data import ImageFolderSet, UnknownClassFolders, build_class_index, eval_transform, make_loader
+from classification.data import skip_none_collate, to_float
+from classification.evaluate import evaluate_topk
+from classification.options import non_negative_float, non_negative_int, open_fraction, positive_float, positive_int
+from common import synthetic
+from common.checkpoint import safe_load
 from common.distributed import default_device
-from common.io import append_jsonl, atomic_torch_save
+from common.io import atomic_torch_save, atomic_write_text
+from common.rundir import OutputError, announce, check_out, claim, default_out, note, read_marker
 
+KIND = "train-classifier"
 CHECKPOINT_NAME = "checkpoint.pth"
-# Arguments that must agree between a checkpoint and a resumed run (others, e.g. num_workers, may change).
-_RESUME_KEYS = ("model", "data", "img_size", "epochs", "batch_size", "lr", "mixup", "cutmix", "label_smoothing",
-                "teacher", "model_kwargs", "seed")
+LOG_NAME = "log.jsonl"
+# Fields that say where and how a run executes, not what it trains: they may change between reruns.
+RUNTIME_FIELDS = ("out", "device", "num_workers", "progress", "resume", "overwrite", "eval_every")
 
 
-def build_loaders(data: str | os.PathLike, img_size: int, batch_size: int, mean, std, num_workers: int,
-                  seed: int) -> tuple[DataLoader, DataLoader, list[str]]:
-    """Train/val DataLoaders over ``data/train`` and ``data/val`` (normalised float tensors, B×3×img_size×img_size)."""
-    root = Path(data)
+@dataclass(frozen=True)
+class ClassifierTrainConfig:
+    """Everything ``train_classifier`` needs; these field defaults are the command's only defaults.
+
+    ``data`` None: the built-in generated set; ``out`` None: ``runs/train-classifier-<model>``.
+    ``mixup``/``cutmix`` are Beta alphas (0 disables); ``teacher`` (+ ``teacher_weights``) turns on hard
+    distillation and needs a distilled ``model``; ``model_kwargs``/``teacher_kwargs`` go to
+    ``pit.create_model`` (e.g. ``{"depth": 4}``). ``eval_every``: validate every N epochs (and after
+    the last). ``resume``: continue a run whose options differ only in ``epochs`` (to more epochs);
+    ``overwrite``: delete this folder's checkpoint and log and start over.
+    """
+
+    model: str = "pit_ti"
+    data: str | None = None
+    out: str | None = None
+    epochs: int = 10
+    batch_size: int = 64
+    img_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    min_lr: float = 1e-5
+    label_smoothing: float = 0.1
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    ema_decay: float | None = None
+    clip_grad: float | None = None
+    weights: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    teacher: str | None = None
+    teacher_weights: str | None = None
+    teacher_kwargs: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    eval_every: int = 1
+    resume: bool = False
+    overwrite: bool = False
+    device: str | None = None
+    num_workers: int = 2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "img_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.num_workers < 0:
+            raise ValueError(f"need --lr > 0 and --num-workers >= 0, got {self.lr} and {self.num_workers}")
+        if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
+            raise ValueError(f"Mixup/CutMix need an even --batch-size, got {self.batch_size}")
+        if self.teacher is None and self.teacher_weights is not None:
+            raise ValueError("--teacher-weights given without --teacher")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite contradict each other: pass one of them")
+
+    def options(self) -> dict[str, Any]:
+        """What the run trains (every field except ``RUNTIME_FIELDS``), as plain JSON data."""
+        return {k: v for k, v in asdict(self).items() if k not in RUNTIME_FIELDS}
+
+
+@dataclass
+class _Session:
+    """The live pieces of one training run."""
+
+    config: ClassifierTrainConfig
+    device: torch.device
+    net: pit.NormalizedModel
+    train_loader: DataLoader
+    val_loader: DataLoader
+    classes: list[str]
+    optimizer: torch.optim.Optimizer
+    scheduler: CosineLRScheduler
+    loss: Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor]
+    mixup: Mixup | None
+    ema: ModelEmaV3 | None
+    start_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _resolve_data(config: ClassifierTrainConfig) -> ClassifierTrainConfig:
+    """``data`` as an absolute path; without one, the built-in generated set (with a banner saying so)."""
+    if config.data is not None:
+        return replace(config, data=str(Path(config.data).resolve()))
+    spec = synthetic.ClassificationSpec()
+    root = synthetic.make_classification(None, spec)
+    note(f"no --data: training on the built-in generated set ({spec.num_classes} shape/texture classes, "
+         f"{spec.train_per_class}/{spec.val_per_class} train/val images per class, {spec.img_size} px, in {root}); "
+         "pass --data DIR (an ImageFolder root with train/ and val/) for real data")
+    return replace(config, data=str(root.resolve()))
+
+
+def _check_data(root: Path) -> None:
     for split in ("train", "val"):
         if not (root / split).is_dir():
-            raise FileNotFoundError(f"{root / split} not found: --data must be an ImageFolder root with train/ and val/ "
-                                    "class folders (e.g. made by common.synthetic.make_classification)")
-    normalise = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
-    train_tf = v2.Compose([v2.PILToTensor(), v2.RGB(), v2.RandomResizedCrop(img_size, scale=(0.5, 1.0), antialias=True),
-                           v2.RandomHorizontalFlip(), *normalise])
-    val_tf = v2.Compose([v2.PILToTensor(), v2.RGB(), v2.Resize(img_size, antialias=True), v2.CenterCrop(img_size),
-                         *normalise])
-    train_set = datasets.ImageFolder(str(root / "train"), transform=train_tf)
-    val_set = datasets.ImageFolder(str(root / "val"), transform=val_tf)
-    if train_set.classes != val_set.classes:
-        raise ValueError(f"train/ and val/ of {root} have different class folders")
-    if len(train_set) < batch_size:
-        raise ValueError(f"{root / 'train'} has {len(train_set)} images, fewer than one batch of {batch_size}: "
+            raise FileNotFoundError(f"--data {root}: {split}/ not found; --data must be an ImageFolder root with "
+                                    "train/ and val/ class folders (e.g. made by common.synthetic.make_classification)")
+
+
+def build_loaders(config: ClassifierTrainConfig) -> tuple[DataLoader, DataLoader, list[str]]:
+    """Train/val loaders over ``data/train`` and ``data/val`` → uint8 ``(images (B,3,S,S), labels, indices)``
+    batches (S = ``img_size``) and the class-folder names in label order.
+
+    Train: random-resized crop (scale 0.5–1) + horizontal flip, shuffled by its own generator. Val: timm's
+    eval transform at crop_pct 1 (bicubic resize of the short side to S, centre crop), ordered, with its
+    own generator so that evaluation never draws from the global random streams.
+    """
+    root = Path(config.data)
+    _check_data(root)
+    index = build_class_index("folder", root / "train")
+    train_tf = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(config.img_size, scale=(0.5, 1.0), antialias=True),
+                           v2.RandomHorizontalFlip()])
+    train_set = ImageFolderSet(root / "train", index, config.img_size, 1.0, transform=train_tf)
+    try:
+        val_set = ImageFolderSet(root / "val", index, config.img_size, 1.0)
+    except UnknownClassFolders as err:
+        raise ValueError(f"--data {root}: val/ has class folders {err.folders[:5]} that train/ lacks: train/ and "
+                         "val/ must hold the same class folders") from None
+    if train_set.folders != val_set.folders:
+        raise ValueError(f"--data {root}: train/ and val/ have different class folders")
+    if len(train_set) < config.batch_size:
+        raise ValueError(f"{root / 'train'} has {len(train_set)} images, fewer than one batch of {config.batch_size}: "
                          "lower --batch-size")
-    generator = torch.Generator().manual_seed(seed)
-    common = {"num_workers": num_workers, "persistent_workers": num_workers > 0, "pin_memory": torch.cuda.is_available()}
-    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True, generator=generator, **common)
-    val_loader = DataLoader(val_set, batch_size=batch_size * 2, shuffle=False, **common)
-    return train_loader, val_loader, train_set.classes
+    pin = torch.cuda.is_available()
+    # Fresh workers every epoch (no persistent workers): their seeds come from the generator reseeded per epoch.
+    train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                              generator=torch.Generator(), num_workers=config.num_workers, pin_memory=pin,
+                              collate_fn=skip_none_collate)
+    val_loader = make_loader(val_set, 2 * config.batch_size, config.num_workers, pin,
+                             generator=torch.Generator().manual_seed(config.seed))
+    return train_loader, val_loader, train_set.folders
 
 
 class DistillationLoss(nn.Module):
@@ -95,206 +214,252 @@ class DistillationLoss(nn.Module):
         return 0.5 * self.base(cls_logits, targets) + 0.5 * F.cross_entropy(dist_logits, teacher_labels)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
-    """Top-1/top-5 accuracy (percent) and mean cross-entropy over ``loader``; restores the model's train/eval mode."""
-    was_training = model.training
-    model.eval()
-    top1 = top5 = loss = 0.0
-    count = 0
-    for images, targets in loader:
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        logits = model(images)
-        acc1, acc5 = accuracy(logits, targets, topk=(1, min(5, logits.shape[1])))
-        n = images.shape[0]
-        top1 += acc1.item() * n
-        top5 += acc5.item() * n
-        loss += F.cross_entropy(logits, targets, reduction="sum").item()
-        count += n
-    model.train(was_training)
-    return {"top1": top1 / count, "top5": top5 / count, "loss": loss / count}
-
-
-def _load_resume(path: Path, args: dict[str, Any]) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    changed = [k for k in _RESUME_KEYS if checkpoint.get("args", {}).get(k) != args.get(k)]
-    if changed:
-        raise ValueError(f"{path} was written with different settings ({', '.join(changed)}): "
-                         "use a new --out folder, or drop --resume to start over")
-    return checkpoint
-
-
-def train_classifier(*, model: str, data: str | os.PathLike, out: str | os.PathLike, epochs: int = 10,
-                     batch_size: int = 64, img_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.05,
-                     warmup_epochs: float = 1.0, min_lr: float = 1e-5, label_smoothing: float = 0.1,
-                     mixup: float = 0.0, cutmix: float = 0.0, ema_decay: float | None = None,
-                     teacher: str | None = None, teacher_weights: str | None = None,
-                     teacher_kwargs: dict[str, Any] | None = None, weights: str | None = None,
-                     model_kwargs: dict[str, Any] | None = None, clip_grad: float | None = None,
-                     num_workers: int = 2, seed: int = 0, resume: bool = False,
-                     device: str | torch.device | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train ``model`` on the ImageFolder ``data`` and return ``{"top1", "top5", "top1_ema"?, "checkpoint", ...}``.
-
-    ``top1``/``top5`` are the final validation accuracies in percent. ``mixup``/``cutmix`` are the
-    Beta alphas (0 disables); ``teacher`` (+ ``teacher_weights``) turns on hard distillation and
-    needs a distilled ``model``; ``model_kwargs`` / ``teacher_kwargs`` go to ``pit.create_model``
-    (e.g. ``{"depth": 4}``).
-    With ``resume`` an existing ``out/checkpoint.pth`` is continued (a finished one is returned as is).
-    """
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
-    if (mixup > 0 or cutmix > 0) and batch_size % 2:
-        raise ValueError(f"Mixup/CutMix need an even batch size, got {batch_size}")
-    if teacher is None and teacher_weights is not None:
-        raise ValueError("--teacher-weights given without --teacher")
-    model_kwargs = dict(model_kwargs or {})
-    device = torch.device(device) if device is not None else default_device()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / CHECKPOINT_NAME
-    run_args = {"model": model, "data": str(data), "img_size": img_size, "epochs": epochs, "batch_size": batch_size,
-                "lr": lr, "weight_decay": weight_decay, "warmup_epochs": warmup_epochs, "min_lr": min_lr,
-                "label_smoothing": label_smoothing, "mixup": mixup, "cutmix": cutmix, "ema_decay": ema_decay,
-                "teacher": teacher, "teacher_weights": teacher_weights, "teacher_kwargs": teacher_kwargs, "weights": weights,
-                "model_kwargs": model_kwargs,
-                "clip_grad": clip_grad, "seed": seed}
-    state = _load_resume(ckpt_path, run_args) if resume else None
-    if state is not None and state["epoch"] + 1 >= epochs:
-        return _result(state, ckpt_path)
-
-    train_dir = Path(data) / "train"
-    if not train_dir.is_dir():
-        raise FileNotFoundError(f"{train_dir} not found: --data must be an ImageFolder root with train/ and val/ "
-                                "class folders (e.g. made by common.synthetic.make_classification)")
-    num_classes = len(datasets.folder.find_classes(str(train_dir))[0])
-    torch.manual_seed(seed)
-    net = pit.create_model(model, weights=weights, num_classes=num_classes, img_size=img_size, **model_kwargs)
-    cfg = net.pretrained_cfg or {}
-    mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
-    train_loader, val_loader, classes = build_loaders(data, img_size, batch_size, mean, std, num_workers, seed)
-    if hasattr(net, "set_distilled_training"):
-        net.set_distilled_training(True)
-    net.to(device).train()
-
-    mixup_fn = None
-    if mixup > 0 or cutmix > 0:
-        mixup_fn = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing, num_classes=len(classes))
-        base_loss: nn.Module = SoftTargetCrossEntropy()
-    elif label_smoothing > 0:
-        base_loss = LabelSmoothingCrossEntropy(smoothing=label_smoothing)
+def _objective(config: ClassifierTrainConfig, num_classes: int, device: torch.device):
+    """(loss(images, outputs, targets), Mixup or None) for the recipe in ``config``."""
+    mixup = None
+    if config.mixup > 0 or config.cutmix > 0:
+        mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, label_smoothing=config.label_smoothing,
+                      num_classes=num_classes)
+        base: nn.Module = SoftTargetCrossEntropy()
+    elif config.label_smoothing > 0:
+        base = LabelSmoothingCrossEntropy(smoothing=config.label_smoothing)
     else:
-        base_loss = nn.CrossEntropyLoss()
-    distill = None
-    if teacher is not None:
-        teacher_net = pit.create_model(teacher, weights=teacher_weights, num_classes=len(classes), img_size=img_size,
-                                       **(teacher_kwargs or {}))
-        distill = DistillationLoss(base_loss, teacher_net.to(device))
+        base = nn.CrossEntropyLoss()
+    if config.teacher is not None:
+        teacher = pit.create_pixel_model(config.teacher, weights=config.teacher_weights, num_classes=num_classes,
+                                         img_size=config.img_size, **config.teacher_kwargs)
+        return DistillationLoss(base, teacher.to(device)), mixup
 
-    optimizer = create_optimizer_v2(net, opt="adamw", lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = len(train_loader)
-    scheduler = CosineLRScheduler(optimizer, t_initial=epochs * steps_per_epoch, lr_min=min_lr,
-                                  warmup_t=int(warmup_epochs * steps_per_epoch), warmup_lr_init=lr * 0.01,
+    def loss(images: torch.Tensor, outputs, targets: torch.Tensor) -> torch.Tensor:
+        if isinstance(outputs, tuple):  # a two-head model trained without a teacher: both heads on the labels
+            return sum(base(o, targets) for o in outputs) / len(outputs)
+        return base(outputs, targets)
+
+    return loss, mixup
+
+
+def _build_session(config: ClassifierTrainConfig, state: dict[str, Any] | None) -> _Session:
+    """Model, data, optimiser, schedule, EMA and loss for ``config``, continued from ``state`` when given."""
+    device = torch.device(config.device) if config.device else default_device()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {config.device}: no CUDA GPU is available here; use --device cpu")
+    train_loader, val_loader, classes = build_loaders(config)
+    torch.manual_seed(config.seed)
+    inner = pit.create_model(config.model, weights=config.weights, num_classes=len(classes), img_size=config.img_size,
+                             **config.model_kwargs)
+    if hasattr(inner, "set_distilled_training"):
+        inner.set_distilled_training(True)
+    net = pit.NormalizedModel(inner).to(device).train()
+    loss, mixup = _objective(config, len(classes), device)
+    optimizer = create_optimizer_v2(inner, opt="adamw", lr=config.lr, weight_decay=config.weight_decay)
+    steps = len(train_loader)
+    # The LR at update n is a pure function of n (t_in_epochs=False), so a resumed run rebuilds the same schedule.
+    scheduler = CosineLRScheduler(optimizer, t_initial=config.epochs * steps, lr_min=config.min_lr,
+                                  warmup_t=int(config.warmup_epochs * steps), warmup_lr_init=config.lr * 0.01,
                                   warmup_prefix=True, t_in_epochs=False)
-    ema = ModelEmaV3(net, decay=ema_decay) if ema_decay else None
-    start_epoch = 0
+    ema = ModelEmaV3(inner, decay=config.ema_decay) if config.ema_decay else None
+    session = _Session(config, device, net, train_loader, val_loader, classes, optimizer, scheduler, loss, mixup, ema)
     if state is not None:
-        net.load_state_dict(state["model"])
+        inner.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         if ema is not None and "model_ema" in state:
             ema.module.load_state_dict(state["model_ema"])
-        start_epoch = state["epoch"] + 1
+        session.start_epoch, session.history = state["epoch"] + 1, list(state["history"])
+    return session
 
-    log_path = out / "log.jsonl"
-    for epoch in range(start_epoch, epochs):
-        train_loader.generator.manual_seed(seed + epoch)  # the same batches whether or not the run was resumed
-        torch.manual_seed(seed + 1000 + epoch)
+
+def _seed_epoch(seed: int, epoch: int, train_loader: DataLoader) -> None:
+    """Every random stream training draws from (batch order, worker seeds, augmentation, Mixup, dropout)
+    is a function of ``(seed, epoch)`` alone: a resumed epoch replays exactly."""
+    train_loader.generator.manual_seed(seed + epoch)
+    stream = seed + 1000 + epoch
+    torch.manual_seed(stream)
+    np.random.seed(stream % 2**32)
+    random.seed(stream)
+
+
+def _train_step(s: _Session, images: torch.Tensor, targets: torch.Tensor, update: int) -> float:
+    """One optimiser update on a uint8 batch; returns the loss. ``update`` counts updates from 1."""
+    images, targets = to_float(images, s.device), targets.to(s.device, non_blocking=True)
+    if s.mixup is not None and len(targets) % 2:  # an unreadable image was dropped: Mixup needs pairs
+        images, targets = images[:-1], targets[:-1]
+    loss_targets = targets
+    if s.mixup is not None:
+        images, loss_targets = s.mixup(images, targets)
+    loss = s.loss(images, s.net(images), loss_targets)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise RuntimeError(f"loss became {value} at update {update}: lower --lr")
+    s.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if s.config.clip_grad:
+        torch.nn.utils.clip_grad_norm_(s.net.parameters(), s.config.clip_grad)
+    s.optimizer.step()
+    s.scheduler.step_update(update)
+    if s.ema is not None:
+        s.ema.update(s.net.model, step=update)
+    return value
+
+
+def _train_epoch(s: _Session, epoch: int) -> float:
+    """One pass over the training set; returns the mean loss."""
+    c = s.config
+    _seed_epoch(c.seed, epoch, s.train_loader)
+    s.net.train()
+    total, updates = 0.0, 0
+    bar = tqdm(s.train_loader, desc=f"{c.model} epoch {epoch + 1}/{c.epochs}", disable=not c.progress, leave=False)
+    for step, (images, targets, _) in enumerate(bar):
+        if len(targets) == 0 or (s.mixup is not None and len(targets) < 2):  # unreadable images were dropped
+            continue
+        total += _train_step(s, images, targets, epoch * len(s.train_loader) + step + 1)
+        updates += 1
+        bar.set_postfix(loss=f"{total / updates:.3f}", lr=f"{s.optimizer.param_groups[0]['lr']:.2e}")
+    if updates == 0:
+        raise ValueError(f"{c.data}/train: no readable image in a whole epoch (every image was skipped as unreadable)")
+    return total / updates
+
+
+def _validate(s: _Session) -> dict[str, float]:
+    """Top-1/top-5/loss on the val split (and of the EMA weights, suffixed ``_ema``)."""
+    val = evaluate_topk(s.net, s.val_loader, s.device, progress=s.config.progress)
+    if s.ema is not None:
+        ema = pit.NormalizedModel(s.ema.module)
+        val.update({f"{k}_ema": v for k, v in evaluate_topk(ema, s.val_loader, s.device, progress=False).items()})
+    return val
+
+
+def _save(s: _Session, out: Path, epoch: int, val: dict[str, float]) -> dict[str, Any]:
+    """Checkpoint (atomic), then ``log.jsonl`` rewritten from the checkpoint's history."""
+    state = {"model": s.net.model.state_dict(), "optimizer": s.optimizer.state_dict(), "epoch": epoch,
+             "options": s.config.options(), "classes": s.classes, "val": val, "history": s.history}
+    if s.ema is not None:
+        state["model_ema"] = s.ema.module.state_dict()
+    atomic_torch_save(state, out / CHECKPOINT_NAME)
+    _write_log(out, s.history)
+    return state
+
+
+def _write_log(out: Path, history: list[dict[str, Any]]) -> None:
+    atomic_write_text(out / LOG_NAME, "".join(json.dumps(record) + "\n" for record in history))
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:4]) + (", ..." if len(keys) > 4 else "")
+
+
+def _open_run(config: ClassifierTrainConfig, out: Path) -> dict[str, Any] | None:
+    """Decide between a fresh start and resuming ``out``'s checkpoint; refuse (one line) what could lose work.
+
+    Same options: resume (a finished run is returned as is). Other options: refused, except with
+    ``--overwrite`` (start over) or ``--resume`` when only ``epochs`` grew. Nothing is written here
+    but the run marker, and, with ``--overwrite``, the removal of this run's checkpoint and log.
+    """
+    marker = read_marker(check_out(out))
+    if marker is not None and marker["kind"] != KIND:
+        claim(out, KIND)  # refuses another kind's folder in one line, changing nothing
+    checkpoint = out / CHECKPOINT_NAME
+    state = None
+    if checkpoint.exists() and not config.overwrite:
+        state = safe_load(checkpoint, what="train-classifier checkpoint")
+        saved, wanted = state.get("options") if isinstance(state, dict) else None, config.options()
+        if saved is None:
+            raise OutputError(f"--out {out} holds a {CHECKPOINT_NAME} this trainer did not write: pass --overwrite "
+                              "to replace it, or choose another --out")
+        if saved != wanted:
+            only_epochs = {**saved, "epochs": config.epochs} == wanted
+            if config.resume and only_epochs and config.epochs <= state["epoch"] + 1:
+                raise OutputError(f"--out {out} already trained {state['epoch'] + 1} epochs and --resume only continues "
+                                  "to more --epochs: pass --overwrite to start over, or choose another --out")
+            if not (config.resume and only_epochs):
+                raise OutputError(
+                    f"--out {out} holds a {KIND} run with other options ({_changes(saved, wanted)}): pass --resume "
+                    "to continue it to more --epochs, --overwrite to start over, or choose another --out")
+    elif config.overwrite:
+        for name in (CHECKPOINT_NAME, LOG_NAME):
+            (out / name).unlink(missing_ok=True)
+    claim(out, KIND, config.options())
+    return state
+
+
+def _result(state: dict[str, Any], out: Path) -> dict[str, Any]:
+    return {**state["val"], "epoch": state["epoch"], "classes": state["classes"],
+            "checkpoint": str(out / CHECKPOINT_NAME), "out": str(out)}
+
+
+def train_classifier(config: ClassifierTrainConfig) -> dict[str, Any]:
+    """Train ``config.model`` and return ``{"top1", "top5", "loss", "top1_ema"?, ..., "epoch", "classes",
+    "checkpoint", "out"}`` (accuracies in percent, of the last validation; ``epoch`` counts from 0)."""
+    config = _resolve_data(config)
+    _check_data(Path(config.data))  # before the run folder is claimed
+    out = Path(config.out) if config.out else default_out(KIND, [config.model], KIND, config.options())
+    announce(out)
+    state = _open_run(config, out)
+    if state is not None:
+        _write_log(out, state["history"])  # the log matches the checkpoint, whatever was interrupted
+        if state["epoch"] + 1 >= config.epochs:
+            print(f"{out} already holds this finished run ({state['epoch'] + 1} epochs): nothing to train", flush=True)
+            return _result(state, out)
+    s = _build_session(config, state)
+    for epoch in range(s.start_epoch, config.epochs):
         started = time.perf_counter()
-        total_loss = 0.0
-        bar = tqdm(train_loader, desc=f"{model} epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
-        for step, (images, targets) in enumerate(bar):
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            loss_targets = targets
-            if mixup_fn is not None:
-                images, loss_targets = mixup_fn(images, targets)
-            outputs = net(images)
-            if distill is not None:
-                loss = distill(images, outputs, loss_targets)
-            elif isinstance(outputs, tuple):  # a two-head model trained without a teacher: both heads on the labels
-                loss = sum(base_loss(o, loss_targets) for o in outputs) / len(outputs)
-            else:
-                loss = base_loss(outputs, loss_targets)
-            if not math.isfinite(loss.item()):
-                raise RuntimeError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step}: lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip_grad:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), clip_grad)
-            optimizer.step()
-            num_updates = epoch * steps_per_epoch + step + 1
-            scheduler.step_update(num_updates)
-            if ema is not None:
-                ema.update(net, step=num_updates)
-            total_loss += loss.item()
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-        val = evaluate(net, val_loader, device)
-        if ema is not None:
-            val.update({f"{k}_ema": v for k, v in evaluate(ema.module, val_loader, device).items()})
-        record = {"epoch": epoch, "train_loss": total_loss / steps_per_epoch, "seconds": time.perf_counter() - started, **val}
-        append_jsonl(log_path, record)
-        tqdm.write(f"{model} epoch {epoch + 1}/{epochs}: loss {record['train_loss']:.3f}  val top-1 {val['top1']:.2f}"
-                   + (f"  (EMA {val['top1_ema']:.2f})" if ema is not None else ""))
+        train_loss = _train_epoch(s, epoch)
+        last = epoch + 1 == config.epochs
+        val = _validate(s) if last or (epoch + 1) % config.eval_every == 0 else {}
+        s.history.append({"epoch": epoch, "train_loss": train_loss, "seconds": time.perf_counter() - started, **val})
+        state = _save(s, out, epoch, val or (state or {}).get("val", {}))
+        line = f"{config.model} epoch {epoch + 1}/{config.epochs}: loss {train_loss:.3f}"
+        if val:
+            line += f"  val top-1 {val['top1']:.2f}" + (f"  (EMA {val['top1_ema']:.2f})" if s.ema else "")
+        tqdm.write(line)
         sys.stdout.flush()  # epoch lines show up at once when the output goes to a file or pipe
-        state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "epoch": epoch, "args": run_args, "classes": classes, "val": val}
-        if ema is not None:
-            state["model_ema"] = ema.module.state_dict()
-        atomic_torch_save(state, ckpt_path)
-    return _result(state, ckpt_path)
+    return _result(state, out)
 
 
-def _result(state: dict[str, Any], path: Path) -> dict[str, Any]:
-    return {**state["val"], "epoch": state["epoch"], "classes": state["classes"], "checkpoint": str(path)}
+def _default(name: str) -> Any:
+    """The config's default for field ``name`` (the CLI shows and uses it, never a copy)."""
+    return next(f.default for f in fields(ClassifierTrainConfig) if f.name == name)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model name: pit_ti ... pit_b(_distilled) or any timm name")
-    parser.add_argument("--data", required=True, help="ImageFolder root with train/ and val/ class folders")
-    parser.add_argument("--out", required=True, help="output folder (checkpoint.pth, log.jsonl)")
+    d = _default
+    parser.add_argument("--model", default=d("model"), help="pit_ti ... pit_b(_distilled) or any timm name (default: %(default)s)")
+    parser.add_argument("--data", default=None, metavar="DIR",
+                        help="ImageFolder root with train/ and val/ class folders (default: the built-in generated set)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="run folder: checkpoint.pth, log.jsonl (default: runs/train-classifier-<model>)")
     g = parser.add_argument_group("recipe")
-    g.add_argument("--epochs", type=int, default=10)
-    g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--img-size", type=int, default=64, help="square training/eval resolution in pixels")
-    g.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (cosine decay, linear warm-up)")
-    g.add_argument("--weight-decay", type=float, default=0.05)
-    g.add_argument("--warmup-epochs", type=float, default=1.0)
-    g.add_argument("--min-lr", type=float, default=1e-5)
-    g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
-    g.add_argument("--mixup", type=float, default=0.0, help="Mixup alpha (0 = off)")
-    g.add_argument("--cutmix", type=float, default=0.0, help="CutMix alpha (0 = off)")
-    g.add_argument("--ema-decay", type=float, default=None, help="keep an EMA of the weights with this decay")
-    g.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm to this value")
+    g.add_argument("--epochs", type=positive_int, default=d("epochs"))
+    g.add_argument("--batch-size", type=positive_int, default=d("batch_size"))
+    g.add_argument("--img-size", type=positive_int, default=d("img_size"), help="square training/eval side in pixels")
+    g.add_argument("--lr", type=positive_float, default=d("lr"), help="peak AdamW learning rate (cosine, linear warm-up)")
+    g.add_argument("--weight-decay", type=non_negative_float, default=d("weight_decay"))
+    g.add_argument("--warmup-epochs", type=non_negative_float, default=d("warmup_epochs"))
+    g.add_argument("--min-lr", type=non_negative_float, default=d("min_lr"))
+    g.add_argument("--smoothing", dest="label_smoothing", type=open_fraction, default=d("label_smoothing"),
+                   help="label smoothing in [0, 1)")
+    g.add_argument("--mixup", type=non_negative_float, default=d("mixup"), help="Mixup alpha (0 = off)")
+    g.add_argument("--cutmix", type=non_negative_float, default=d("cutmix"), help="CutMix alpha (0 = off)")
+    g.add_argument("--ema-decay", type=open_fraction, default=d("ema_decay"), help="keep an EMA of the weights")
+    g.add_argument("--clip-grad", type=positive_float, default=d("clip_grad"), help="clip the gradient norm to this")
     g = parser.add_argument_group("models")
-    g.add_argument("--weights", default=None, help="initial weights for the model (checkpoint path)")
-    g.add_argument("--teacher", default=None, help="teacher model name: DeiT hard distillation (needs a *_distilled model)")
-    g.add_argument("--teacher-weights", default=None, help="teacher checkpoint (e.g. a checkpoint.pth from this trainer)")
+    g.add_argument("--weights", default=d("weights"), help="initial weights for the model (checkpoint path)")
+    g.add_argument("--teacher", default=d("teacher"), help="teacher model: DeiT hard distillation (needs a *_distilled model)")
+    g.add_argument("--teacher-weights", default=d("teacher_weights"), help="teacher checkpoint (e.g. this trainer's)")
     g = parser.add_argument_group("run")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
-    g.add_argument("--num-workers", type=int, default=2)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pth")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--seed", type=int, default=d("seed"))
+    g.add_argument("--eval-every", type=positive_int, default=d("eval_every"), help="validate every N epochs (and last)")
+    g.add_argument("--device", default=d("device"), help="cpu, cuda, cuda:1, mps (default: best available)")
+    g.add_argument("--num-workers", type=non_negative_int, default=d("num_workers"))
+    g.add_argument("--resume", action="store_true", help="continue the run in --out to more --epochs")
+    g.add_argument("--overwrite", action="store_true", help="delete the run in --out (checkpoint, log) and start over")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
 def main(args: argparse.Namespace) -> int:
-    result = train_classifier(model=args.model, data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
-                              img_size=args.img_size, lr=args.lr, weight_decay=args.weight_decay,
-                              warmup_epochs=args.warmup_epochs, min_lr=args.min_lr, label_smoothing=args.smoothing,
-                              mixup=args.mixup, cutmix=args.cutmix, ema_decay=args.ema_decay, teacher=args.teacher,
-                              teacher_weights=args.teacher_weights, weights=args.weights, clip_grad=args.clip_grad,
-                              num_workers=args.num_workers, seed=args.seed, resume=args.resume, device=args.device,
-                              progress=not args.no_progress)
+    names = {f.name for f in fields(ClassifierTrainConfig)}
+    config = ClassifierTrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    result = train_classifier(config)
     print(f"val top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  checkpoint {result['checkpoint']}")
+    announce(result["out"], finished=True)
     return 0

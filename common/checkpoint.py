@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -53,7 +54,7 @@ def safe_load(path: str | os.PathLike, *, what: str = "checkpoint", allow: Itera
         raise CheckpointError(f"{what} {path} is not a PyTorch checkpoint (neither a torch.save archive nor a "
                               "tensor pickle): check the path, or get the file again") from None
     except (EOFError, zipfile.BadZipFile, RuntimeError, OSError, ValueError, AttributeError, ImportError,
-            UnicodeDecodeError) as err:
+            UnicodeDecodeError, struct.error) as err:
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{what} {path} is not a readable PyTorch checkpoint (truncated or another format? "
                               f"{first})") from None

@@ -9,6 +9,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from scipy.fft import next_fast_len
 
 
 def gaussian_kernel1d(sigma: float, truncate: float, device: torch.device) -> torch.Tensor:
@@ -70,25 +71,13 @@ def filter2d(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return _correlate_valid(y, kernel.to(x)[None, None], (h, w))
 
 
-def _fft_size(n: int) -> int:
-    """Smallest m >= n whose only prime factors are 2, 3 and 5 (fast FFT lengths)."""
-    while True:
-        m = n
-        for p in (2, 3, 5):
-            while m % p == 0:
-                m //= p
-        if m == 1:
-            return n
-        n += 1
-
-
 def _correlate_valid(xp: torch.Tensor, kernel: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
     """``out[..., i, j] = sum_uv kernel[..., u, v] * xp[..., i + u, j + v]`` for the top-left ``out_hw`` block.
 
     FFT correlation of the padded images ``xp`` (B, C, Hp, Wp) with ``kernel`` (B or 1, 1, kh, kw); the
     transform is at least (Hp, Wp) large, so the requested block never wraps around.
     """
-    size = (_fft_size(xp.shape[-2]), _fft_size(xp.shape[-1]))
+    size = (next_fast_len(xp.shape[-2], real=True), next_fast_len(xp.shape[-1], real=True))
     dtype = torch.promote_types(xp.dtype, torch.float32)  # no half-precision FFT on CPU
     spectrum = torch.fft.rfft2(xp.to(dtype), s=size) * torch.fft.rfft2(kernel.to(dtype), s=size).conj()
     out = torch.fft.irfft2(spectrum, s=size)

@@ -154,12 +154,12 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, device: str 
 
 
 def _train(config: DemoConfig, data: str, out: Path, name: str, kwargs: dict, device: str, progress: bool) -> dict:
-    from classification.train import train_classifier
+    from classification.train import ClassifierTrainConfig, train_classifier
 
-    result = train_classifier(model=name, data=data, out=out, epochs=config.epochs, batch_size=config.batch_size,
-                              img_size=config.img_size, lr=config.lr, warmup_epochs=min(1.0, config.epochs / 4),
-                              model_kwargs=kwargs, num_workers=config.num_workers, resume=True, device=device,
-                              progress=progress)
+    result = train_classifier(ClassifierTrainConfig(
+        model=name, data=data, out=str(out), epochs=config.epochs, batch_size=config.batch_size,
+        img_size=config.img_size, lr=config.lr, warmup_epochs=min(1.0, config.epochs / 4), model_kwargs=kwargs,
+        num_workers=config.num_workers, device=device, progress=progress))
     return {k: result[k] for k in ("top1", "top5", "checkpoint")}
 
 

@@ -164,6 +164,22 @@ class PoolingTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.randn(1, self.num_tokens, embed_dim))
         self.pos_drop = nn.Dropout(p=drop_rate)
 
+        self._build_stages(base_dims, depth, heads, mlp_ratio, drop_rate, attn_drop_rate, drop_path_rate)
+
+        self.num_features = self.head_hidden_size = self.embed_dim = base_dims[-1] * heads[-1]
+        self.norm = nn.LayerNorm(self.num_features, eps=1e-6)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = self._new_head(num_classes)
+        if distilled:
+            self.head_dist = self._new_head(num_classes)
+
+        trunc_normal_(self.pos_embed, std=0.02)
+        trunc_normal_(self.cls_token, std=0.02)
+        self.apply(self._init_weights)
+
+    def _build_stages(self, base_dims: Sequence[int], depth: Sequence[int], heads: Sequence[int], mlp_ratio: float,
+                      drop_rate: float, attn_drop_rate: float, drop_path_rate: float) -> None:
+        """``self.transformers`` (one per stage), ``self.pools`` (between stages) and ``self.feature_info``."""
         total = sum(depth)
         dpr = [drop_path_rate * i / total for i in range(total)]  # official linear rule over all blocks
         self.transformers = nn.ModuleList()
@@ -177,18 +193,7 @@ class PoolingTransformer(nn.Module):
             )
             if i + 1 < len(depth):
                 self.pools.append(Pooling(width, base_dims[i + 1] * heads[i + 1], stride=2))
-            self.feature_info.append(dict(num_chs=width, reduction=stride * 2 ** i, module=f"transformers.{i}"))
-
-        self.num_features = self.head_hidden_size = self.embed_dim = base_dims[-1] * heads[-1]
-        self.norm = nn.LayerNorm(self.num_features, eps=1e-6)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = self._new_head(num_classes)
-        if distilled:
-            self.head_dist = self._new_head(num_classes)
-
-        trunc_normal_(self.pos_embed, std=0.02)
-        trunc_normal_(self.cls_token, std=0.02)
-        self.apply(self._init_weights)
+            self.feature_info.append(dict(num_chs=width, reduction=self.stride * 2 ** i, module=f"transformers.{i}"))
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -350,6 +355,8 @@ _TI = dict(patch_size=16, stride=8, base_dims=[32, 32, 32], depth=[2, 6, 4], hea
 _XS = dict(patch_size=16, stride=8, base_dims=[48, 48, 48], depth=[2, 6, 4], heads=[2, 4, 8], mlp_ratio=4)
 _S = dict(patch_size=16, stride=8, base_dims=[48, 48, 48], depth=[2, 6, 4], heads=[3, 6, 12], mlp_ratio=4)
 _B = dict(patch_size=14, stride=7, base_dims=[64, 64, 64], depth=[3, 6, 4], heads=[4, 8, 16], mlp_ratio=4)
+# The four sizes by name (the *_distilled variants add a second class token and head).
+CONFIGS = {"pit_ti": _TI, "pit_xs": _XS, "pit_s": _S, "pit_b": _B}
 
 
 @register_model

@@ -16,14 +16,12 @@ import math
 from fractions import Fraction
 from pathlib import Path
 
+import pit
 from common import rundir, synthetic
 from common.distributed import cleanup_distributed, is_main_process
 from robustness.config import ModelSpec, RobustnessConfig, default
 from robustness.runner import marker_options, run
 from robustness.store import KIND
-
-NO_WEIGHTS = "no --weights given: random initialisation, accuracy will be at chance; pass --weights FILE"
-
 
 def parse_fraction(text: str) -> float:
     """'1/255', '0.5' or '2' → a finite float (argparse type)."""
@@ -134,18 +132,10 @@ def model_specs(names: list[str], weights: list[str] | None, num_classes: int | 
         label = f"{name}:{Path(w).stem}" if names.count(name) > 1 and w else None
         pretrained = False
         if w is None and not explicit_none:
-            pretrained, banner = default_weights(name)
+            pretrained, banner = pit.default_weights(name)
             rundir.note(f"{name}: {banner}")
         specs.append(ModelSpec(name, weights=w, label=label, model_kwargs=dict(kwargs), pretrained=pretrained))
     return specs
-
-
-def default_weights(name: str) -> tuple[bool, str]:
-    """``pit.default_weights(name)``: (use the published weights?, one-line banner)."""
-    import pit
-
-    chooser = getattr(pit, "default_weights", None)
-    return chooser(name) if chooser is not None else (False, NO_WEIGHTS)
 
 
 def generated_data(class_map: str | None, num_classes: int | None) -> tuple[str, int, str]:

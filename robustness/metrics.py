@@ -11,7 +11,7 @@ import torch
 from classification.metrics import topk_correct  # noqa: F401  (the suite's one top-k)
 from common.distributed import all_reduce_sum
 
-# AlexNet top-1 error per corruption, the mean over severities 1-5 (Hendrycks & Dietterich 2019).
+# AlexNet top-1 error per corruption, the mean over severities 1-5 (Hendrycks & Dietterich 2019; docs/references.md).
 ALEXNET_ERRORS: dict[str, float] = {
     "gaussian_noise": 0.886428, "shot_noise": 0.894468, "impulse_noise": 0.922640,
     "defocus_blur": 0.819880, "glass_blur": 0.826268, "motion_blur": 0.785948, "zoom_blur": 0.798360,

@@ -84,6 +84,7 @@ class RunContext:
     device: torch.device
     store: RunStore
     corruptions: list[str]
+    class_index: dict[str, int] = field(default_factory=dict)
     loader: Any = None
     batches: ds.PassBatches | None = None
     notes: list[str] = field(default_factory=list)
@@ -106,7 +107,7 @@ def run(config: RobustnessConfig) -> dict:
     device = init_distributed(config.device)
     runs = [model_run(spec, config) for spec in config.models]
     store = RunStore.open(config.out, marker_options(config))
-    ctx = RunContext(config, device, store, corruptions)
+    ctx = RunContext(config, device, store, corruptions, ds.build_class_index(config.class_map, config.data))
     plans = {r.spec.display: plan_passes(r.spec.display, config, corruptions) for r in runs}
     wanted = {c.key: cell_options(c, p, r, ctx) for r in runs for p in plans[r.spec.display] for c in p.cells}
     in9_plans = {r.spec.display: _in9_plan(r, config) for r in runs}
@@ -208,16 +209,17 @@ def _existing_dir(flag: str, path: str) -> str:
 
 
 def _check_model(spec: ModelSpec) -> None:
-    if not timm.is_model(spec.name):
-        raise ValueError(f"unknown model {spec.name!r}: use a PiT name ({', '.join(pit.PIT_NAMES)}) or a timm "
-                         "model name (timm.list_models())")
+    from pit.names import check_name
+
+    check_name(spec.name)
     if spec.weights is None:
         return
     path = Path(spec.weights)
-    if not path.is_file():
+    if path.is_dir():
+        raise ValueError(f"--weights {path} for {spec.display} is a folder: give the weights file inside it")
+    if not path.exists():
         raise FileNotFoundError(f"--weights file {path} for {spec.display} does not exist")
-    if path.stat().st_size == 0:
-        raise ValueError(f"--weights file {path} for {spec.display} is empty (0 bytes): get the file again")
+    pit.read_state_dict(path)  # unreadable files are named now; a file that does not fit, when the model loads
 
 
 def _model_cfg(name: str) -> dict[str, Any]:
@@ -265,8 +267,7 @@ def cell_options(cell: Cell, p: Pass, r: ModelRun, ctx: RunContext) -> dict[str,
 def _run_pass(p: Pass, r: ModelRun, ctx: RunContext, wanted: dict[str, dict]) -> None:
     """List the pass's images, compute the cells that are missing or stale, and save them."""
     config = ctx.config
-    listing = ds.ImageFolderSet(p.root, ds.build_class_index(config.class_map, config.data), r.img_size, r.crop_pct,
-                                limit=config.limit)
+    listing = ds.ImageFolderSet(p.root, ctx.class_index, r.img_size, r.crop_pct, limit=config.limit)
     paths = [path for path, _ in listing.samples]
     fingerprint = ds.input_fingerprint(p.root, paths)
     todo = []
@@ -368,8 +369,7 @@ def _pass_mask(p: Pass, classes: list[int], num_outputs: int, ctx: RunContext) -
     if p.subset is None:
         return None
     if ctx.config.class_map == "imagenet":
-        index = ds.build_class_index("imagenet", ctx.config.data)
-        classes = [index[w] for w in ds.subset_wnids(p.subset)]
+        classes = [ctx.class_index[w] for w in ds.subset_wnids(p.subset)]
     return ds.class_mask(classes, num_outputs, ctx.device)
 
 

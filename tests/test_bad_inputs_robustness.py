@@ -90,6 +90,7 @@ CASES = [
     (["--weights", "a.pth", "b.pth"], 2, ["one path per --model"]),
     (["--weights", "{root}/missing.pth"], 2, ["--weights", "missing.pth", "does not exist"]),
     (["--weights", "{root}/empty.pth"], 2, ["empty.pth", "empty"]),
+    (["--weights", "{root}"], 2, ["--weights", "is a folder"]),
     (["--weights", "{root}/garbage.pth"], 2, ["garbage.pth"]),
     (["--imagenet-a", "{root}/imagenet-a-typo"], 2, ["--imagenet-a", "imagenet-a-typo", "does not exist"]),
     (["--imagenet-r", "{empty}"], 2, ["no class folders"]),
@@ -110,7 +111,7 @@ def test_bad_paths_and_models_are_one_line(files, tmp_path):
     argv = base(files, out, "--class-map", "imagenet")
     assert_one_line_error(argv, 2, "unknown class folder", "--class-map folder")
     argv = ["robustness", "--model", "no_such_net", "--data", files["val"], "--out", str(out), "--weights", "none"]
-    assert_one_line_error(argv, 2, "unknown model 'no_such_net'")
+    assert_one_line_error(argv, 2, "unknown model 'no_such_net'", "PiT name")
     argv = base(files, out, "--model", "test_convnext", "test_convnext", "--weights", "none", "none")
     line = assert_one_line_error(argv, 2, "given twice", "--weights")
     assert "ModelSpec" not in line
@@ -202,19 +203,20 @@ def test_new_cells_only_and_weights_fix_keeps_other_models(files, tmp_path, monk
         "imagenet|None|None|occlusion_random", "imagenet-c|fog|1|clean", "imagenet-a|None|None|clean"])
     assert {k: v for k, v in _cells(out).items() if k in clean} == clean
 
-    # Model B's weights fail to load after model A finished: fixing B computes B only.
+    # Model B's weights do not fit it (found when B loads, after model A finished): fixing them computes B only.
     weights = tmp_path / "b.pth"
     torch.save(__import__("timm").create_model("test_convnext", num_classes=3).state_dict(), weights)
-    two = ["--model", "test_convnext", "test_vit", "--weights", "none", files["root"] + "/garbage.pth"]
-    out2 = tmp_path / "two"
-    assert_one_line_error(base(files, out2, *two), 2, "garbage.pth")
-    assert "test_vit" not in json.loads((out2 / "run.json").read_text())["models"]
+    two = base(files, tmp_path / "two", "--model", "test_convnext", "test_vit", "--weights", "none", str(weights))
+    computed.clear()
+    assert_one_line_error(two, 2, "b.pth", "test_vit")
+    assert [k.split("|")[0] for k in computed] == ["test_convnext"]
+    assert "test_vit" not in json.loads((tmp_path / "two" / "run.json").read_text())["models"]
     torch.save(__import__("timm").create_model("test_vit", num_classes=3, img_size=32).state_dict(), weights)
     computed.clear()
-    code, _, err = run_cli(base(files, out2, *two[:-1], str(weights)))
+    code, _, err = run_cli(two)
     assert code == 0, err
     assert [k.split("|")[0] for k in computed] == ["test_vit"]
-    assert set(json.loads((out2 / "run.json").read_text())["models"]) == {"test_convnext", "test_vit"}
+    assert set(json.loads((tmp_path / "two" / "run.json").read_text())["models"]) == {"test_convnext", "test_vit"}
 
 
 def test_default_run_writes_under_runs_and_resumes(files, tmp_path, monkeypatch, tmp_path_factory):
@@ -260,8 +262,9 @@ def test_ctrl_c_stops_with_cells_saved_and_rerun_finishes(tmp_path):
     data = write_folder(tmp_path / "val", per_class=6)
     out = tmp_path / "o"
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    # A shell without job control starts background jobs with SIGINT ignored: restore the default for the child.
     proc = subprocess.Popen(_command(str(data), out), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     cells = out / "cells.jsonl"
     deadline = time.time() + 120
     while not (cells.exists() and cells.read_text().count("\n") >= 2) and proc.poll() is None and time.time() < deadline:

@@ -18,7 +18,7 @@ from classification.evaluate import imagenet_val_set
 def test_bench_table_and_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = cli.main(["bench", "--models", "pit_ti", "--batch-size", "1", "--img-size", "96", "--warmup", "0",
-                   "--iters", "1", "--device", "cpu", "--json", str(out)])
+                   "--min-time", "0.01", "--device", "cpu", "--json", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "pit_ti" in printed and "4,847,272" in printed and "paper" in printed
@@ -64,7 +64,7 @@ def test_bench_top1_on_imagenet_folder(tmp_path):
     torch.save(model.state_dict(), tmp_path / "w.pth")
     out = tmp_path / "bench.json"
     rc = cli.main(["bench", "--models", "pit_ti", "--weights", str(tmp_path / "w.pth"), "--data", str(data),
-                   "--img-size", "64", "--batch-size", "3", "--warmup", "0", "--iters", "1", "--workers", "0",
+                   "--img-size", "64", "--batch-size", "3", "--warmup", "0", "--min-time", "0.01", "--workers", "0",
                    "--device", "cpu", "--json", str(out)])
     assert rc == 0
     (row,) = json.loads(out.read_text())["rows"]
@@ -78,7 +78,7 @@ def test_bench_skips_unreadable_images(tmp_path):
     out = tmp_path / "bench.json"
     with pytest.warns(RuntimeWarning, match="unreadable image"):
         rc = cli.main(["bench", "--models", "pit_ti", "--weights", str(tmp_path / "w.pth"), "--data", str(data),
-                       "--img-size", "64", "--batch-size", "2", "--warmup", "0", "--iters", "1", "--workers", "0",
+                       "--img-size", "64", "--batch-size", "2", "--warmup", "0", "--min-time", "0.01", "--workers", "0",
                        "--device", "cpu", "--json", str(out)])
     assert rc == 0
     assert json.loads(out.read_text())["rows"][0]["images"] == 4
@@ -91,5 +91,22 @@ def test_imagenet_folder_targets_and_errors(tmp_path, capsys):
     (tmp_path / "bad" / "cats" / "a.png").write_bytes(b"")
     with pytest.raises(ValueError, match="must be ImageNet wnids"):
         imagenet_val_set(tmp_path / "bad")
-    assert cli.main(["bench", "--models", "pit_ti", "--data", str(data)]) == 1
+    assert cli.main(["bench", "--models", "pit_ti", "--data", str(data)]) == 2
     assert "--weights" in capsys.readouterr().err
+
+
+def test_throughput_is_batch_over_the_median_of_time_call(monkeypatch):
+    """img/s comes from the suite's one timer (torch.utils.benchmark via common.timing.time_call)."""
+    import classification.bench as bench
+
+    calls = []
+
+    def fake_time_call(fn, *, min_run_time, warmup):
+        fn()  # the timed call runs the model once on the batch
+        calls.append((min_run_time, warmup))
+        return 0.25
+
+    monkeypatch.setattr(bench, "time_call", fake_time_call)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    assert bench.measure_throughput(model, 6, 8, torch.device("cpu"), warmup=3, min_time=0.5) == pytest.approx(24.0)
+    assert calls == [(0.5, 3)]

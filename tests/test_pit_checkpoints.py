@@ -1,6 +1,7 @@
 """pit.create_model weight loading: every checkpoint format, resizing, heads, clear errors."""
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -123,7 +124,7 @@ def test_unknown_model_suggests_close_names():
 
 def test_pretrained_offline_fails_fast_with_hint(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(pit.factory, "_cached_pretrained_file", lambda name: None)
+    monkeypatch.setattr(pit.factory, "cached_pretrained_file", lambda name: None)
     start = time.perf_counter()
     with pytest.raises(RuntimeError, match="--weights PATH"):
         pit.create_model("pit_s", pretrained=True)
@@ -145,3 +146,80 @@ def test_pixel_model_normalises_inside():
         torch.testing.assert_close(custom(x), model(x * 2 - 1))
     pixel = pit.create_pixel_model("pit_ti", num_classes=3)
     assert isinstance(pixel, pit.NormalizedModel) and pixel.model.num_classes == 3
+
+
+class _RunsCode:
+    """A pickled object whose unpickling would create ``marker`` (what a malicious checkpoint does)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf"])
+def test_non_finite_weights_refused_naming_the_file(tmp_path, official_sd, bad):
+    sd = dict(official_sd)
+    sd["transformers.1.blocks.0.mlp.fc1.weight"] = sd["transformers.1.blocks.0.mlp.fc1.weight"].clone()
+    sd["transformers.1.blocks.0.mlp.fc1.weight"][0, 0] = float(bad)
+    torch.save(sd, tmp_path / "diverged.pth")
+    with pytest.raises(ValueError, match=r"diverged\.pth hold NaN or inf values in 1 of \d+ tensors "
+                                         r"\(transformers\.1\.blocks\.0\.mlp\.fc1\.weight\)"):
+        pit.create_model("pit_ti", weights=tmp_path / "diverged.pth")
+
+
+def test_malicious_pickle_never_runs(tmp_path, official_sd):
+    marker = tmp_path / "PWNED"
+    torch.save({"model": official_sd, "payload": _RunsCode(marker)}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match=r"evil\.pth hold posix\.system, which could run code"):
+        pit.read_state_dict(tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
+def test_unreadable_files_one_line_each(tmp_path, official_sd):
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "folder.pth").mkdir()
+    (tmp_path / "random.pth").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "junk.safetensors").write_bytes(b"\x05" * 300)
+    torch.save(official_sd, tmp_path / "full.pth")
+    data = (tmp_path / "full.pth").read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
+    cases = {"empty.pth": (ValueError, "is empty"), "folder.pth": (IsADirectoryError, "is a folder"),
+             "random.pth": (ValueError, "not a PyTorch checkpoint"),
+             "junk.safetensors": (ValueError, "not a readable safetensors file"),
+             "truncated.pth": (ValueError, "truncated")}
+    for name, (kind, needle) in cases.items():
+        with pytest.raises(kind) as err:
+            pit.read_state_dict(tmp_path / name)
+        assert name in str(err.value) and needle in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_containers_follow_timm(tmp_path, official_sd):
+    """timm's reader picks ``state_dict`` then ``model``; an EMA-only container is unwrapped too."""
+    other = {k: v + 1 for k, v in official_sd.items()}
+    torch.save({"model": official_sd, "model_ema": other, "epoch": 3}, tmp_path / "train.pth")
+    assert torch.equal(pit.read_state_dict(tmp_path / "train.pth")["cls_token"], official_sd["cls_token"])
+    torch.save({"model_ema": {"_orig_mod.module." + k: v for k, v in other.items()}}, tmp_path / "ema.pth")
+    assert torch.equal(pit.read_state_dict(tmp_path / "ema.pth")["cls_token"], other["cls_token"])
+
+
+@pytest.mark.parametrize("name", ["pit_ti", "pit_xs_distilled", "pit_s", "pit_b_distilled", "pit_s_224",
+                                  "deit_tiny_patch16_224", "deit_small_distilled_patch16_224",
+                                  "vit_base_patch16_224", "resnet18", "resnet50", "resnet101"])
+def test_guess_architecture_names_the_model_without_building_any(name, monkeypatch):
+    with torch.device("meta"):
+        sd = timm.create_model(name).state_dict()
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("guess_architecture built a model"))
+    expected = {"pit_s_224": "pit_s", "vit_base_patch16_224": "deit_base_patch16_224"}.get(name, name)
+    assert pit.guess_architecture(sd) == (expected, 1.0)
+
+
+def test_misfit_message_describes_unknown_sizes(tmp_path):
+    sd = {"patch_embed.proj.weight": torch.zeros(100, 3, 8, 8), "cls_token": torch.zeros(1, 1, 100),
+          **{f"blocks.{i}.norm1.weight": torch.zeros(100) for i in range(3)}}
+    assert pit.guess_architecture(sd) == (None, 0.0)
+    torch.save(sd, tmp_path / "odd.pth")
+    with pytest.raises(ValueError, match=r"odd\.pth do not fit model 'pit_ti'.*holds a ViT/DeiT state dict "
+                                         r"\(width 100, 3 blocks, patch 8\)"):
+        pit.create_model("pit_ti", weights=tmp_path / "odd.pth")

@@ -172,3 +172,24 @@ def test_wrong_class_count_is_a_clear_error(data, tmp_path):
     model = ModelSpec("test_convnext", model_kwargs={"num_classes": 2})
     with pytest.raises(ValueError, match="2 outputs.*class index 2"):
         run_robustness([model], data["val"], str(tmp_path / "o"), **FAST)
+
+
+def test_img_size_reaches_only_models_with_a_fixed_input_size():
+    vit = runner._build_model(ModelSpec("test_vit", model_kwargs={"num_classes": 3}), torch.device("cpu"), 0, 32)
+    assert tuple(vit.model.patch_embed.img_size) == (32, 32)  # timm: fixed_input_size=True
+    cnn = runner._build_model(MODEL, torch.device("cpu"), 0, 32)  # a CNN's constructor takes no img_size
+    assert cnn(torch.rand(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_cli_defaults_are_the_config_defaults():
+    import argparse
+
+    from robustness import cli
+    from robustness.config import RobustnessConfig
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["--model", "pit_ti"])
+    pairs = {"batch_size": "batch_size", "workers": "num_workers", "eps": "eps", "alpha": "alpha", "steps": "steps",
+             "seed": "seed", "limit": "limit", "img_size": "img_size", "crop_pct": "crop_pct"}
+    assert {a: getattr(args, a) for a in pairs} == {a: getattr(RobustnessConfig, f) for a, f in pairs.items()}

@@ -1,88 +1,136 @@
-"""The classification trainer: learning, checkpoints loadable by pit.create_model, exact resume, recipes, errors."""
+"""The classification trainer: learning, checkpoints loadable by pit.create_model, exact resume, reruns, recipes."""
 from __future__ import annotations
+
+import functools
+import json
 
 import pytest
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data.transforms_factory import transforms_imagenet_eval
 from torch.nn import functional as F
+from torchvision.datasets import ImageFolder
 
-import eval as eval_cli
+import classification.train as tc
 import pit
+from classification.train import ClassifierTrainConfig, DistillationLoss, train_classifier
 from common import synthetic
-from classification.train import DistillationLoss, build_loaders, evaluate, train_classifier
+from common.rundir import OutputError
+from tests.cli_helpers import run_cli
 
 MODEL = "deit_tiny_patch16_224"
-KW = {"depth": 1}
-FAST = dict(model=MODEL, model_kwargs=KW, img_size=32, batch_size=8, num_workers=0, progress=False, device="cpu")
+SMALL = {"depth": 1, "embed_dim": 48, "num_heads": 2}  # a one-block, 48-wide DeiT: fast on a shared CPU
+FAST = dict(model=MODEL, model_kwargs=SMALL, img_size=32, batch_size=4, num_workers=0, progress=False, device="cpu")
+
+
+def config(data, out, **kw) -> ClassifierTrainConfig:
+    return ClassifierTrainConfig(**{**FAST, "data": str(data), "out": str(out), **kw})
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    spec = synthetic.ClassificationSpec(num_classes=4, train_per_class=8, val_per_class=3, img_size=32)
+    spec = synthetic.ClassificationSpec(num_classes=4, train_per_class=4, val_per_class=2, img_size=32)
     return synthetic.make_classification(tmp_path_factory.mktemp("cache"), spec)
 
 
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    return train_classifier(data=data, out=out, epochs=2, lr=1e-3, **FAST), out
+    return train_classifier(config(data, out, epochs=2)), out
 
 
-def test_training_writes_a_checkpoint_that_pit_create_model_loads(trained, data):
+def _weights(result) -> dict[str, torch.Tensor]:
+    return torch.load(result["checkpoint"], map_location="cpu", weights_only=True)["model"]
+
+
+def test_checkpoint_loads_in_pit_create_model_and_reproduces_accuracy(trained, data):
     result, out = trained
     assert 0 <= result["top1"] <= 100 and result["top1"] <= result["top5"] <= 100
     state = torch.load(result["checkpoint"], map_location="cpu", weights_only=True)
-    assert {"model", "optimizer", "scheduler", "epoch", "args", "classes"} <= set(state)
+    assert {"model", "optimizer", "epoch", "options", "classes", "history"} <= set(state)
     assert state["epoch"] == 1 and state["classes"] == synthetic.class_wnids(4)
-    assert len((out / "log.jsonl").read_text().splitlines()) == 2
-    # The downstream suites load the checkpoint by path; its accuracy must be reproduced by an independent loop.
-    model = pit.create_model(MODEL, weights=result["checkpoint"], num_classes=4, img_size=32, **KW).eval()
-    cfg = model.pretrained_cfg
-    _, val_loader, _ = build_loaders(data, 32, 8, cfg["mean"], cfg["std"], 0, 0)
-    correct = total = 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1] and log[-1]["top1"] == result["top1"]
+    # Independent loop: torchvision's ImageFolder + timm's eval transform (crop 1.0, bicubic) with its own
+    # normalisation, and the plain timm model loaded from the checkpoint by path.
+    model = pit.create_model(MODEL, weights=result["checkpoint"], num_classes=4, img_size=32, **SMALL).eval()
+    tf = transforms_imagenet_eval(img_size=32, crop_pct=1.0, interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN,
+                                  std=IMAGENET_DEFAULT_STD)
+    val = ImageFolder(str(data / "val"), transform=tf)
     with torch.no_grad():
-        for x, y in val_loader:
-            correct += (model(x).argmax(1) == y).sum().item()
-            total += len(y)
-    assert 100 * correct / total == pytest.approx(result["top1"], abs=1e-4)
+        x = torch.stack([img for img, _ in val])
+        correct = (model(x).argmax(1) == torch.tensor(val.targets)).sum().item()
+    assert 100 * correct / len(val) == pytest.approx(result["top1"], abs=1e-4)
 
 
-def test_resume_continues_exactly(trained, data, tmp_path, monkeypatch):
-    reference, _ = trained
-    import classification.train as tc
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    """Final weights of a 3-epoch run, per ``eval_every`` (1: validation after every epoch; 99: only at the end)."""
+    return {every: _weights(train_classifier(config(data, tmp_path_factory.mktemp(f"ref{every}"), epochs=3,
+                                                    eval_every=every, mixup=0.2)))
+            for every in (1, 99)}
 
+
+def test_evaluation_between_epochs_does_not_change_training(uninterrupted):
+    for key, value in uninterrupted[1].items():
+        assert torch.equal(value, uninterrupted[99][key]), key
+
+
+def _killing(real, at: int):
     calls = {"n": 0}
-    real_evaluate = tc.evaluate
 
-    def interrupted(*args, **kwargs):
+    @functools.wraps(real)
+    def wrapper(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == at:
             raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(tc, "evaluate", interrupted)
+    return wrapper
+
+
+@pytest.mark.parametrize("eval_every, target, at", [
+    (1, "_train_step", 6),  # mid epoch 2 (4 updates per epoch)
+    (1, "_validate", 2),  # validating epoch 2, before its checkpoint
+    (99, "_train_step", 9),  # first update of epoch 3
+    (99, "_validate", 1),  # the final validation, after the last update
+])
+def test_kill_anywhere_then_rerun_gives_bitwise_equal_weights(data, tmp_path, monkeypatch, uninterrupted, eval_every,
+                                                             target, at):
+    """Killed mid-run, the same command run again resumes from the last checkpoint and ends bitwise equal."""
+    cfg = config(data, tmp_path, epochs=3, eval_every=eval_every, mixup=0.2)
+    monkeypatch.setattr(tc, target, _killing(getattr(tc, target), at))
     with pytest.raises(KeyboardInterrupt):
-        train_classifier(data=data, out=tmp_path, epochs=2, lr=1e-3, **FAST)
-    monkeypatch.setattr(tc, "evaluate", real_evaluate)
-    assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["epoch"] == 0
-    resumed = train_classifier(data=data, out=tmp_path, epochs=2, lr=1e-3, resume=True, **FAST)
-    a = torch.load(reference["checkpoint"], weights_only=True)["model"]
-    b = torch.load(resumed["checkpoint"], weights_only=True)["model"]
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
-    assert resumed["top1"] == pytest.approx(reference["top1"])
+        train_classifier(cfg)
+    monkeypatch.undo()
+    resumed = train_classifier(cfg)  # the same call again: no --resume needed
+    state = torch.load(resumed["checkpoint"], weights_only=True)
+    assert [r["epoch"] for r in state["history"]] == [0, 1, 2]
+    for key, value in uninterrupted[eval_every].items():
+        assert torch.equal(value, state["model"][key]), key
 
 
-def test_finished_run_is_returned_and_changed_settings_refused(trained, data):
+def test_rerun_semantics(trained, data, tmp_path):
     reference, out = trained
     before = (out / "checkpoint.pth").stat().st_mtime_ns
-    again = train_classifier(data=data, out=out, epochs=2, lr=1e-3, resume=True, **FAST)
+    again = train_classifier(config(data, out, epochs=2))  # finished: returned as is
     assert again["top1"] == reference["top1"] and (out / "checkpoint.pth").stat().st_mtime_ns == before
-    with pytest.raises(ValueError, match="different settings.*lr"):
-        train_classifier(data=data, out=out, epochs=2, lr=5e-4, resume=True, **FAST)
+    with pytest.raises(OutputError, match="lr 0.001 -> 0.0005.*--resume.*--overwrite"):
+        train_classifier(config(data, out, epochs=2, lr=5e-4))
+    with pytest.raises(OutputError, match="--overwrite"):  # a longer run is never cut short or overwritten
+        train_classifier(config(data, out, epochs=1, resume=True))
+    assert (out / "checkpoint.pth").stat().st_mtime_ns == before
+    run = tmp_path / "grow"
+    train_classifier(config(data, run, epochs=1))
+    assert len((run / "log.jsonl").read_text().splitlines()) == 1
+    grown = train_classifier(config(data, run, epochs=2, resume=True))
+    assert grown["epoch"] == 1 and len((run / "log.jsonl").read_text().splitlines()) == 2
+    fresh = train_classifier(config(data, run, epochs=1, overwrite=True))
+    assert fresh["epoch"] == 0 and len((run / "log.jsonl").read_text().splitlines()) == 1
 
 
 def test_mixup_cutmix_and_ema(data, tmp_path):
-    result = train_classifier(data=data, out=tmp_path, epochs=1, mixup=0.8, cutmix=1.0, ema_decay=0.9, **FAST)
+    result = train_classifier(config(data, tmp_path, epochs=1, mixup=0.8, cutmix=1.0, ema_decay=0.9))
     assert 0 <= result["top1_ema"] <= 100
     assert "model_ema" in torch.load(result["checkpoint"], weights_only=True)
 
@@ -101,26 +149,38 @@ def test_distillation_loss_is_deit_hard_distillation():
 
 def test_distilled_student_trains_from_a_teacher_checkpoint(trained, data, tmp_path):
     teacher, _ = trained
-    result = train_classifier(data=data, out=tmp_path, epochs=1, teacher=MODEL, teacher_weights=teacher["checkpoint"],
-                              teacher_kwargs=KW,
-                              **{**FAST, "model": "deit_tiny_distilled_patch16_224"})
+    result = train_classifier(config(data, tmp_path, epochs=1, model="deit_tiny_distilled_patch16_224",
+                                     teacher=MODEL, teacher_weights=teacher["checkpoint"], teacher_kwargs=SMALL))
     assert 0 <= result["top1"] <= 100
 
 
-def test_clear_errors(tmp_path, data):
-    with pytest.raises(FileNotFoundError, match="train/ and val/"):
-        train_classifier(data=tmp_path / "missing", out=tmp_path / "o", epochs=1, **FAST)
-    with pytest.raises(ValueError, match="even batch size"):
-        train_classifier(data=data, out=tmp_path / "o", epochs=1, mixup=0.2, **{**FAST, "batch_size": 7})
-    with pytest.raises(ValueError, match="two-head"):
-        train_classifier(data=data, out=tmp_path / "o", epochs=1, teacher=MODEL, **FAST)
+def test_config_checks():
+    with pytest.raises(ValueError, match="--epochs"):
+        ClassifierTrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="even --batch-size"):
+        ClassifierTrainConfig(mixup=0.2, batch_size=7)
+    with pytest.raises(ValueError, match="--teacher-weights given without --teacher"):
+        ClassifierTrainConfig(teacher_weights="t.pth")
+    with pytest.raises(ValueError, match="--resume and --overwrite"):
+        ClassifierTrainConfig(resume=True, overwrite=True)
 
 
-def test_cli(data, tmp_path, capsys):
-    rc = eval_cli.main(["train-classifier", "--model", MODEL, "--data", str(data), "--out", str(tmp_path),
-                        "--epochs", "1", "--img-size", "32", "--batch-size", "8", "--num-workers", "0",
-                        "--device", "cpu", "--no-progress"])
-    # depth=1 is not a CLI flag: the full-depth tiny DeiT still runs fast at 32 px
-    assert rc == 0 and "val top-1" in capsys.readouterr().out
-    assert eval_cli.main(["train-classifier", "--model", MODEL, "--data", str(tmp_path / "nope"), "--out",
-                          str(tmp_path / "o")]) == 1
+def test_cli_defaults_write_under_runs_and_rerun_resumes(data, tmp_path, monkeypatch):
+    """No --data: the built-in generated set with a note; no --out: runs/train-classifier-<model>, reused by the
+    same command, a new numbered folder for other options."""
+    monkeypatch.chdir(tmp_path)
+    small = functools.partial(synthetic.ClassificationSpec, num_classes=3, train_per_class=4, val_per_class=2,
+                              img_size=32)
+    monkeypatch.setattr(synthetic, "ClassificationSpec", small)
+    argv = ["train-classifier", "--model", "test_vit", "--epochs", "1", "--img-size", "32", "--batch-size", "4",
+            "--num-workers", "0", "--device", "cpu", "--no-progress"]
+    rc, out, err = run_cli(argv)
+    assert rc == 0, err
+    folder = f"runs/{tc.KIND}-test_vit"
+    assert "note: no --data: training on the built-in generated set" in out and "--data DIR" in out
+    assert f"writing to {folder}" in out and f"results in {folder}" in out and "val top-1" in out
+    assert (tmp_path / folder / "checkpoint.pth").is_file()
+    rc, out, _ = run_cli(argv)
+    assert rc == 0 and "already holds this finished run" in out and f"results in {folder}\n" in out
+    rc, out, _ = run_cli(argv + ["--lr", "5e-4"])
+    assert rc == 0 and f"results in {folder}-2" in out
