@@ -163,7 +163,8 @@ def build_config(args: argparse.Namespace) -> RobustnessConfig:
         models=model_specs(args.model, args.weights, num_classes), data=data, out=args.out or "",
         class_map=class_map, img_size=args.img_size, crop_pct=args.crop_pct, imagenet_c=args.imagenet_c,
         corrupt_on_the_fly=args.corrupt_on_the_fly, imagenet_a=args.imagenet_a, imagenet_r=args.imagenet_r,
-        in9=args.in9, in9_challenge_limit=args.in9_challenge_limit, corruptions=args.corruptions, severities=parse_severities(args.severities), attacks=args.attacks,
+        in9=args.in9, in9_challenge_limit=args.in9_challenge_limit, corruptions=args.corruptions,
+        severities=parse_severities(args.severities), attacks=args.attacks,
         eps=args.eps, alpha=args.alpha, steps=args.steps, occlusion=args.occlusion, limit=args.limit,
         batch_size=args.batch_size, device=args.device, amp=args.amp, num_workers=args.workers, seed=args.seed,
         progress=not args.no_progress, overwrite=args.overwrite, data_note=data_note)
