@@ -33,7 +33,8 @@ def background_rows(classifiers: dict[str, dict], models: tuple, *, num_classes:
         model = pit.create_pixel_model(name, weights=classifiers[label]["checkpoint"], num_classes=num_classes,
                                        img_size=img_size, **kwargs).to(device).eval()
         records, _ = evaluate_in9(model, label, name, root, out, set(), num_outputs=num_classes,
-                                  device=torch.device(device), class_map=class_map, num_workers=0)
+                                  device=torch.device(device), class_map=class_map, num_workers=0,
+                                  identity={"name": name, "weights": classifiers[label]["checkpoint"]})
         challenge = next(r["challenge"] for r in records if "challenge" in r)
         rows.append({"model": label, **in9_summary(records, label), "foregrounds": 9 * per_class,
                      "forward_passes": challenge["forward_passes"],

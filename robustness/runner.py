@@ -309,7 +309,8 @@ def _run_in9(r: ModelRun, ctx: RunContext, plan: dict[str, tuple[str, dict]]) ->
     records, _ = background.evaluate_in9(
         _ensure_model(r, ctx), r.spec.display, r.spec.name, root, ctx.store.out_dir, done, num_outputs=r.num_outputs,
         device=ctx.device, challenge_limit=config.in9_challenge_limit, batch_size=config.batch_size,
-        num_workers=config.num_workers, amp=config.amp, progress=config.progress)
+        num_workers=config.num_workers, amp=config.amp, progress=config.progress,
+        identity={"model": r.identity, "amp": config.amp, "img_size": r.img_size})
     ctx.store.add([{**rec, "root": root, "inputs": prints[rec["key"]], "skipped": 0, "skipped_files": {},
                     "options": plan[rec["key"]][1]} for rec in records])
 

@@ -293,3 +293,15 @@ def test_cli_in9_errors(in9_root: Path, tmp_path: Path) -> None:
     next((no_mask / "fg_mask" / "val" / IN9_CLASSES[5]).glob("*.npy")).unlink()
     assert_one_line_error([a if a != str(in9_root) else str(no_mask) for a in args], 2, "has no mask")
     assert not (tmp_path / "o" / "results.json").exists()  # refused before any evaluation
+
+
+def test_challenge_progress_is_kept_per_model_identity(in9_root: Path, tmp_path: Path) -> None:
+    """Other weights (another identity) never reuse the foregrounds finished by a model."""
+    runs = {}
+    for seed in (0, 2):
+        records, _ = evaluate_in9(tiny_model(9, seed), "tiny", "tiny", in9_root, tmp_path, set(), num_outputs=9,
+                                  device=CPU, challenge_limit=1, num_workers=0, identity={"weights": f"seed{seed}"})
+        runs[seed] = next(r for r in records if r["variant"] == "bg_challenge")
+        vulnerable, total, _ = reference_challenge(tiny_model(9, seed), in9_root, authors_map(9), limit=1)
+        assert (runs[seed]["top1_correct"], runs[seed]["n"]) == (total - vulnerable, total)
+    assert len(list((tmp_path / "in9").iterdir())) == 2

@@ -8,6 +8,7 @@ authors' loop's passes, the per-foreground limit, per-class [robust, total]}.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -72,12 +73,15 @@ def _record(label: str, model_name: str, variant: str, n: int, correct: int, **e
 def evaluate_in9(model: nn.Module, label: str, model_name: str, root: str | os.PathLike, out_dir: str | os.PathLike,
                  done: set[str], *, num_outputs: int, device: torch.device, class_map: list[int] | None = None,
                  challenge_limit: int | None = None, batch_size: int = 64, challenge_batch: int = 256,
-                 num_workers: int = 2, amp: bool = False, progress: bool = False) -> tuple[list[dict], list[str]]:
+                 num_workers: int = 2, amp: bool = False, progress: bool = False,
+                 identity: dict | None = None) -> tuple[list[dict], list[str]]:
     """(new records, notes) for ``model`` (pixel space, [0,1] input, ``num_outputs`` logits) on ``<root>``;
     cells whose keys are in ``done`` are skipped.
 
     Missing variants are skipped with a note; the challenge runs when ``original``, ``only_bg_t`` and
-    ``fg_mask`` are all present. Progress of the challenge lives in ``<out_dir>/in9/<label>/``.
+    ``fg_mask`` are all present. Progress of the challenge lives in ``<out_dir>/in9/<label>-<hash>/``, the hash
+    of ``identity`` (what makes the model's predictions: name, weights, amp, ...), so other weights never
+    reuse it.
     """
     cells, notes = planned_cells(label, root)
     todo = [variant for key, variant in cells.items() if key not in done]
@@ -91,7 +95,8 @@ def evaluate_in9(model: nn.Module, label: str, model_name: str, root: str | os.P
             records.append(_record(label, model_name, variant, n, correct))
             continue
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
-        result = run_challenge(predict, root, Path(out_dir) / "in9" / safe, device=device, limit=challenge_limit,
+        tag = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        result = run_challenge(predict, root, Path(out_dir) / "in9" / f"{safe}-{tag}", device=device, limit=challenge_limit,
                                batch_size=challenge_batch, progress=progress)
         stats = {k: v for k, v in asdict(result).items() if k not in ("robust", "total")}
         records.append(_record(label, model_name, CHALLENGE, result.total, result.robust,
