@@ -183,17 +183,17 @@ def _detect(config: DemoConfig, root: str, backbone_weights: str, out: Path, nam
             progress: bool) -> dict:
     """Train and evaluate one detector; returns COCO AP/AR in percent (None where COCOeval gives -1) and FPS."""
     from detection.coco_eval import STAT_NAMES
+    from detection.config import DetectionTrainConfig
     from detection.engine import train_detector
 
     size = config.detection.img_size
     checkpoint = out / "checkpoint.pth"
-    stats = train_detector(backbone=name, backbone_weights=backbone_weights, **synthetic.detection_paths(root),
-                           out=str(out), arch=config.det_arch, epochs=config.det_epochs,
-                           batch_size=config.det_batch_size, lr=2e-4, lr_backbone=1e-4,
-                           scales=[size - 16, size, size + 16], max_size=2 * size, test_size=size,
-                           device=device, num_workers=config.num_workers,
-                           resume=str(checkpoint) if checkpoint.exists() else None, progress=progress,
-                           model_kwargs={**DEMO_DETECTOR_KWARGS, **config.det_model_kwargs})
+    stats = train_detector(DetectionTrainConfig(
+        backbone=name, backbone_weights=backbone_weights, **synthetic.detection_paths(root), out=str(out),
+        arch=config.det_arch, epochs=config.det_epochs, batch_size=config.det_batch_size, lr=2e-4, lr_backbone=1e-4,
+        scales=[size - 16, size, size + 16], max_size=2 * size, test_size=size, device=device,
+        num_workers=config.num_workers, resume=str(checkpoint) if checkpoint.exists() else None, progress=progress,
+        model_kwargs={**DEMO_DETECTOR_KWARGS, **config.det_model_kwargs}))
     result = {k: (100.0 * stats[k] if stats[k] >= 0 else None) for k in STAT_NAMES}
     return {**result, "fps": stats["fps"], "checkpoint": str(checkpoint)}
 

@@ -9,18 +9,31 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
+from pathlib import Path
 
+from common.rundir import announce, default_out, note
+from common.synthetic import DetectionSpec
+from pit import default_weights
+from pit.hub import cached_pretrained_file
 from detection.build import ARCHS
+from detection.config import DetectionTrainConfig
 from detection.deformable.presets import PRESETS, get_preset
 
-# Training defaults without a preset (DETR's recipe); a preset replaces them, explicit flags win.
-TRAIN_DEFAULTS = {"arch": "detr", "epochs": 50, "batch_size": 2, "lr": 1e-4, "lr_backbone": 1e-5,
-                  "weight_decay": 1e-4, "clip_max_norm": 0.1, "lr_drop": None, "img_scale": 1.0}
+PRESET_FIELDS = ("epochs", "batch_size", "lr", "lr_backbone", "weight_decay", "clip_max_norm", "lr_drop")
+FLAG_FIELDS = ("arch", *PRESET_FIELDS, "img_scale")  # flags whose unset value means "the preset's or the default"
+BUILTIN_DATA = DetectionSpec()  # the generated set used when no --coco / paths are given
+
+
+def _field_defaults() -> dict:
+    return {f.name: f.default for f in dataclasses.fields(DetectionTrainConfig) if f.name in FLAG_FIELDS}
 
 
 def resolve_train_options(args: argparse.Namespace) -> tuple[dict, dict]:
-    """Training keywords and model keywords from the flags, the ``--preset`` and the defaults, in that order.
+    """Training keywords and model keywords from the flags, the ``--preset`` and the config's defaults, in
+    that order.
 
     The ``paper`` preset halves every image scale (``img_scale`` 0.5 on DETR's 480-800/1333/800 gives
     exactly the paper's 400-16i / 667 / 400) and uses Deformable DETR's model and optimiser recipe.
@@ -29,14 +42,15 @@ def resolve_train_options(args: argparse.Namespace) -> tuple[dict, dict]:
         model_kwargs = json.loads(args.model_kwargs)
     except json.JSONDecodeError as exc:
         raise ValueError(f"--model-kwargs is not valid JSON: {exc}") from exc
-    options = dict(TRAIN_DEFAULTS)
+    if not isinstance(model_kwargs, dict):
+        raise ValueError(f"--model-kwargs must be a JSON object such as '{{\"num_queries\": 50}}', got {args.model_kwargs}")
+    options = _field_defaults()
     if args.preset:
         if args.arch not in (None, "deformable"):
             raise ValueError(f"--preset {args.preset} is a Deformable DETR recipe: drop --arch {args.arch} "
                              "or use --arch deformable")
         preset = get_preset(args.preset)
-        options.update(arch="deformable", img_scale=0.5, **{k: preset[k] for k in
-                       ("epochs", "batch_size", "lr", "lr_backbone", "weight_decay", "clip_max_norm", "lr_drop")})
+        options.update(arch="deformable", img_scale=0.5, **{k: preset[k] for k in PRESET_FIELDS})
         model_kwargs = {**preset["model_kwargs"], **model_kwargs}
     for key in options:
         if getattr(args, key, None) is not None:
@@ -44,8 +58,28 @@ def resolve_train_options(args: argparse.Namespace) -> tuple[dict, dict]:
     return options, model_kwargs
 
 
+def _number(kind: type, low: float, strict: bool):
+    """An argparse ``type=`` that accepts ``kind`` values > ``low`` (``strict``) or ≥ ``low``."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if value <= low if strict else value < low:
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '≥'} {low:g}, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+POSITIVE_INT, NON_NEGATIVE_INT = _number(int, 0, True), _number(int, 0, False)
+POSITIVE, NON_NEGATIVE = _number(float, 0, True), _number(float, 0, False)
+
+
 def _data_args(p: argparse.ArgumentParser, train: bool) -> None:
-    g = p.add_argument_group("data (either --coco or the explicit paths)")
+    g = p.add_argument_group("data (--coco, or the explicit paths; neither = the built-in generated set)")
     g.add_argument("--coco", help="COCO root with train2017/, val2017/, annotations/instances_{train,val}2017.json")
     if train:
         g.add_argument("--train-ann", help="training annotation json (COCO format)")
@@ -65,41 +99,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(lr 2e-4, backbone 2e-5, 50 epochs, drop at 40, every image scale halved); "
                         "flags given explicitly override it (docs/deformable.md)")
     _data_args(t, train=True)
-    t.add_argument("--out", required=True, help="run folder (run.json, log.jsonl, checkpoint.pth, eval.json)")
+    t.add_argument("--out", help="run folder (run.json, log.jsonl, checkpoint.pth, eval.json); default "
+                                 "runs/detection-train-BACKBONE, resumed when it holds the same run")
     o = t.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, help="default 50")
-    o.add_argument("--batch-size", type=int, help="per process (default 2)")
-    o.add_argument("--lr", type=float, help="default 1e-4 (DETR)")
-    o.add_argument("--lr-backbone", type=float, help="default 1e-5 (DETR)")
-    o.add_argument("--weight-decay", type=float, help="default 1e-4")
-    o.add_argument("--clip-max-norm", type=float, help="gradient-norm clip, 0 = off (default 0.1)")
-    o.add_argument("--lr-drop", type=int, help="epoch at which lr is multiplied by 0.1 (default: never)")
-    o.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation steps")
-    o.add_argument("--amp", action="store_true", help="mixed precision (bf16 where supported, else fp16); GPU only")
+    o.add_argument("--epochs", type=POSITIVE_INT, help="default 50")
+    o.add_argument("--batch-size", type=POSITIVE_INT, help="per process (default 2)")
+    o.add_argument("--lr", type=POSITIVE, help="default 1e-4 (DETR)")
+    o.add_argument("--lr-backbone", type=NON_NEGATIVE, help="default 1e-5 (DETR)")
+    o.add_argument("--weight-decay", type=NON_NEGATIVE, help="default 1e-4")
+    o.add_argument("--clip-max-norm", type=NON_NEGATIVE, help="gradient-norm clip, 0 = off (default 0.1)")
+    o.add_argument("--lr-drop", type=POSITIVE_INT, help="epoch at which lr is multiplied by 0.1 (default: never)")
+    o.add_argument("--accum-steps", type=POSITIVE_INT, help="gradient accumulation steps (default 1)")
+    o.add_argument("--amp", action="store_true", help="mixed precision with the suite's policy (common.autocast)")
     s = t.add_argument_group("image sizes")
-    s.add_argument("--scales", type=int, nargs="+", help="training short sides (default 480..800 step 32)")
-    s.add_argument("--max-size", type=int, help="longest side (default 1333)")
-    s.add_argument("--test-size", type=int, help="test short side (default 800)")
-    s.add_argument("--img-scale", type=float, help="multiply every size by this, e.g. 0.5 for small machines (default 1)")
+    s.add_argument("--scales", type=POSITIVE_INT, nargs="+", help="training short sides (default 480..800 step 32)")
+    s.add_argument("--max-size", type=POSITIVE_INT, help="longest side (default 1333)")
+    s.add_argument("--test-size", type=POSITIVE_INT, help="test short side (default 800)")
+    s.add_argument("--img-scale", type=POSITIVE, help="multiply every size by this, e.g. 0.5 for small machines (default 1)")
     m = t.add_argument_group("model")
     m.add_argument("--model-kwargs", default="{}", help='JSON of model keywords, e.g. \'{"hidden_dim": 128, "num_queries": 50}\'')
     r = t.add_argument_group("run")
-    r.add_argument("--resume", help="checkpoint of this run to continue exactly")
+    r.add_argument("--resume", help="checkpoint to continue exactly (the same command on the same --out resumes by itself)")
+    r.add_argument("--overwrite", action="store_true", help="start the run in --out over, discarding its checkpoint")
     r.add_argument("--finetune", help="checkpoint to start from; mismatched heads are dropped with a warning")
     r.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
-    r.add_argument("--num-workers", type=int, default=2)
-    r.add_argument("--seed", type=int, default=42)
-    r.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (and after the last)")
+    r.add_argument("--num-workers", type=NON_NEGATIVE_INT)
+    r.add_argument("--seed", type=int)
+    r.add_argument("--eval-every", type=POSITIVE_INT, help="evaluate every N epochs (and after the last; default 1)")
     r.add_argument("--no-progress", action="store_true")
 
     e = sub.add_parser("eval", help="COCO bbox mAP, FPS and visualisations of a checkpoint")
     e.add_argument("--checkpoint", required=True)
     _data_args(e, train=False)
-    e.add_argument("--out", required=True)
-    e.add_argument("--batch-size", type=int, default=2)
-    e.add_argument("--num-workers", type=int, default=2)
+    e.add_argument("--out", help="folder for eval.json and vis/ (default runs/detection-eval-RUN)")
+    e.add_argument("--batch-size", type=POSITIVE_INT, default=2)
+    e.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=2)
     e.add_argument("--device")
-    e.add_argument("--save-vis", type=int, default=0, metavar="N", help="draw predictions vs ground truth on N images")
+    e.add_argument("--save-vis", type=NON_NEGATIVE_INT, default=0, metavar="N",
+                   help="draw predictions vs ground truth on N images")
     e.add_argument("--no-progress", action="store_true")
 
     c = sub.add_parser("compare", help="markdown table + plot of several run folders")
@@ -107,7 +144,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--out", help="folder for compare.md and compare_ap.png")
 
 
-def _paths(args: argparse.Namespace, train: bool) -> dict[str, str]:
+def _data(args: argparse.Namespace, train: bool) -> tuple[dict[str, str], str, int | None]:
+    """(paths, what the data is, image size of the built-in set or None) from --coco / explicit paths / nothing."""
     from detection.data import coco_paths
 
     keys = (["train_ann", "train_images"] if train else []) + ["val_ann", "val_images"]
@@ -115,11 +153,69 @@ def _paths(args: argparse.Namespace, train: bool) -> dict[str, str]:
     if args.coco:
         if any(explicit.values()):
             raise ValueError("give either --coco or the explicit --*-ann/--*-images paths, not both")
-        return {k: v for k, v in coco_paths(args.coco).items() if k in keys}
-    missing = [f"--{k.replace('_', '-')}" for k, v in explicit.items() if not v]
-    if missing:
-        raise ValueError(f"no data given: pass --coco DIR or {' '.join(missing)}")
-    return explicit
+        return {k: v for k, v in coco_paths(args.coco).items() if k in keys}, f"COCO-format data in {args.coco}", None
+    if any(explicit.values()):
+        missing = [f"--{k.replace('_', '-')}" for k, v in explicit.items() if not v]
+        if missing:
+            raise ValueError(f"incomplete data paths: pass {' '.join(missing)} too, or --coco DIR")
+        return explicit, f"annotations {', '.join(explicit[k] for k in keys if k.endswith('_ann'))}", None
+    return _builtin_data(keys)
+
+
+def _builtin_data(keys: list[str]) -> tuple[dict[str, str], str, int]:
+    from common import synthetic
+
+    root = synthetic.make_detection(spec=BUILTIN_DATA)
+    paths = {k: v for k, v in synthetic.detection_paths(root).items() if k in keys}
+    text = (f"built-in generated COCO-format set ({BUILTIN_DATA.num_train} train / {BUILTIN_DATA.num_val} val "
+            f"shapes images, {BUILTIN_DATA.img_size} px, cached in {root})")
+    note(f"no --coco given: using the {text}; for COCO pass --coco DIR")
+    return paths, text, BUILTIN_DATA.img_size
+
+
+def _backbone_weights(args: argparse.Namespace) -> tuple[str | None, str]:
+    """(--backbone-weights, or the published file in the local hub cache, or None; what the weights are)."""
+    if args.backbone_weights:
+        return args.backbone_weights, f"backbone weights {args.backbone_weights}"
+    use, banner = default_weights(args.backbone)
+    cached = cached_pretrained_file(args.backbone) if use else None
+    if cached is None:  # reachable but not cached: the detector loads local files only
+        banner = (f"no --backbone-weights given: random {args.backbone} backbone initialisation, AP will be near 0; "
+                  "pass --backbone-weights FILE")
+    note(banner)
+    return (str(cached) if cached else None), banner
+
+
+def train_config(args: argparse.Namespace) -> DetectionTrainConfig:
+    """The typed config of ``detection train`` from its flags (preset, then flags; unset = field defaults)."""
+    options, model_kwargs = resolve_train_options(args)
+    paths, data_note, builtin_size = _data(args, train=True)
+    sizes = {"scales": args.scales, "max_size": args.max_size, "test_size": args.test_size}
+    if builtin_size and not any(sizes.values()):  # the generated set's own size, not COCO's 800 px
+        sizes = {"scales": [builtin_size - 16, builtin_size, builtin_size + 16], "max_size": 2 * builtin_size,
+                 "test_size": builtin_size}
+    weights, weights_note = _backbone_weights(args)
+    run = {k: getattr(args, k) for k in ("accum_steps", "num_workers", "seed", "eval_every") if getattr(args, k) is not None}
+    config = DetectionTrainConfig(backbone=args.backbone, **paths, out=args.out or "", backbone_weights=weights,
+                                  **options, **sizes, **run, amp=args.amp, device=args.device, resume=args.resume,
+                                  overwrite=args.overwrite, progress=not args.no_progress, model_kwargs=model_kwargs,
+                                  finetune=args.finetune, data_note=data_note, weights_note=weights_note)
+    if not args.out:
+        from detection.resume import TRAIN_KIND
+
+        out = default_out("detection-train", [args.backbone], TRAIN_KIND, config.options())
+        config = dataclasses.replace(config, out=str(out))
+    return config
+
+
+def _eval_out(args: argparse.Namespace) -> str:
+    if args.out:
+        return args.out
+    from detection.resume import EVAL_KIND
+
+    checkpoint = Path(args.checkpoint)
+    return str(default_out("detection-eval", [checkpoint.parent.name or checkpoint.stem], EVAL_KIND,
+                           {"checkpoint": str(checkpoint.resolve())}))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -131,14 +227,14 @@ def main(args: argparse.Namespace) -> int:
     from detection.engine import evaluate_checkpoint, train_detector
 
     if args.action == "eval":
-        evaluate_checkpoint(args.checkpoint, **_paths(args, train=False), out=args.out, device=args.device,
-                            batch_size=args.batch_size, num_workers=args.num_workers, save_vis=args.save_vis,
-                            progress=not args.no_progress)
+        out = _eval_out(args)
+        from detection.resume import claim_eval_out
+
+        announce(claim_eval_out(out, args.checkpoint))
+        paths, data_note, _ = _data(args, train=False)
+        evaluate_checkpoint(args.checkpoint, **paths, out=out, device=args.device, batch_size=args.batch_size,
+                            num_workers=args.num_workers, save_vis=args.save_vis, progress=not args.no_progress,
+                            data_note=data_note)
         return 0
-    options, model_kwargs = resolve_train_options(args)
-    train_detector(backbone=args.backbone, **_paths(args, train=True), out=args.out,
-                   backbone_weights=args.backbone_weights, scales=args.scales, max_size=args.max_size,
-                   test_size=args.test_size, **options, amp=args.amp, accum_steps=args.accum_steps, device=args.device,
-                   num_workers=args.num_workers, resume=args.resume, seed=args.seed, eval_every=args.eval_every,
-                   progress=not args.no_progress, model_kwargs=model_kwargs, finetune=args.finetune)
+    train_detector(train_config(args))
     return 0

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from common.io import atomic_write_text, read_jsonl
+from common.rundir import claim
 
 COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -13,7 +14,10 @@ def _load(run_dir: Path) -> dict:
     run_file = run_dir / "run.json"
     if not run_file.is_file():
         raise FileNotFoundError(f"{run_dir} is not a detection run folder (no run.json)")
-    run = json.loads(run_file.read_text())
+    try:
+        run = json.loads(run_file.read_text())
+    except ValueError:
+        raise ValueError(f"{run_file} is corrupt (not JSON): run `detection train` for {run_dir} again") from None
     eval_file = run_dir / "eval.json"
     run["eval"] = json.loads(eval_file.read_text()) if eval_file.is_file() else {}
     run["log"] = list(read_jsonl(run_dir / "log.jsonl")) if (run_dir / "log.jsonl").is_file() else []
@@ -25,6 +29,7 @@ def compare_runs(run_dirs: list[str], out: str | None = None) -> str:
     with ``out``, writes ``out/compare.md`` and ``out/compare_ap.png`` (val AP per epoch)."""
     if not run_dirs:
         raise ValueError("no run folders given")
+    out_dir = claim(out, "detection-compare", {"runs": [str(Path(d).resolve()) for d in run_dirs]}) if out else None
     runs = [(Path(d), _load(Path(d))) for d in run_dirs]
     lines = ["| run | arch | backbone | params (M) | GFLOPs (size) | FPS | " + " | ".join(COLUMNS) + " |",
              "|---|---|---|---|---|---|" + "---|" * len(COLUMNS)]
@@ -36,9 +41,7 @@ def compare_runs(run_dirs: list[str], out: str | None = None) -> str:
         lines.append(f"| {path.name} | {run['arch']} | {run['backbone']} | {run['params'] / 1e6:.1f} | "
                      f"{run['gflops']:.2f} ({size}) | {fps} | {metrics} |")
     table = "\n".join(lines) + "\n"
-    if out:
-        out_dir = Path(out)
-        out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir is not None:
         atomic_write_text(out_dir / "compare.md", table)
         import matplotlib
 

@@ -7,19 +7,19 @@ normalised cxcywh w.r.t. the transformed image, ``image_id``, ``orig_size`` (h, 
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import os
+import warnings
 from pathlib import Path
 
 import torch
 from PIL import Image
-from pycocotools.coco import COCO
 from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.ops import box_convert
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
+
+from detection.annotations import load_coco
 
 DEFAULT_SCALES = list(range(480, 801, 32))
 
@@ -31,13 +31,6 @@ def coco_paths(coco_dir: str | os.PathLike) -> dict[str, str]:
         raise FileNotFoundError(f"COCO folder {root} does not exist")
     return {"train_ann": str(root / "annotations" / "instances_train2017.json"), "train_images": str(root / "train2017"),
             "val_ann": str(root / "annotations" / "instances_val2017.json"), "val_images": str(root / "val2017")}
-
-
-def load_coco(ann_file: str | os.PathLike) -> COCO:
-    if not Path(ann_file).is_file():
-        raise FileNotFoundError(f"annotation file {ann_file} not found (pass --coco DIR with annotations/, or --train-ann/--val-ann)")
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(ann_file))
 
 
 class RandomSizeCrop(v2.Transform):
@@ -78,20 +71,19 @@ def make_transforms(train: bool, scales: list[int] | None = None, max_size: int 
 
 
 class CocoDetection(torch.utils.data.Dataset):
-    """Any COCO-format set. Crowd boxes and degenerate boxes are dropped; category ids are mapped
-    to contiguous labels (``cat_ids[label]`` = COCO id, ``label_of[coco_id]`` = label)."""
+    """Any COCO-format set (validated by :func:`detection.annotations.load_coco`). Crowd and degenerate
+    boxes are dropped; category ids map to contiguous labels (``cat_ids[label]`` = COCO id,
+    ``label_of[coco_id]`` = label). Images missing on disk or empty are left out at start, and an image
+    that fails to decode is skipped when read (``None``, dropped by :func:`collate`), each with a warning
+    naming the file; a set with no image left is an error."""
 
     def __init__(self, ann_file: str | os.PathLike, image_dir: str | os.PathLike, transforms: v2.Transform | None = None) -> None:
         self.coco = load_coco(ann_file)
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image folder {self.image_dir} not found")
-        self.ids = sorted(self.coco.getImgIds())
-        if not self.ids:
-            raise ValueError(f"{ann_file} lists no images: the dataset is empty")
+        self.ids = _present_images(self.coco, self.image_dir, ann_file)
         self.cat_ids = sorted(self.coco.getCatIds())
-        if not self.cat_ids:
-            raise ValueError(f"{ann_file} has no categories")
         self.label_of = {c: i for i, c in enumerate(self.cat_ids)}
         self.category_names = [self.coco.cats[c]["name"] for c in self.cat_ids]
         self.transforms = transforms
@@ -103,14 +95,19 @@ class CocoDetection(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, dict]:
+    def __getitem__(self, index: int) -> tuple[Tensor, dict] | None:
         image_id = self.ids[index]
-        info = self.coco.imgs[image_id]
-        path = self.image_dir / info["file_name"]
-        if not path.is_file():
-            raise FileNotFoundError(f"image {path} (id {image_id}) listed in the annotations is missing on disk")
-        with Image.open(path) as f:
-            image = f.convert("RGB")
+        path = self.image_dir / self.coco.imgs[image_id]["file_name"]
+        try:
+            with Image.open(path) as f:
+                image = f.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            warnings.warn(f"skipped unreadable image {path} (id {image_id}): {str(err).splitlines()[0][:100]}",
+                          stacklevel=2)
+            return None
+        return self._sample(image, image_id)
+
+    def _sample(self, image: Image.Image, image_id: int) -> tuple[Tensor, dict]:
         width, height = image.size
         anns = [a for a in self.coco.imgToAnns[image_id] if not a.get("iscrowd", 0)]
         xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
@@ -133,8 +130,32 @@ class CocoDetection(torch.utils.data.Dataset):
             "orig_size": torch.tensor([height, width]), "size": torch.tensor([h, w])}
 
 
-def collate(batch: list[tuple[Tensor, dict]]) -> tuple[Tensor, Tensor, list[dict]]:
-    """Pad to the largest (H, W) in the batch → images (B, 3, H, W) zero-padded, mask (B, H, W) True = padding."""
+def _present_images(coco, image_dir: Path, ann_file: str | os.PathLike) -> list[int]:
+    """Sorted ids of the listed images that exist on disk and are not empty (one warning for the rest)."""
+    ids, absent = [], []
+    for image_id in sorted(coco.getImgIds()):
+        path = image_dir / coco.imgs[image_id]["file_name"]
+        try:
+            present = path.stat().st_size > 0 and path.is_file()
+        except OSError:
+            present = False
+        (ids if present else absent).append(image_id if present else path.name)
+    if absent and not ids:
+        raise FileNotFoundError(f"every image listed in {ann_file} is missing on disk or empty in {image_dir} "
+                                f"(e.g. {absent[0]}): check --coco / the --*-images folder")
+    if absent:
+        warnings.warn(f"skipped {len(absent)} of {len(absent) + len(ids)} images listed in {ann_file} that are "
+                      f"missing on disk or empty in {image_dir} (e.g. {', '.join(absent[:3])})", stacklevel=3)
+    return ids
+
+
+def collate(batch: list[tuple[Tensor, dict] | None]) -> tuple[Tensor, Tensor, list[dict]] | None:
+    """Pad to the largest (H, W) in the batch → images (B, 3, H, W) zero-padded, mask (B, H, W) True = padding.
+
+    Unreadable samples (``None``) are dropped; a batch with none left is ``None``."""
+    batch = [sample for sample in batch if sample is not None]
+    if not batch:
+        return None
     images, targets = zip(*batch)
     height = max(i.shape[1] for i in images)
     width = max(i.shape[2] for i in images)

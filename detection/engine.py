@@ -4,32 +4,44 @@ Recipe (DETR): AdamW lr 1e-4, backbone lr 1e-5, weight decay 1e-4, grad-norm cli
 ×0.1 at ``lr_drop``. Multi-GPU / multi-process: ``torchrun --nproc_per_node N eval.py detection
 train ...`` (DDP, DistributedSampler; gloo on CPU); the batch size is per process.
 
-A run folder ``out`` holds ``run.json`` (arch, backbone, params, GFLOPs, args), ``log.jsonl``
-(one line per epoch: mean losses, lr, eval stats), ``checkpoint.pth`` (written atomically every
-epoch on the main process; resume-complete) and ``eval.json``.
+A run folder ``out`` holds ``run.json`` (data, weights, arch, backbone, params, GFLOPs, config),
+``log.jsonl`` (a header line naming data and weights, then one line per epoch: mean losses, lr, eval
+stats), ``checkpoint.pth`` (written atomically every epoch on the main process; resume-complete; plain
+tensors and data only, read back with ``weights_only=True``) and ``eval.json``. The same command run
+again on the same folder resumes from ``checkpoint.pth`` (see :func:`detection.resume.resume_source`).
 """
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
 import warnings
-from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from timm.models import clean_state_dict
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from common.autocast import autocast, grad_scaler
+from common.checkpoint import CheckpointError, safe_load
+from common.distributed import (all_gather_objects, all_reduce_sum, get_rank, get_world_size, init_distributed,
+                                is_distributed, is_main_process)
+from common.io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_jsonl
+from common.rundir import announce, note
 from detection.build import build_criterion, build_detector, build_postprocessor
 from detection.coco_eval import CocoEvaluator
+from detection.config import DetectionTrainConfig
 from detection.data import CocoDetection, collate, make_transforms
-from common.distributed import all_gather_objects, all_reduce_sum, get_rank, get_world_size, init_distributed, is_distributed, is_main_process
-from common.io import append_jsonl, atomic_torch_save, atomic_write_json
+from detection.resume import prepare_out
 
 PRINTED = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+MODEL_FIELDS = ("model", "arch", "backbone", "num_classes", "cat_ids")  # what evaluation needs
+RESUME_FIELDS = (*MODEL_FIELDS, "optimizer", "scheduler", "epoch", "rng")  # what exact resumption needs
 
 
 def normalize_images(model: nn.Module, images: Tensor, mask: Tensor) -> Tensor:
@@ -42,6 +54,12 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+def _forward(model: nn.Module, images: Tensor, mask: Tensor, device: torch.device, amp: bool) -> dict:
+    """The detector on one padded batch ([0, 1] pixels, mask True = padding) under the suite's autocast policy."""
+    with autocast(device, amp):
+        return model(normalize_images(model, images, mask), mask)
+
+
 def param_groups(model: nn.Module, lr: float, lr_backbone: float, weight_decay: float) -> list[dict]:
     """``model.param_groups(lr, lr_backbone, weight_decay)`` if the model defines it, else
     ``backbone.*`` at ``lr_backbone`` and everything else at ``lr``."""
@@ -52,15 +70,11 @@ def param_groups(model: nn.Module, lr: float, lr_backbone: float, weight_decay: 
             {"params": [p for n, p in named if n.startswith("backbone.")], "lr": lr_backbone, "weight_decay": weight_decay}]
 
 
-def _autocast(device: torch.device, amp: bool):
-    if not amp:
-        return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every global RNG as plain tensors / numbers (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+             "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -68,54 +82,76 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 def _to_device(targets: list[dict], device: torch.device) -> list[dict]:
     return [{k: v.to(device) if isinstance(v, Tensor) else v for k, v in t.items()} for t in targets]
 
 
+def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                    clip_max_norm: float) -> None:
+    scaler.unscale_(optimizer)
+    if clip_max_norm > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _skip_together(batch: tuple | None, device: torch.device) -> bool:
+    """True when this process's batch had no readable image, or (under DDP) any process's had none: every
+    process then skips the step, so no process waits for another's gradients."""
+    empty = torch.tensor(float(batch is None), device=device)
+    return bool(all_reduce_sum(empty) > 0)
+
+
 def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     device: torch.device, *, epoch: int, clip_max_norm: float = 0.1, accum_steps: int = 1,
                     amp: bool = False, scaler: torch.amp.GradScaler | None = None, progress: bool = True) -> dict[str, float]:
-    """One pass over ``loader``; returns mean weighted ``loss`` and every unweighted component (all processes)."""
+    """One pass over ``loader``; returns mean weighted ``loss`` and every unweighted component (all processes).
+    Batches whose images were all unreadable are skipped (on every process together); an epoch with none
+    readable is an error."""
     model.train()
     criterion.train()
-    weights = criterion.weight_dict
+    scaler = scaler or grad_scaler(device, False)
     sums: dict[str, Tensor] = {}
+    steps = 0
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not (progress and is_main_process()), dynamic_ncols=True)
     optimizer.zero_grad(set_to_none=True)
-    for step, (images, mask, targets) in enumerate(bar):
-        images, mask = images.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-        targets = _to_device(targets, device)
-        with _autocast(device, amp):
-            outputs = model(normalize_images(model, images, mask), mask)
-        losses = criterion(outputs, targets)
-        loss = sum(losses[k] * weights[k] for k in losses if k in weights)
+    for step, batch in enumerate(bar):
+        if _skip_together(batch, device):
+            continue
+        images, mask, targets = batch
+        outputs = _forward(model, images.to(device, non_blocking=True), mask.to(device, non_blocking=True), device, amp)
+        losses = criterion(outputs, _to_device(targets, device))
+        loss = sum(losses[k] * criterion.weight_dict[k] for k in losses if k in criterion.weight_dict)
         if not math.isfinite(loss.item()):
             raise RuntimeError(f"loss is {loss.item()} at epoch {epoch} step {step}: lower the lr or disable AMP")
-        (scaler.scale(loss / accum_steps) if scaler else loss / accum_steps).backward()
+        scaler.scale(loss / accum_steps).backward()
         if (step + 1) % accum_steps == 0 or step + 1 == len(loader):
-            if scaler:
-                scaler.unscale_(optimizer)
-            if clip_max_norm > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            _optimizer_step(model, optimizer, scaler, clip_max_norm)
         record = {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items() if not k[-1].isdigit()}}
         for k, v in record.items():
             sums[k] = sums.get(k, 0) + v.float()
+        steps += 1
         bar.set_postfix({k: f"{v.item():.3f}" for k, v in record.items() if k in ("loss", "loss_ce", "loss_bbox", "loss_giou")})
-    count = torch.tensor(float(len(loader)), device=device)
     keys = sorted(sums)
-    totals = all_reduce_sum(torch.stack([sums[k] for k in keys] + [count]))
+    totals = all_reduce_sum(torch.stack([sums[k] for k in keys] + [torch.tensor(float(steps), device=device)])
+                            if keys else torch.zeros(1, device=device))
+    if totals[-1] == 0:
+        raise ValueError(f"every training image was unreadable in epoch {epoch} (see the warnings above): "
+                         "check the image folder")
     return {k: (totals[i] / totals[-1]).item() for i, k in enumerate(keys)}
 
 
@@ -123,27 +159,31 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: DataLoader, 
 def evaluate(model: nn.Module, postprocessor: nn.Module, loader: DataLoader, evaluator: CocoEvaluator,
              device: torch.device, *, amp: bool = False, progress: bool = True) -> tuple[dict, dict[int, dict]]:
     """COCO bbox metrics over ``loader`` (gathered across processes) plus ``fps``/``latency_ms`` of the
-    whole detector (forward + post-processing, per image). Returns (stats, this process's predictions)."""
+    whole detector (forward + post-processing, per image). Returns (stats, this process's predictions).
+    Unreadable images are left out of the score; a set with none readable is an error."""
     model.eval()
     predictions: dict[int, dict] = {}
     seconds, images_seen = 0.0, 0
-    for images, mask, targets in tqdm(loader, desc="eval", disable=not (progress and is_main_process()), dynamic_ncols=True):
+    for batch in tqdm(loader, desc="eval", disable=not (progress and is_main_process()), dynamic_ncols=True):
+        if batch is None:
+            continue
+        images, mask, targets = batch
         images, mask = images.to(device), mask.to(device)
         sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        with _autocast(device, amp):
-            outputs = model(normalize_images(model, images, mask), mask)
-        results = postprocessor(outputs, sizes)
+        results = postprocessor(_forward(model, images, mask, device, amp), sizes)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds += time.perf_counter() - start
         images_seen += len(images)
-        batch = {t["image_id"]: {k: v.cpu() for k, v in r.items()} for t, r in zip(targets, results)}
-        evaluator.update(batch)
-        predictions.update(batch)
+        batch_predictions = {t["image_id"]: {k: v.cpu() for k, v in r.items()} for t, r in zip(targets, results)}
+        evaluator.update(batch_predictions)
+        predictions.update(batch_predictions)
     evaluator.synchronize()
+    if not evaluator.image_ids:
+        raise ValueError("every evaluation image was unreadable (see the warnings above): nothing to score")
     stats = evaluator.summarize()
     fps = images_seen / seconds if seconds > 0 else 0.0
     stats.update(fps=fps, latency_ms=1000.0 / fps if fps else 0.0)
@@ -151,10 +191,13 @@ def evaluate(model: nn.Module, postprocessor: nn.Module, loader: DataLoader, eva
 
 
 def _loader(dataset: CocoDetection, batch_size: int, num_workers: int, train: bool, seed: int) -> DataLoader:
+    """Training loaders draw worker seeds from the global RNG (saved in checkpoints); evaluation loaders
+    use their own generator, so evaluating between epochs leaves the training RNG stream untouched."""
     sampler = DistributedSampler(dataset, num_replicas=get_world_size(), rank=get_rank(), shuffle=train, seed=seed,
                                  drop_last=False)
+    generator = None if train else torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
-                      persistent_workers=False, pin_memory=torch.cuda.is_available())
+                      persistent_workers=False, pin_memory=torch.cuda.is_available(), generator=generator)
 
 
 def count_gflops(model: nn.Module, size: tuple[int, int]) -> float:
@@ -173,7 +216,9 @@ def count_gflops(model: nn.Module, size: tuple[int, int]) -> float:
 
 
 def load_state_dropping_mismatched(model: nn.Module, state: dict[str, Tensor]) -> list[str]:
-    """Load ``state`` into ``model``, dropping (with a warning) keys whose shapes differ (a new class head)."""
+    """Load ``state`` (``module.`` prefixes removed by timm's ``clean_state_dict``) into ``model``, dropping
+    with a warning the keys whose shapes differ (a new class head); any other mismatch is an error."""
+    state = clean_state_dict(state)
     own = model.state_dict()
     dropped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if dropped:
@@ -184,142 +229,210 @@ def load_state_dropping_mismatched(model: nn.Module, state: dict[str, Tensor]) -
     return dropped
 
 
-def load_checkpoint(path: str) -> dict:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "backbone" not in ckpt:
-        raise ValueError(f"{path} is not a detection checkpoint written by detection.engine")
+def load_checkpoint(path: str, *, fields: tuple[str, ...] = MODEL_FIELDS) -> dict:
+    """A checkpoint written by ``detection train``, read safely; refused in one line when it lacks ``fields``."""
+    ckpt = safe_load(path, what="detection checkpoint")
+    missing = [k for k in fields if k not in ckpt] if isinstance(ckpt, dict) else list(fields)
+    if missing:
+        holds = f"a dict with keys {sorted(ckpt)[:6]}" if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}"
+        raise CheckpointError(f"detection checkpoint {path} holds {holds}, not a `detection train` checkpoint "
+                              f"(missing {', '.join(missing)}): expected the checkpoint.pth of a detection train "
+                              "run folder")
     return ckpt
 
 
 def _check_compatible(ckpt: dict, path: str, *, arch: str, backbone: str, num_classes: int, cat_ids: list[int]) -> None:
-    if ckpt.get("arch", "detr") != arch:
-        raise ValueError(f"checkpoint {path} is for --arch {ckpt.get('arch')}, not {arch}")
+    if ckpt["arch"] != arch:
+        raise ValueError(f"checkpoint {path} is for --arch {ckpt['arch']}, not {arch}")
     if ckpt["backbone"] != backbone:
         raise ValueError(f"checkpoint {path} is for backbone {ckpt['backbone']!r}, not {backbone!r}: pass --backbone "
                          f"{ckpt['backbone']} or start a new run")
-    if ckpt["num_classes"] != num_classes or list(ckpt.get("cat_ids", cat_ids)) != list(cat_ids):
-        raise ValueError(f"checkpoint {path} has num_classes={ckpt['num_classes']} (category ids {ckpt.get('cat_ids')}) "
+    if ckpt["num_classes"] != num_classes or list(ckpt["cat_ids"]) != list(cat_ids):
+        raise ValueError(f"checkpoint {path} has num_classes={ckpt['num_classes']} (category ids {ckpt['cat_ids']}) "
                          f"but the dataset has {num_classes} ({cat_ids}): use --finetune to start from it with a new head")
 
 
-def train_detector(*, backbone: str, train_ann: str, train_images: str, val_ann: str, val_images: str, out: str,
-                   arch: str = "detr", backbone_weights: str | None = None, epochs: int = 50, batch_size: int = 2,
-                   lr: float = 1e-4, lr_backbone: float = 1e-5, weight_decay: float = 1e-4, clip_max_norm: float = 0.1,
-                   lr_drop: int | None = None, scales: list[int] | None = None, max_size: int | None = None,
-                   test_size: int | None = None, img_scale: float = 1.0, amp: bool = False, accum_steps: int = 1,
-                   device: str | None = None, num_workers: int = 2, resume: str | None = None, seed: int = 42,
-                   eval_every: int = 1, progress: bool = True, model_kwargs: dict | None = None,
-                   finetune: str | None = None, augment: bool = True, gflops_size: tuple[int, int] | None = None) -> dict:
-    """Train ``arch`` over ``backbone`` on a COCO-format set, evaluating on the val set; returns the final
-    eval stats (see :func:`evaluate`). ``resume`` continues a run exactly; ``finetune`` starts from a
-    checkpoint's weights with mismatched heads dropped (optimizer state not restored). ``augment=False``
-    trains on the test transform (for overfitting checks and debugging)."""
-    if accum_steps < 1 or epochs < 0 or batch_size < 1:
-        raise ValueError("accum_steps and batch_size must be ≥ 1 and epochs ≥ 0")
-    if resume and finetune:
-        raise ValueError("--resume and --finetune are exclusive: resume continues a run, finetune starts a new one")
-    args = {k: v for k, v in locals().items() if k != "device"}
-    device = init_distributed(device)
-    if amp and device.type != "cuda":
-        warnings.warn("AMP is for GPUs: training in float32 on the CPU", stacklevel=2)
-        amp = False
-    torch.manual_seed(seed + get_rank())
-    np.random.seed(seed + get_rank())
-    random.seed(seed + get_rank())
-    model_kwargs = dict(model_kwargs or {})
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sizes = dict(scales=scales, max_size=max_size, test_size=test_size, img_scale=img_scale)
-    train_set = CocoDetection(train_ann, train_images, make_transforms(augment, **sizes))
-    val_set = CocoDetection(val_ann, val_images, make_transforms(False, **sizes))
+@dataclass
+class _Run:
+    """The live pieces of one training run."""
+
+    config: DetectionTrainConfig
+    out: Path
+    device: torch.device
+    amp: bool
+    train_set: CocoDetection
+    val_set: CocoDetection
+    model: nn.Module
+    criterion: nn.Module
+    postprocessor: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+    def header(self) -> dict:
+        return {"data": self.config.data_note or f"train {self.config.train_ann}, val {self.config.val_ann}",
+                "weights": self.config.weights_note or (f"backbone weights {self.config.backbone_weights}"
+                                                        if self.config.backbone_weights else "random initialisation")}
+
+    def checkpoint(self, epoch: int) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": epoch,
+                "rng": all_gather_objects(_rng_state()), "args": self.config.options(), "arch": self.config.arch,
+                "backbone": self.config.backbone, "num_classes": self.train_set.num_classes,
+                "cat_ids": self.train_set.cat_ids, "category_names": self.train_set.category_names,
+                "model_kwargs": self.config.model_kwargs}
+
+    def evaluate(self) -> dict:
+        loader = _loader(self.val_set, self.config.batch_size, self.config.num_workers, False, self.config.seed)
+        evaluator = CocoEvaluator(self.val_set.coco, self.val_set.cat_ids)
+        return evaluate(self.model, self.postprocessor, loader, evaluator, self.device, amp=self.amp,
+                        progress=self.config.progress)[0]
+
+
+def _build_run(config: DetectionTrainConfig, out: Path, device: torch.device) -> _Run:
+    sizes = dict(scales=config.scales, max_size=config.max_size, test_size=config.test_size, img_scale=config.img_scale)
+    train_set = CocoDetection(config.train_ann, config.train_images, make_transforms(config.augment, **sizes))
+    val_set = CocoDetection(config.val_ann, config.val_images, make_transforms(False, **sizes))
     if val_set.cat_ids != train_set.cat_ids:
         raise ValueError(f"train and val category ids differ: {train_set.cat_ids} vs {val_set.cat_ids}")
-    num_classes = train_set.num_classes
-    model = build_detector(arch, backbone=backbone, num_classes=num_classes, backbone_weights=backbone_weights,
-                           **model_kwargs).to(device)
-    criterion = build_criterion(arch, num_classes=num_classes, **model_kwargs).to(device)
-    postprocessor = build_postprocessor(arch)
-    optimizer = torch.optim.AdamW(param_groups(model, lr, lr_backbone, weight_decay), lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=lr_drop or 10**9, gamma=0.1)
-    scaler = torch.amp.GradScaler(device.type) if amp and not torch.cuda.is_bf16_supported() else None
-    start_epoch, history = 0, []
-    if resume:
-        ckpt = load_checkpoint(resume)
-        _check_compatible(ckpt, resume, arch=arch, backbone=backbone, num_classes=num_classes, cat_ids=train_set.cat_ids)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch = ckpt["epoch"] + 1
-        _set_rng_state(ckpt["rng"][get_rank()] if isinstance(ckpt["rng"], list) and get_rank() < len(ckpt["rng"]) else ckpt["rng"][0])
-    elif finetune:
-        load_state_dropping_mismatched(model, load_checkpoint(finetune)["model"])
-    if is_main_process() and not resume:
-        size = gflops_size or (make_transforms(False, **sizes).transforms[-1].size[0],) * 2
-        atomic_write_json(out_dir / "run.json", {
-            "arch": arch, "backbone": backbone, "num_classes": num_classes, "category_names": train_set.category_names,
-            "params": sum(p.numel() for p in model.parameters()), "gflops": count_gflops(model, tuple(size)),
-            "gflops_size": list(size), "args": args})
-    train_model = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if is_distributed() else model
-    train_loader = _loader(train_set, batch_size, num_workers, True, seed)
-    val_loader = _loader(val_set, batch_size, num_workers, False, seed)
+    _seed(config.seed + get_rank())
+    model = build_detector(config.arch, backbone=config.backbone, num_classes=train_set.num_classes,
+                           backbone_weights=config.backbone_weights, **config.model_kwargs).to(device)
+    criterion = build_criterion(config.arch, num_classes=train_set.num_classes, **config.model_kwargs).to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, config.lr, config.lr_backbone, config.weight_decay),
+                                  lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_drop or 10**9, gamma=0.1)
+    return _Run(config, out, device, config.amp, train_set, val_set, model, criterion, build_postprocessor(config.arch),
+                optimizer, scheduler, grad_scaler(device, config.amp))
+
+
+def _restore(run: _Run, source: str) -> int:
+    """Continue from checkpoint ``source`` exactly (weights, optimizer, schedule, RNG); returns the next epoch."""
+    ckpt = load_checkpoint(source, fields=RESUME_FIELDS)
+    _check_compatible(ckpt, source, arch=run.config.arch, backbone=run.config.backbone,
+                      num_classes=run.train_set.num_classes, cat_ids=run.train_set.cat_ids)
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler"):
+        run.scaler.load_state_dict(ckpt["scaler"])
+    rng = ckpt["rng"]
+    _set_rng_state(rng[get_rank()] if get_rank() < len(rng) else rng[0])
+    return int(ckpt["epoch"]) + 1
+
+
+def _start_fresh(run: _Run) -> None:
+    """Write ``run.json`` and the log's header line for a run starting at epoch 0 (main process)."""
+    config = run.config
+    if config.finetune:
+        load_state_dropping_mismatched(run.model, load_checkpoint(config.finetune)["model"])
+    if not is_main_process():
+        return
+    size = config.gflops_size or (make_transforms(False, scales=config.scales, max_size=config.max_size,
+                                                  test_size=config.test_size, img_scale=config.img_scale)
+                                  .transforms[-1].size[0],) * 2
+    rng = _rng_state()  # the FLOP count must not move the training RNG stream
+    atomic_write_json(run.out / "run.json", {
+        **run.header(), "arch": config.arch, "backbone": config.backbone, "num_classes": run.train_set.num_classes,
+        "category_names": run.train_set.category_names, "params": sum(p.numel() for p in run.model.parameters()),
+        "gflops": count_gflops(run.model, tuple(size)), "gflops_size": list(size), "args": config.options()})
+    _set_rng_state(rng)
+    atomic_write_text(run.out / "log.jsonl", json.dumps(run.header()) + "\n")
+
+
+def _keep_log_before(out: Path, epoch: int) -> None:
+    """Drop log lines of epochs ≥ ``epoch`` (written before an interrupted run could save its checkpoint)."""
+    records = [r for r in read_jsonl(out / "log.jsonl") if r.get("epoch", -1) < epoch]
+    atomic_write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _train_epochs(run: _Run, start_epoch: int) -> dict:
+    config = run.config
+    train_model = nn.parallel.DistributedDataParallel(run.model, find_unused_parameters=True) if is_distributed() else run.model
+    train_loader = _loader(run.train_set, config.batch_size, config.num_workers, True, config.seed)
     stats: dict = {}
-    for epoch in range(start_epoch, epochs):
+    for epoch in range(start_epoch, config.epochs):
         train_loader.sampler.set_epoch(epoch)
-        train_stats = train_one_epoch(train_model, criterion, train_loader, optimizer, device, epoch=epoch,
-                                      clip_max_norm=clip_max_norm, accum_steps=accum_steps, amp=amp, scaler=scaler,
-                                      progress=progress)
-        scheduler.step()
-        rng = all_gather_objects(_rng_state())  # before evaluation, whose loader draws from the RNG
-        record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **{f"train_{k}": v for k, v in train_stats.items()}}
-        if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
-            stats, _ = evaluate(model, postprocessor, val_loader, CocoEvaluator(val_set.coco, val_set.cat_ids), device,
-                                amp=amp, progress=progress)
+        train_stats = train_one_epoch(train_model, run.criterion, train_loader, run.optimizer, run.device, epoch=epoch,
+                                      clip_max_norm=config.clip_max_norm, accum_steps=config.accum_steps, amp=run.amp,
+                                      scaler=run.scaler, progress=config.progress)
+        run.scheduler.step()
+        record = {"epoch": epoch, "lr": run.optimizer.param_groups[0]["lr"], **{f"train_{k}": v for k, v in train_stats.items()}}
+        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+            stats = run.evaluate()
             record.update({k: stats[k] for k in PRINTED}, fps=stats["fps"])
+        checkpoint = run.checkpoint(epoch)
         if is_main_process():
-            append_jsonl(out_dir / "log.jsonl", record)
-            atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                               "epoch": epoch, "rng": rng, "args": args, "arch": arch, "backbone": backbone,
-                               "num_classes": num_classes, "cat_ids": train_set.cat_ids,
-                               "category_names": train_set.category_names, "model_kwargs": model_kwargs},
-                              out_dir / "checkpoint.pth")
-    if not stats:
-        stats, _ = evaluate(model, postprocessor, val_loader, CocoEvaluator(val_set.coco, val_set.cat_ids), device,
-                            amp=amp, progress=progress)
-    if is_main_process():
-        atomic_write_json(out_dir / "eval.json", {k: v for k, v in stats.items() if k != "summary"})
-        print(stats["summary"] + "  ".join(f"{k} {100 * stats[k]:.1f}" for k in PRINTED) + f"  fps {stats['fps']:.1f}")
+            append_jsonl(run.out / "log.jsonl", record)
+            atomic_torch_save(checkpoint, run.out / "checkpoint.pth")
+    return stats
+
+
+def _report(out: Path, stats: dict, header: dict) -> None:
+    """Write ``eval.json`` (data and weights first) and print the COCO summary and the headline numbers."""
+    if not is_main_process():
+        return
+    atomic_write_json(out / "eval.json", {**header, **{k: v for k, v in stats.items() if k != "summary"}})
+    print(stats.get("summary", "") + "  ".join(f"{k} {100 * stats[k]:.1f}" for k in PRINTED) + f"  fps {stats['fps']:.1f}")
+
+
+def train_detector(config: DetectionTrainConfig) -> dict:
+    """Train ``config.arch`` over ``config.backbone`` on a COCO-format set, evaluating on the val set;
+    returns the final eval stats (see :func:`evaluate`). The run folder is claimed before any work; an
+    existing run of the same options there is resumed, a finished one is reported, not retrained."""
+    device = init_distributed(config.device)
+    out, source = prepare_out(config)
+    main = is_main_process()
+    if main:
+        announce(out)
+    run = _build_run(config, out, device)
+    start_epoch = _restore(run, source) if source else 0
+    if not source:
+        _start_fresh(run)
+    elif main:
+        _keep_log_before(out, start_epoch)
+    if start_epoch >= config.epochs:
+        if main:
+            note(f"the run in {out} already finished its {config.epochs} epochs: nothing to train "
+                 "(--overwrite starts it over)")
+        saved = out / "eval.json"
+        stats = json.loads(saved.read_text()) if saved.is_file() else run.evaluate()
+    else:
+        if source and main:
+            note(f"resuming {out} from {source} at epoch {start_epoch} of {config.epochs}")
+        stats = _train_epochs(run, start_epoch) or run.evaluate()
+    _report(out, stats, run.header())
+    if main:
+        announce(out, finished=True)
     return stats
 
 
 def evaluate_checkpoint(checkpoint: str, val_ann: str, val_images: str, out: str, *, device: str | None = None,
-                        batch_size: int = 2, num_workers: int = 2, save_vis: int = 0, progress: bool = True) -> dict:
-    """Evaluate a training checkpoint on a COCO-format set; writes ``eval.json`` (+ ``vis/*.png``) under ``out``."""
+                        batch_size: int = 2, num_workers: int = 2, save_vis: int = 0, progress: bool = True,
+                        data_note: str = "") -> dict:
+    """Evaluate a training checkpoint on a COCO-format set; writes ``eval.json`` (+ ``vis/*.png``) under ``out``
+    (checked before the evaluation starts)."""
+    from detection.resume import claim_eval_out
+
+    out_dir = claim_eval_out(out, checkpoint)
     device = init_distributed(device)
     ckpt = load_checkpoint(checkpoint)
-    args = ckpt.get("args", {})
+    args = ckpt.get("args", {}) if isinstance(ckpt.get("args"), dict) else {}
     sizes = {k: args.get(k) for k in ("scales", "max_size", "test_size")}
     val_set = CocoDetection(val_ann, val_images, make_transforms(False, **sizes, img_scale=args.get("img_scale", 1.0)))
     if val_set.cat_ids != list(ckpt["cat_ids"]):
         raise ValueError(f"checkpoint {checkpoint} was trained on category ids {ckpt['cat_ids']} "
                          f"(num_classes={ckpt['num_classes']}) but {val_ann} has {val_set.cat_ids}")
-    arch = ckpt.get("arch", "detr")
+    arch = ckpt["arch"]
     model = build_detector(arch, backbone=ckpt["backbone"], num_classes=ckpt["num_classes"], **ckpt.get("model_kwargs", {}))
     model.load_state_dict(ckpt["model"])
     model.to(device)
     stats, predictions = evaluate(model, build_postprocessor(arch), _loader(val_set, batch_size, num_workers, False, 0),
                                   CocoEvaluator(val_set.coco, val_set.cat_ids), device, progress=progress)
-    out_dir = Path(out)
-    if is_main_process():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out_dir / "eval.json", {k: v for k, v in stats.items() if k != "summary"})
-        print(stats["summary"] + "  ".join(f"{k} {100 * stats[k]:.1f}" for k in PRINTED) + f"  fps {stats['fps']:.1f}")
-    if save_vis > 0:
+    _report(out_dir, stats, {"data": data_note or f"val {val_ann}", "weights": f"detector checkpoint {checkpoint}"})
+    if save_vis > 0 and is_main_process():
         from detection.visualize import save_visualizations
 
         save_visualizations(val_set, predictions, out_dir / "vis", save_vis)
+    announce(out_dir, finished=True)
     return stats

@@ -27,7 +27,10 @@ def save_visualizations(dataset: CocoDetection, predictions: dict[int, dict], ou
                 break
             if image_id not in predictions:
                 continue
-            image, target = dataset[index]
+            sample = dataset[index]
+            if sample is None:  # unreadable: the dataset warned
+                continue
+            image, target = sample
             h, w = image.shape[-2:]
             canvas = (image * 255).to(torch.uint8)
             gt = box_convert(target["boxes"] * torch.tensor([w, h, w, h]), "cxcywh", "xyxy")

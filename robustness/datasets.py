@@ -8,16 +8,19 @@ pool is forked per pass, which is what made some Ctrl-C go unnoticed.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
+import signal
+import threading
 import warnings
 from importlib import resources
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.datasets.folder import default_loader
 
 from classification.data import (  # noqa: F401  (the robustness suite's view of the shared data layer)
     IMG_EXTENSIONS, ImageFolderSet, ShardSampler, build_class_index, class_folders, eval_transform, make_loader,
@@ -93,8 +96,9 @@ def file_state(path: str | os.PathLike) -> list[int] | None:
 
 
 class KeyedImages(Dataset):
-    """Decodes a key ``(path, label, index, img_size, crop_pct)`` → ``(uint8 (3,S,S), label, index)`` with
-    timm's eval transform, or None for an unreadable file (reported once, skipped by ``skip_none_collate``)."""
+    """Decodes a key ``(path, label, index, img_size, crop_pct)`` → ``(uint8 (3,S,S), label, index)`` like
+    ``ImageFolderSet`` (torchvision's loader: PIL → RGB, then timm's eval transform), or None for an
+    unreadable file (reported, skipped by ``skip_none_collate``)."""
 
     def __init__(self) -> None:
         self._transforms: dict[tuple[int, float], object] = {}
@@ -108,8 +112,7 @@ class KeyedImages(Dataset):
         if transform is None:
             transform = self._transforms[(size, pct)] = eval_transform(size, pct)
         try:
-            with Image.open(path) as img:
-                return transform(img.convert("RGB")), label, index
+            return transform(default_loader(path)), label, index
         except (OSError, ValueError, SyntaxError) as err:
             warnings.warn(f"skipping unreadable image {path}: {err}", RuntimeWarning, stacklevel=2)
             return None
@@ -135,8 +138,29 @@ class PassBatches(Sampler):
 
 
 def pass_loader(batch_size: int, num_workers: int, pin_memory: bool) -> tuple[DataLoader, PassBatches]:
-    """The run's one loader and its batch sampler: call ``batches.start(keys)`` then iterate the loader."""
+    """The run's one loader and its batch sampler: call ``batches.start(keys)`` then iterate the loader.
+
+    The worker processes start here, once, with SIGINT held during the forks: a Ctrl-C that lands in a
+    fork is otherwise swallowed by an at-fork hook ("Exception ignored in _releaseLock"); held, it is
+    delivered right after, as a KeyboardInterrupt. The workers keep SIGINT blocked: the main process
+    handles Ctrl-C and shuts them down.
+    """
     batches = PassBatches(batch_size)
     loader = DataLoader(KeyedImages(), batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
                         collate_fn=skip_none_collate, persistent_workers=num_workers > 0)
+    if num_workers > 0:
+        with _sigint_held():
+            iter(loader)  # no keys yet: starts the persistent workers and returns at once
     return loader, batches
+
+
+@contextlib.contextmanager
+def _sigint_held():
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -79,7 +79,6 @@ CASES: dict[str, tuple[str, Callable[[Path], None], tuple[str, ...]]] = {
                             ("junk.safetensors", "not a readable safetensors file")),
     "no-tensors": ("meta.pth", lambda p: torch.save({"epoch": 3, "args": {"lr": 0.1}}, p), ("meta.pth", "no state dict")),
 }
-BENCH_CASES = CASES
 ROBUSTNESS_CASES = ("missing", "truncated", "malicious-pickle", "nan", "other-architecture", "folder")
 
 
@@ -97,7 +96,7 @@ def _weights(tmp_path: Path, case: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", BENCH_CASES)
+@pytest.mark.parametrize("case", list(CASES))
 def test_bench_weights(tmp_path, case):
     path = _weights(tmp_path, case)
     assert_one_line_error(["bench", "--models", "pit_ti", "--weights", str(path), "--warmup", "0",

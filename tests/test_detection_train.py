@@ -12,12 +12,33 @@ import pytest
 import torch
 
 from detection.compare import compare_runs
-from detection.engine import evaluate_checkpoint, load_checkpoint, train_detector
+from detection.config import DetectionTrainConfig
+from detection.engine import RESUME_FIELDS, evaluate_checkpoint, load_checkpoint, train_detector
 from tests.coco_fixtures import make_tiny_coco
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(hidden_dim=32, nheads=4, enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=6)
 SMALL_IMAGES = dict(scales=[48, 64], max_size=96, test_size=64, num_workers=0, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: the tiny models gain nothing from more, and a shared CI machine loses a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def train(**kwargs) -> dict:
+    return train_detector(DetectionTrainConfig(**kwargs))
+
+
+def _log(run_dir: Path) -> list[dict]:
+    """The per-epoch records of a run's log.jsonl (after its header line naming data and weights)."""
+    lines = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert set(lines[0]) == {"data", "weights"}
+    return lines[1:]
 
 
 def _paths(root) -> dict:
@@ -28,12 +49,12 @@ def _paths(root) -> dict:
 
 def test_overfits_a_handful_of_images(tmp_path):
     torch.manual_seed(0)
-    stats = train_detector(backbone="pit_ti", **_paths(tmp_path / "data"), out=str(tmp_path / "run"), epochs=40,
+    stats = train(backbone="pit_ti", **_paths(tmp_path / "data"), out=str(tmp_path / "run"), epochs=40,
                            batch_size=4, lr=2e-3, lr_backbone=5e-4, clip_max_norm=1.0, augment=False, eval_every=40,
                            scales=[64], max_size=128, test_size=64, num_workers=0, progress=False,
                            model_kwargs=dict(hidden_dim=64, nheads=4, enc_layers=1, dec_layers=2, dim_feedforward=128,
                                              num_queries=8, dropout=0.0))
-    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    log = _log(tmp_path / "run")
     assert len(log) == 40 and log[-1]["train_loss"] < 0.25 * log[0]["train_loss"]
     assert stats["AP"] > 0.5, stats["summary"]
     saved = json.loads((tmp_path / "run" / "eval.json").read_text())
@@ -43,15 +64,15 @@ def test_overfits_a_handful_of_images(tmp_path):
 
 
 def _state(path: Path) -> dict:
-    return load_checkpoint(str(path))
+    return load_checkpoint(str(path), fields=RESUME_FIELDS)
 
 
 def test_resume_gives_the_same_state_as_uninterrupted_training(tmp_path):
     paths = _paths(tmp_path / "data")
     common = dict(backbone="pit_ti", **paths, batch_size=2, eval_every=100, model_kwargs=TINY, **SMALL_IMAGES)
-    train_detector(**common, out=str(tmp_path / "straight"), epochs=2)
-    train_detector(**common, out=str(tmp_path / "split"), epochs=1)
-    train_detector(**common, out=str(tmp_path / "split"), epochs=2, resume=str(tmp_path / "split" / "checkpoint.pth"))
+    train(**common, out=str(tmp_path / "straight"), epochs=2)
+    train(**common, out=str(tmp_path / "split"), epochs=1)
+    train(**common, out=str(tmp_path / "split"), epochs=2, resume=str(tmp_path / "split" / "checkpoint.pth"))
     a, b = _state(tmp_path / "straight" / "checkpoint.pth"), _state(tmp_path / "split" / "checkpoint.pth")
     assert a["epoch"] == b["epoch"] == 1
     for k in a["model"]:
@@ -60,12 +81,12 @@ def test_resume_gives_the_same_state_as_uninterrupted_training(tmp_path):
         torch.testing.assert_close(sa["exp_avg"], sb["exp_avg"])
     assert a["scheduler"] == b["scheduler"]
     torch.testing.assert_close(a["rng"][0]["torch"], b["rng"][0]["torch"])
-    log = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    log = _log(tmp_path / "split")
     assert [r["epoch"] for r in log] == [0, 1]
 
     # a checkpoint for another backbone, or another class count, is refused clearly
     with pytest.raises(ValueError, match="backbone 'pit_ti'"):
-        train_detector(**{**common, "backbone": "resnet18"}, out=str(tmp_path / "x"), epochs=3,
+        train(**{**common, "backbone": "resnet18"}, out=str(tmp_path / "x"), epochs=3,
                        resume=str(tmp_path / "split" / "checkpoint.pth"))
     data = json.loads(Path(paths["train_ann"]).read_text())
     data["categories"].append({"id": 11, "name": "star"})
@@ -73,9 +94,9 @@ def test_resume_gives_the_same_state_as_uninterrupted_training(tmp_path):
         Path(tmp_path / f"{split}4.json").write_text(json.dumps(data))
     four = {**common, "train_ann": str(tmp_path / "train4.json"), "val_ann": str(tmp_path / "val4.json")}
     with pytest.raises(ValueError, match="num_classes=3"):
-        train_detector(**four, out=str(tmp_path / "y"), epochs=3, resume=str(tmp_path / "split" / "checkpoint.pth"))
+        train(**four, out=str(tmp_path / "y"), epochs=3, resume=str(tmp_path / "split" / "checkpoint.pth"))
     with pytest.warns(UserWarning, match="mismatched shapes"):
-        train_detector(**four, out=str(tmp_path / "ft"), epochs=1, finetune=str(tmp_path / "split" / "checkpoint.pth"))
+        train(**four, out=str(tmp_path / "ft"), epochs=1, finetune=str(tmp_path / "split" / "checkpoint.pth"))
     with pytest.raises(ValueError, match="trained on category ids"):
         evaluate_checkpoint(str(tmp_path / "split" / "checkpoint.pth"), str(tmp_path / "val4.json"),
                             paths["val_images"], str(tmp_path / "e"), progress=False, num_workers=0)
@@ -90,6 +111,9 @@ def test_resume_gives_the_same_state_as_uninterrupted_training(tmp_path):
 
 def test_two_process_ddp_with_gloo(tmp_path):
     paths = _paths(tmp_path / "data")
+    # one unreadable training image: the process that draws it alone skips that step together with the other
+    broken = sorted(Path(paths["train_images"]).iterdir())[1]
+    broken.write_bytes(broken.read_bytes()[:100])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            str(ROOT / "eval.py"), "detection", "train", "--backbone", "pit_ti", "--train-ann", paths["train_ann"],
            "--train-images", paths["train_images"], "--val-ann", paths["val_ann"], "--val-images", paths["val_images"],
@@ -98,8 +122,9 @@ def test_two_process_ddp_with_gloo(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    log = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    log = _log(tmp_path / "ddp")
     assert len(log) == 1 and "AP" in log[0]
+    assert f"skipped unreadable image {broken}" in done.stderr
     # the evaluator gathered every image from both processes
     assert "Average Precision" in done.stdout and json.loads((tmp_path / "ddp" / "eval.json").read_text())["fps"] > 0
 
@@ -112,8 +137,127 @@ def test_cli_errors(tmp_path):
     with pytest.raises(ValueError, match="not both"):
         from detection import cli
 
-        cli._paths(type("A", (), {"coco": "x", "train_ann": "y", "train_images": None, "val_ann": None, "val_images": None})(),
-                   train=True)
+        cli._data(type("A", (), {"coco": "x", "train_ann": "y", "train_images": None, "val_ann": None, "val_images": None})(),
+                  train=True)
     os.remove(paths["val_ann"])
     assert main(["detection", "eval", "--checkpoint", str(tmp_path / "missing.pth"), "--val-ann", paths["val_ann"],
                  "--val-images", paths["val_images"], "--out", str(tmp_path)]) != 0
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL / Ctrl-C at one chosen point of a run."""
+
+
+def _dies_on_call(function, call: int):
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise Killed
+        return function(*args, **kwargs)
+    return wrapper
+
+
+# (engine function, the call on which the run dies): mid-epoch (2 optimizer steps per epoch: call 3 is the
+# first step of epoch 1), during the evaluation after epoch 1, while writing epoch 1's checkpoint.
+KILL_POINTS = {"mid-epoch": ("_optimizer_step", 3), "in evaluation": ("evaluate", -1),
+               "writing the checkpoint": ("atomic_torch_save", 2)}
+KILLS = [("mid-epoch", 1), ("in evaluation", 1), ("mid-epoch", 100), ("writing the checkpoint", 100)]
+_STRAIGHT: dict[int, dict] = {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill,eval_every", KILLS, ids=[f"{k}-eval-every-{e}" for k, e in KILLS])
+def test_killed_anywhere_then_run_again_gives_bitwise_equal_weights(tmp_path_factory, monkeypatch, kill, eval_every):
+    """CPU, fixed seed: a run killed at any point and started again with the same command ends with exactly
+    the weights and optimizer state of a run that was never interrupted (with and without evaluation
+    between epochs: evaluation has its own RNG and does not move the training stream)."""
+    from detection import engine
+
+    data = tmp_path_factory.mktemp("kill_data")
+    paths = make_tiny_coco(data, num_images=2, size=(48, 64), seed=3, max_objects=2)
+    paths.pop("root")
+    config = dict(backbone="pit_ti", **paths, batch_size=1, epochs=2, eval_every=eval_every, model_kwargs=TINY,
+                  **{**SMALL_IMAGES, "scales": [48], "max_size": 64, "test_size": 48})
+    if eval_every not in _STRAIGHT:
+        train(**config, out=str(data / "straight"))
+        _STRAIGHT[eval_every] = _state(data / "straight" / "checkpoint.pth")
+    name, call = KILL_POINTS[kill]
+    evaluations = 2 if eval_every == 1 else 1
+    out = str(tmp_path_factory.mktemp("killed"))
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, name, _dies_on_call(getattr(engine, name), evaluations if call == -1 else call))
+        with pytest.raises(Killed):
+            train(**config, out=out)
+    train(**config, out=out)  # the same command again: resumes from the last checkpoint by itself
+    a, b = _STRAIGHT[eval_every], _state(Path(out) / "checkpoint.pth")
+    assert a["epoch"] == b["epoch"] == 1
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    assert [r["epoch"] for r in _log(Path(out))] == [0, 1]
+
+
+def test_full_disk_ends_in_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from tests.cli_helpers import assert_one_line_error
+
+    paths = _paths(tmp_path / "data")
+    out = tmp_path / "run"
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if obj.get("epoch") == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    argv = ["detection", "train", "--backbone", "pit_ti", "--train-ann", paths["train_ann"], "--train-images",
+            paths["train_images"], "--val-ann", paths["val_ann"], "--val-images", paths["val_images"], "--epochs", "2",
+            "--eval-every", "5", "--out", str(out), "--scales", "48", "--max-size", "96", "--test-size", "64",
+            "--num-workers", "0", "--no-progress", "--model-kwargs", json.dumps(TINY)]
+    assert_one_line_error(argv, 1, "no space left", "checkpoint.pth")
+    assert load_checkpoint(str(out / "checkpoint.pth"), fields=RESUME_FIELDS)["epoch"] == 0
+    assert not list(out.glob(".checkpoint.pth.*"))  # no temporary file left behind
+
+
+@pytest.mark.slow
+def test_the_command_as_typed_runs_on_the_builtin_set_and_resumes(tmp_path, monkeypatch):
+    """`eval.py detection train --backbone pit_ti --epochs 1` with nothing else (issue 16): a smaller
+    built-in set keeps the test fast; the command, the folder choice and the banners are the real ones."""
+    from common import synthetic
+    from detection import cli
+    from tests.cli_helpers import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(cli, "BUILTIN_DATA", synthetic.DetectionSpec(num_train=4, num_val=2, img_size=64, max_objects=2))
+    argv = ["detection", "train", "--backbone", "pit_ti", "--epochs", "1"]
+    code, out, err = run_cli(argv)
+    assert code == 0, err
+    run = Path("runs/detection-train-pit_ti")
+    assert f"writing to {run}" in out and f"results in {run}" in out
+    assert "note: no --coco given: using the built-in generated COCO-format set" in out and "--coco DIR" in out
+    assert "note: no --backbone-weights given: random pit_ti" in out or "note: using the published pit_ti" in out
+    saved = json.loads((run / "eval.json").read_text())
+    assert list(saved)[:2] == ["data", "weights"] and "built-in generated" in saved["data"]
+    assert len(_log(run)) == 1
+
+    code, again, err = run_cli(argv)  # the same command: the finished run is found, nothing is retrained
+    assert code == 0, err
+    assert "already finished its 1 epochs" in again and "epoch 0" not in again
+    assert len(_log(run)) == 1
+
+    code, scored, err = run_cli(["detection", "eval", "--checkpoint", str(run / "checkpoint.pth")])
+    assert code == 0, err
+    evaluated = Path("runs/detection-eval-detection-train-pit_ti")
+    assert "note: no --coco given" in scored and f"writing to {evaluated}" in scored and f"results in {evaluated}" in scored
+    assert json.loads((evaluated / "eval.json").read_text())["weights"] == f"detector checkpoint {run / 'checkpoint.pth'}"
+
+    code, other, err = run_cli([*argv, "--model-kwargs", json.dumps(TINY)])  # other options: a new folder
+    assert code == 0, err
+    assert "writing to runs/detection-train-pit_ti-2" in other
+    assert Path("runs/detection-train-pit_ti-2/checkpoint.pth").is_file()

@@ -116,3 +116,18 @@ def test_shard_sampler_has_no_padding():
     shards = [list(FakeDist(7, r, 3)) for r in range(3)]
     assert sorted(i for s in shards for i in s) == list(range(7))
     assert [len(FakeDist(7, r, 3)) for r in range(3)] == [3, 2, 2]
+
+
+def test_pass_loader_reads_like_image_folder_set_and_skips_broken_files(tmp_path):
+    root = write_folder(tmp_path / "val", per_class=3)
+    (root / WNIDS[1] / "broken.JPEG").write_bytes(b"not a jpeg")
+    data = ds.ImageFolderSet(root, ds.build_class_index("imagenet", root), 16, 0.9)
+    loader, batches = ds.pass_loader(batch_size=4, num_workers=0, pin_memory=False)
+    for _ in range(2):  # the same loader serves pass after pass
+        batches.start([(path, label, i, 16, 0.9) for i, (path, label) in enumerate(data.samples)])
+        with pytest.warns(RuntimeWarning, match="broken.JPEG"):
+            got = list(loader)
+        images, labels, index = (torch.cat([b[k] for b in got]) for k in range(3))
+        assert len(index) == 9 and data.samples[sorted(set(range(10)) - set(index.tolist()))[0]][0].endswith("broken.JPEG")
+        assert torch.equal(images, torch.stack([data[i][0] for i in index.tolist()]))
+        assert labels.tolist() == [data.samples[i][1] for i in index.tolist()]
