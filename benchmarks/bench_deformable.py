@@ -8,7 +8,7 @@ FFN 1024, 4 levels × 4 points, 300 queries), randomly initialised, inference or
 step (forward + backward) per iteration.
 
     python benchmarks/bench_deformable.py                      # GPU at 800×1216 if available
-    python benchmarks/bench_deformable.py --size 320 --iters 3 # CPU at a reduced size
+    python benchmarks/bench_deformable.py --size 320 --min-run-time 3 # CPU at a reduced size
 """
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ import json
 import resource
 import subprocess
 import sys
-import time
 
 import torch
+
+from common.timing import time_call
 
 BACKBONES = ("pit_s", "deit_small_patch16_224", "resnet50")
 ARCHS = ("detr", "deformable")
@@ -34,14 +35,15 @@ def _current_rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def measure(arch: str, backbone: str, height: int, width: int, batch: int, iters: int, train: bool, device: str) -> dict:
-    """Build one detector and time ``iters`` passes on a (batch, 3, height, width) batch."""
+def measure(arch: str, backbone: str, height: int, width: int, batch: int, min_run_time: float, train: bool,
+            device: str) -> dict:
+    """Build one detector and time passes (``common.timing.time_call``) on a (batch, 3, height, width) batch."""
     from detection.build import build_detector
 
     torch.manual_seed(0)
     model = build_detector(arch=arch, backbone=backbone, num_classes=91).to(device)
     model.train(train)
-    images = torch.randn(batch, 3, height, width, device=device)
+    images = torch.rand(batch, 3, height, width, device=device)  # [0, 1]: the detector normalises
     mask = torch.zeros(batch, height, width, dtype=torch.bool, device=device)
 
     def step() -> None:
@@ -57,21 +59,16 @@ def measure(arch: str, backbone: str, height: int, width: int, batch: int, iters
     base_rss = _current_rss_mib()  # after building: the growth is activations + workspace
     step()  # warm-up
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
+    seconds = time_call(step, min_run_time=min_run_time, warmup=0)
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
         memory = torch.cuda.max_memory_allocated() / 2**20
     else:
         memory = max(_peak_rss_mib() - base_rss, 0.0)
-    elapsed = time.perf_counter() - start
     return {
         "arch": arch, "backbone": backbone, "size": [height, width], "batch": batch, "mode": "train" if train else "infer",
         "device": device, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-        "images_per_s": batch * iters / elapsed, "peak_memory_mib": memory,
+        "images_per_s": batch / seconds, "peak_memory_mib": memory,
     }
 
 
@@ -80,7 +77,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, nargs="+", default=None,
                         help="input H [W] (default 800 1216 on GPU, 320 480 on CPU)")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default 2 on GPU, 1 on CPU)")
-    parser.add_argument("--iters", type=int, default=None, help="timed iterations (default 20 on GPU, 3 on CPU)")
+    parser.add_argument("--min-run-time", type=float, default=None, help="seconds of timed passes (default 5 on GPU, 3 on CPU)")
     parser.add_argument("--train", action="store_true", help="time forward+backward instead of inference")
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
     parser.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
@@ -92,20 +89,20 @@ def main() -> int:
     size = args.size or ([800, 1216] if cuda else [320, 480])
     height, width = size[0], size[-1]
     batch = args.batch or (2 if cuda else 1)
-    iters = args.iters or (20 if cuda else 3)
+    min_run_time = args.min_run_time or (5.0 if cuda else 3.0)
     if args.one:
-        print(json.dumps(measure(args.one[0], args.one[1], height, width, batch, iters, args.train, device)))
+        print(json.dumps(measure(args.one[0], args.one[1], height, width, batch, min_run_time, args.train, device)))
         return 0
     rows = []
     for backbone in args.backbones:
         for arch in args.archs:
             cmd = [sys.executable, __file__, "--one", arch, backbone, "--size", str(height), str(width),
-                   "--batch", str(batch), "--iters", str(iters)] + (["--train"] if args.train else [])
+                   "--batch", str(batch), "--min-run-time", str(min_run_time)] + (["--train"] if args.train else [])
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode:
                 raise RuntimeError(f"{arch}/{backbone} failed:\n{proc.stderr[-2000:]}")
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    print(f"device {device}, input {height}×{width}, batch {batch}, {iters} iters, {'train' if args.train else 'inference'}\n")
+    print(f"device {device}, input {height}×{width}, batch {batch}, ≥{min_run_time:g} s timed, {'train' if args.train else 'inference'}\n")
     print("| backbone | head | params (M) | images/s | peak memory (MiB) |")
     print("|---|---|---|---|---|")
     for r in rows:

@@ -1,46 +1,37 @@
 """Detector images/s per backbone at one input size, all in the same run (run by hand).
 
-    python benchmarks/bench_detection.py --size 320 480 --batch 2 --iters 5            # CPU, reduced size
+    python benchmarks/bench_detection.py --size 320 480 --batch 2            # CPU, reduced size
     python benchmarks/bench_detection.py --size 800 1216 --batch 4 --device cuda --amp  # GPU
 
 Full-size DETR (hidden 256, 6+6 layers, 100 queries) over each backbone, inference
-(forward + post-processing) on a batch of normalised random images with a padding mask.
+(forward + post-processing) on a batch of random [0, 1] images with a padding mask.
 """
 from __future__ import annotations
 
 import argparse
-import time
-from contextlib import nullcontext
 
 import torch
 
+from common.autocast import autocast
+from common.timing import time_call
 from detection.build import build_detector, build_postprocessor
 
 
-def measure(arch: str, backbone: str, size: tuple[int, int], batch: int, iters: int, device: str, amp: bool) -> dict:
+def measure(arch: str, backbone: str, size: tuple[int, int], batch: int, min_run_time: float, device: str, amp: bool) -> dict:
     torch.manual_seed(0)
     model = build_detector(arch, backbone=backbone, num_classes=80).to(device).eval()
     post = build_postprocessor(arch)
-    images = torch.randn(batch, 3, *size, device=device)
+    images = torch.rand(batch, 3, *size, device=device)
     mask = torch.zeros(batch, *size, dtype=torch.bool, device=device)
     sizes = torch.tensor([size] * batch, device=device)
-    cast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if amp else nullcontext()
 
     def step() -> None:
-        with torch.no_grad(), cast:
+        with torch.no_grad(), autocast(device, amp):
             post(model(images, mask), sizes)
 
-    step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    seconds = time_call(step, min_run_time=min_run_time)
     return {"backbone": backbone, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
-            "img_per_s": batch * iters / seconds, "latency_ms": 1000 * seconds / (batch * iters)}
+            "img_per_s": batch / seconds, "latency_ms": 1000 * seconds / batch}
 
 
 def main() -> None:
@@ -49,15 +40,15 @@ def main() -> None:
     parser.add_argument("--arch", default="detr")
     parser.add_argument("--size", type=int, nargs=2, default=[320, 480], metavar=("H", "W"))
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--min-run-time", type=float, default=2.0, help="seconds of timed calls per backbone")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+    parser.add_argument("--amp", action="store_true", help="autocast with the suite's dtype (common.autocast)")
     args = parser.parse_args()
     print(f"| backbone | params (M) | img/s | latency (ms/img) |   [{args.arch}, {args.size[0]}×{args.size[1]}, "
           f"batch {args.batch}, {args.device}{', bf16' if args.amp else ''}]")
     print("|---|---|---|---|")
     for name in args.backbones:
-        r = measure(args.arch, name, tuple(args.size), args.batch, args.iters, args.device, args.amp)
+        r = measure(args.arch, name, tuple(args.size), args.batch, args.min_run_time, args.device, args.amp)
         print(f"| {r['backbone']} | {r['params_M']:.1f} | {r['img_per_s']:.2f} | {r['latency_ms']:.0f} |", flush=True)
 
 

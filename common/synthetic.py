@@ -51,13 +51,22 @@ class ClassificationSpec:
 
 @dataclass(frozen=True)
 class DetectionSpec:
-    """Parameters of the synthetic COCO-format detection set."""
+    """Parameters of the synthetic COCO-format detection set.
+
+    ``radius``: (min, max) object radius as a fraction of ``img_size`` (a circle's radius; the
+    other shapes fit in the same circle but a rotated square, whose corners reach 1.13 radii).
+    ``cut_by_border``: object centres anywhere in the image, so some objects are cut by the
+    border; ``False`` keeps centres a radius away from it, so objects are whole (but for a
+    rotated square's corners).
+    """
 
     num_train: int = 256
     num_val: int = 64
     img_size: int = 128
     max_objects: int = 4
     seed: int = 0
+    radius: tuple[float, float] = (0.06, 0.45)
+    cut_by_border: bool = True
 
 
 def class_wnids(num_classes: int) -> list[str]:
@@ -214,8 +223,10 @@ def _draw_detection_image(rng: np.random.Generator, spec: DetectionSpec) -> tupl
     count = int(rng.integers(1, spec.max_objects + 1))
     # Propose several candidates at once and keep those that do not overlap the ones already kept.
     proposals = 4 * count
-    radius = (rng.uniform(0.06, 0.45, proposals) * size).astype(np.float32)
+    radius = (rng.uniform(*spec.radius, proposals) * size).astype(np.float32)
     centre = rng.uniform(0.0, 1.0, (2, proposals)).astype(np.float32) * size  # may leave the image: cut by the border
+    if not spec.cut_by_border:
+        centre = centre * (1.0 - 2.0 * radius / size) + radius
     kept: list[int] = []
     for i in range(proposals):
         if len(kept) == count:
@@ -274,10 +285,3 @@ def make_detection(cache: str | os.PathLike | None = None, spec: DetectionSpec |
                                "images": images, "annotations": annotations, "categories": categories})
 
     return _cached_or_build("detection", spec, cache, build)
-
-
-def detection_paths(root: str | os.PathLike) -> dict[str, str]:
-    """The four paths ``train_detector`` takes, for a set made by :func:`make_detection`."""
-    root = Path(root)
-    return {"train_ann": str(root / "annotations" / "instances_train2017.json"), "train_images": str(root / "train2017"),
-            "val_ann": str(root / "annotations" / "instances_val2017.json"), "val_images": str(root / "val2017")}

@@ -7,8 +7,10 @@ robustness runner also resume inside a stage):
 2. train two tiny classifiers of matched cost, PiT-Ti and DeiT-Ti, at a small image size;
 3. robustness suite on both: clean, the 15 ImageNet-C corruptions on the fly at 5 severities,
    occlusion, FGSM and PGD (``robustness.runner.run_robustness``);
-4. detection suite: a detector on each backbone, started from the classifiers' weights, trained
-   briefly and evaluated with pycocotools (``detection.engine.train_detector``);
+4. detection suite: a small Deformable DETR on each backbone (and each seed of the recipe), started
+   from the classifiers' weights, trained on a detection set from the classifiers' world and
+   evaluated with pycocotools on held-out images (``demo.detection``, whose docstring says why
+   this recipe);
 5. ``OUT/report.md`` with the paper-style tables, PNG plots and the commands for the real datasets.
 
 ``--quick`` shrinks every stage (fewer images and epochs) to run in about 3 minutes;
@@ -20,7 +22,7 @@ import argparse
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +30,8 @@ import torch
 
 from common import synthetic
 from common.io import atomic_write_json
+from demo.background import background_rows
+from demo.detection import DetectionRecipe
 
 # (report label, pit.create_model name, extra model kwargs): matched-cost pair, as in the paper's Table 1.
 DEMO_MODELS: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -50,24 +54,23 @@ class DemoConfig:
     robustness_limit: int | None = None
     eps: float = 1 / 255
     pgd_steps: int = 5
-    det_epochs: int = 4
-    det_batch_size: int = 4
-    det_arch: str = "deformable"
-    det_model_kwargs: dict = field(default_factory=dict)
+    detector: DetectionRecipe = field(default_factory=DetectionRecipe)
     num_workers: int = 1
+    in9_per_class: int = 4  # Background Challenge section: generated IN-9-style objects (and backgrounds) per class
 
 
+# Detection images from the classifiers' world: whole textured shapes of 15-29 px radius, 1-3 per 96 px image.
+DEMO_DETECTION = synthetic.DetectionSpec(num_train=400, num_val=100, img_size=96, max_objects=3,
+                                         radius=(0.16, 0.3), cut_by_border=False)
 DEFAULT_CONFIG = DemoConfig(
     classification=synthetic.ClassificationSpec(num_classes=10, train_per_class=200, val_per_class=50, img_size=64),
-    detection=synthetic.DetectionSpec(num_train=128, num_val=32, img_size=128, max_objects=3),
+    detection=DEMO_DETECTION,
 )
 QUICK_CONFIG = DemoConfig(
     classification=synthetic.ClassificationSpec(num_classes=10, train_per_class=20, val_per_class=4, img_size=64),
-    detection=synthetic.DetectionSpec(num_train=12, num_val=6, img_size=128, max_objects=3),
-    epochs=2, batch_size=32, pgd_steps=2, det_epochs=1, det_batch_size=4,
+    detection=replace(DEMO_DETECTION, num_train=16, num_val=8), in9_per_class=3,
+    epochs=2, batch_size=32, pgd_steps=2, detector=DetectionRecipe(epochs=1, lr_drop=None, seeds=(0,)),
 )
-# A small detector so that a few CPU epochs do something: fewer/lighter layers and queries than DETR's.
-DEMO_DETECTOR_KWARGS = {"hidden_dim": 128, "num_queries": 30, "enc_layers": 2, "dec_layers": 2, "dim_feedforward": 256}
 
 
 def _say(message: str) -> None:
@@ -134,14 +137,18 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, device: str 
         for label, name, kwargs in DEMO_MODELS}
     robustness = stages.run("robustness", lambda: _robustness(config, data["classification"], classifiers,
                                                               out / "robustness", device, progress))
-    detection = {label: stages.run(f"detection {label}", lambda label=label, name=name: _detect(
-        config, data["detection"], classifiers[label]["checkpoint"], out / "detection" / label, name, device,
-        progress)) for label, name, _ in DEMO_MODELS}
+    backgrounds = stages.run("background challenge", lambda: background_rows(
+        classifiers, DEMO_MODELS, num_classes=config.classification.num_classes, img_size=config.img_size,
+        per_class=config.in9_per_class, out=out / "backgrounds", cache=cache, device=device))
+    detection = {label: [stages.run(f"detection {label} seed {seed}", lambda label=label, name=name, seed=seed: _detect(
+        config, data["detection"], classifiers[label]["checkpoint"], out / "detection" / f"{label}-seed{seed}", name,
+        seed, device, progress)) for seed in config.detector.seeds] for label, name, _ in DEMO_MODELS}
 
     from demo.report import write_demo_report
 
     report = write_demo_report(out, config=config, models=DEMO_MODELS, data=data, classifiers=classifiers,
-                               robustness=robustness, detection=detection, stage_seconds=stages.seconds(),
+                               robustness=robustness, backgrounds=backgrounds, detection=detection,
+                               stage_seconds=stages.seconds(),
                                wall_seconds=time.perf_counter() - started, device=device, quick=quick)
     _say(f"report written: {report}")
     return report
@@ -173,23 +180,15 @@ def _robustness(config: DemoConfig, data: str, classifiers: dict[str, dict], out
     return {"summary": result["summary"], "records": result["records"], "report": result["report"]}
 
 
-def _detect(config: DemoConfig, root: str, backbone_weights: str, out: Path, name: str, device: str,
+def _detect(config: DemoConfig, root: str, backbone_weights: str, out: Path, name: str, seed: int, device: str,
             progress: bool) -> dict:
-    """Train and evaluate one detector; returns COCO AP/AR in percent (None where COCOeval gives -1) and FPS."""
-    from detection.coco_eval import STAT_NAMES
-    from detection.config import DetectionTrainConfig
-    from detection.engine import train_detector
+    """Train and evaluate one detector of the demo's recipe (``demo.detection``); COCO AP in percent, curve, FPS."""
+    from demo.detection import train_demo_detector
 
-    size = config.detection.img_size
-    checkpoint = out / "checkpoint.pth"
-    stats = train_detector(DetectionTrainConfig(
-        backbone=name, backbone_weights=backbone_weights, **synthetic.detection_paths(root), out=str(out),
-        arch=config.det_arch, epochs=config.det_epochs, batch_size=config.det_batch_size, lr=2e-4, lr_backbone=1e-4,
-        scales=[size - 16, size, size + 16], max_size=2 * size, test_size=size, device=device,
-        num_workers=config.num_workers, resume=str(checkpoint) if checkpoint.exists() else None, progress=progress,
-        model_kwargs={**DEMO_DETECTOR_KWARGS, **config.det_model_kwargs}))
-    result = {k: (100.0 * stats[k] if stats[k] >= 0 else None) for k in STAT_NAMES}
-    return {**result, "fps": stats["fps"], "checkpoint": str(checkpoint)}
+    result = train_demo_detector(config.detector, root, config.detection.img_size, out, backbone=name,
+                                 backbone_weights=backbone_weights, seed=seed, device=device,
+                                 num_workers=config.num_workers, progress=progress)
+    return {**result, "seed": seed}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,42 +15,14 @@ from typing import Any
 import torch
 
 from common.io import atomic_write_text, read_jsonl
-
-REAL_DATA_COMMANDS = """\
-```bash
-# Paper Table 1 (params, GMACs, throughput; top-1 with --data): the official checkpoints, ImageNet val
-python eval.py bench --models pit_ti pit_xs pit_s pit_b deit_tiny_patch16_224 deit_small_patch16_224 deit_base_patch16_224
-python eval.py bench --models pit_s --weights pit_s_809.pth --data /data/imagenet/val
-
-# Robustness (paper Table 6): clean, ImageNet-C from disk, ImageNet-A/R, occlusion, FGSM/PGD
-python eval.py robustness --model pit_s deit_small_patch16_224 resnet50 \\
-    --weights pit_s_809.pth deit_small_patch16_224-cd65a155.pth resnet50_a1_0-14fe96d1.pth \\
-    --data /data/imagenet/val --imagenet-c /data/imagenet-c \\
-    --imagenet-a /data/imagenet-a --imagenet-r /data/imagenet-r \\
-    --attacks fgsm pgd --eps 1/255 --steps 5 --occlusion --out runs/robustness
-#   (no ImageNet-C on disk? replace --imagenet-c DIR with --corrupt-on-the-fly)
-
-# Detection (paper Table 5): Deformable DETR with each backbone, the paper's half-resolution recipe
-for b in pit_s deit_small_patch16_224 resnet50; do
-  python eval.py detection train --arch deformable --preset paper --backbone $b \\
-      --backbone-weights weights/$b.pth --coco /data/coco --out runs/det-$b
-done
-python eval.py detection compare --runs runs/det-pit_s runs/det-deit_small_patch16_224 runs/det-resnet50
-
-# Several GPUs: the same commands under torchrun, e.g.
-torchrun --nproc_per_node=8 eval.py detection train --arch deformable --preset paper --backbone pit_s \\
-    --backbone-weights pit_s_809.pth --coco /data/coco --out runs/det-pit_s
-torchrun --nproc_per_node=8 eval.py robustness --model pit_s --weights pit_s_809.pth \\
-    --data /data/imagenet/val --imagenet-c /data/imagenet-c --out runs/robustness-pit_s
-```
-"""
+from demo.background import report_lines
+from demo.detection import DetectionRecipe
+from demo.detection_report import detection_section, detection_summary
 
 ROBUSTNESS_COLUMNS = (("Clean", "clean_top1"), ("Occlusion (centre)", "occlusion_top1"),
                       ("Occlusion (random patch)", "occlusion_random_top1"), ("FGSM", "fgsm_top1"),
                       ("PGD", "pgd_top1"), ("Corruption top-1", "corruption_top1"),
                       ("mCE (AlexNet-norm.)", "mCE"), ("Relative mCE", "relative_mCE"))
-DETECTION_COLUMNS = (("AP", "AP"), ("AP50", "AP50"), ("AP75", "AP75"), ("APs", "APs"), ("APm", "APm"),
-                     ("APl", "APl"), ("FPS", "fps"))
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -136,39 +108,38 @@ def plot_mean_severity(records: list[dict], labels: list[str], path: Path) -> Pa
     return _save(fig, ax, path)
 
 
-def plot_detection_bars(detection: dict[str, dict], path: Path) -> Path:
-    """Grouped bars: COCO AP % of each backbone (AP, AP50, ...; COCOeval's -1 drawn as 0)."""
-    cols = [(n, k) for n, k in DETECTION_COLUMNS if k != "fps"]
-    values = {label: [max(0.0, stats.get(k) or 0.0) for _, k in cols] for label, stats in detection.items()}
-    return _grouped_bars(values, [n for n, _ in cols], path, 6, ylabel="COCO AP %",
-                         title="Detection (synthetic COCO-format set)")
+def recipe_text(recipe: DetectionRecipe) -> str:
+    """One line describing the detector and its schedule, e.g. for the report's setup list."""
+    kw = recipe.model_kwargs
+    drop = f", lr ×0.1 after epoch {recipe.lr_drop}" if recipe.lr_drop and recipe.lr_drop < recipe.epochs else ""
+    return (f"`{recipe.arch}` detector (hidden {kw.get('hidden_dim')}, {kw.get('enc_layers')} encoder / "
+            f"{kw.get('dec_layers')} decoder layers, {kw.get('num_queries')} queries), {recipe.epochs} epoch(s) at "
+            f"batch {recipe.batch_size}, AdamW lr {recipe.lr:g} (backbone {recipe.lr_backbone:g}){drop}, "
+            f"{'DETR augmentation' if recipe.augment else 'no augmentation'}, {len(recipe.seeds)} seed(s) per backbone")
 
 
-def write_demo_report(out: Path, *, config, models, data: dict, classifiers: dict[str, dict], robustness: dict,
-                      detection: dict[str, dict], stage_seconds: dict[str, float], wall_seconds: float, device: str,
-                      quick: bool) -> Path:
-    """Write ``out/report.md`` and ``out/plots/*.png``; returns the report path."""
-    out = Path(out)
-    plots = out / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
-    labels = [label for label, _, _ in models]
-    summary = robustness["summary"]
+def _setup_lines(config, models, data: dict, device: str, quick: bool) -> list[str]:
+    """The report's title, its warnings and the *Setup* list."""
     cls_spec, det_spec = config.classification, config.detection
     n_val = cls_spec.num_classes * cls_spec.val_per_class
-    lines = [
+    return [
         "# PiT vs DeiT: demo report" + (" (--quick)" if quick else ""), "",
+        *(["> **--quick smoke run**: every stage ran on a handful of images for an epoch or two, to check that the "
+           "suite works end to end. The numbers below mean nothing; run `python eval.py demo` (no --quick) for "
+           "the demo's results.", ""] if quick else []),
         "> **These are demo numbers on generated data**, from tiny models trained for minutes on a CPU. "
         "They show that every stage of the suite runs end to end (data → training → robustness → detection → "
         "report); they are *not* the paper's results and say little about PiT vs DeiT at scale. "
-        "The commands at the end run the same evaluation on ImageNet / COCO with the official checkpoints.", "",
+        "The README's *Reproduce the paper* section runs the same evaluation on ImageNet / COCO.", "",
         "## Setup", "",
         f"- Classification data: {cls_spec.num_classes} classes (object shape × texture on textured backgrounds), "
         f"{cls_spec.num_classes * cls_spec.train_per_class} train / {n_val} val images, {cls_spec.img_size} px, "
         f"ImageFolder with wnid-style folders: `{data['classification']}`.",
         f"- Detection data: COCO-format, {det_spec.num_train} train / {det_spec.num_val} val images of "
-        f"{det_spec.img_size} px, 1–{det_spec.max_objects} objects each, 5 categories with non-contiguous ids: "
-        f"`{data['detection']}`.",
-        f"- Models: " + ", ".join(f"{label} = `{name}`" + (f" with {kw}" if kw else "") for label, name, kw in models)
+        f"{det_spec.img_size} px, 1–{det_spec.max_objects} whole objects each from the classification world (radius "
+        f"{det_spec.radius[0] * det_spec.img_size:.0f}–{det_spec.radius[1] * det_spec.img_size:.0f} px), 5 shape "
+        f"categories with non-contiguous ids: `{data['detection']}`.",
+        "- Models: " + ", ".join(f"{label} = `{name}`" + (f" with {kw}" if kw else "") for label, name, kw in models)
         + f", trained from scratch at {config.img_size} px for {config.epochs} epochs (AdamW, cosine schedule, "
         "label smoothing; `python eval.py train-classifier`). "
         + ("Both at full depth and width: the matched-cost pair of the paper's Table 1." if not any(kw for _, _, kw in models)
@@ -176,21 +147,30 @@ def write_demo_report(out: Path, *, config, models, data: dict, classifiers: dic
         f"- Robustness: the 15 ImageNet-C corruptions generated on the fly at severities "
         f"{', '.join(map(str, config.severities))}; centre and random-patch occlusion; FGSM and PGD-{config.pgd_steps} "
         f"at ε = {config.eps * 255:.0f}/255.",
-        f"- Detection: `{config.det_arch}` detector, {config.det_epochs} epoch(s), backbones initialised from the "
-        f"classifiers above; detector size {config.det_model_kwargs or 'demo default'}; COCOeval (pycocotools).",
+        f"- Detection: {recipe_text(config.detector)}; backbones initialised from the classifiers above; "
+        "COCOeval (pycocotools). Why this recipe: `demo/detection.py`.",
         f"- Device: {device}; torch {torch.__version__}; {torch.get_num_threads()} threads; {platform.platform()}.", "",
-        "## 1. Models (paper Table 1 style)", "",
     ]
+
+
+def _models_section(config, models, classifiers: dict[str, dict], plots: Path) -> list[str]:
+    """Section 1: parameters, MACs and val accuracy of the two classifiers, with their training curves."""
+    cls_spec = config.classification
     rows = []
     for label, name, kwargs in models:
         c = classifiers[label]
         params, macs = model_cost(name, kwargs, cls_spec.num_classes, config.img_size)
         rows.append([label, f"`{name}`", f"{params / 1e6:.2f}M", f"{macs / 1e6:.1f}M", _fmt(c["top1"]), _fmt(c["top5"])])
-    lines += _table(["Model", "Name", "Params", f"MACs @{config.img_size}px", "Val top-1", "Val top-5"], rows)
-    lines += ["", "![training curves](plots/training_curves.png)", ""]
     plot_training_curves(classifiers, plots / "training_curves.png")
+    return (["## 1. Models (paper Table 1 style)", ""]
+            + _table(["Model", "Name", "Params", f"MACs @{config.img_size}px", "Val top-1", "Val top-5"], rows)
+            + ["", "![training curves](plots/training_curves.png)", ""])
 
-    lines += ["## 2. Robustness (paper Table 6 style, top-1 %)", ""]
+
+def _robustness_section(config, labels: list[str], robustness: dict, plots: Path) -> list[str]:
+    """Section 2: the paper-style robustness table and plots."""
+    summary = robustness["summary"]
+    lines = ["## 2. Robustness (paper Table 6 style, top-1 %)", ""]
     lines += _table(["Model"] + [n for n, _ in ROBUSTNESS_COLUMNS],
                     [[label] + [_fmt(summary[label].get(k)) for _, k in ROBUSTNESS_COLUMNS] for label in labels])
     if len(config.severities) < 5:
@@ -204,29 +184,38 @@ def write_demo_report(out: Path, *, config, models, data: dict, classifiers: dic
               "![per corruption](robustness/plots/accuracy_vs_severity.png)", ""]
     plot_robustness_bars(summary, plots / "robustness.png")
     plot_mean_severity(robustness["records"], labels, plots / "corruption_severity.png")
+    return lines
 
-    lines += ["## 3. Detection (paper Table 5 style, COCO AP %)", ""]
-    lines += _table(["Backbone"] + [n for n, _ in DETECTION_COLUMNS],
-                    [[label] + [_fmt(detection[label].get(k), 1) for _, k in DETECTION_COLUMNS] for label in labels])
-    lines += ["", "AP in percent from pycocotools' COCOeval on the val split; – where the val split has no object of "
-              "that COCO size bucket (COCOeval's -1). FPS: whole detector incl. post-processing, batch "
-              f"{config.det_batch_size}, on {device}.",
-              "", f"Trained for {config.det_epochs} epoch(s) on {det_spec.num_train} images: AP this early is close to "
-              "0 and noisy; it shows the pipeline (training, COCO-format loading, pycocotools evaluation), not the "
-              "backbones' merit.", "", "![detection](plots/detection.png)", ""]
-    plot_detection_bars(detection, plots / "detection.png")
 
-    lines += ["## Time per stage", ""]
-    lines += _table(["Stage", "Seconds"], [[name, f"{s:.0f}"] for name, s in stage_seconds.items()])
-    lines += ["", f"Wall time of this invocation: {wall_seconds:.0f} s (finished stages are reused on a re-run).", "",
-              "## Run the same evaluation on ImageNet / COCO", "",
-              "Download the official checkpoints (naver-ai/pit releases, DeiT and timm weights) and the datasets "
-              "yourself (nothing is downloaded by the suite), then:", "", REAL_DATA_COMMANDS,
-              "Stage results of this run: `stages.json`; raw robustness records: `robustness/results.json`; "
-              "detector checkpoints and COCOeval stats: `detection/<model>/`.", ""]
+def _closing_lines(stage_seconds: dict[str, float], wall_seconds: float) -> list[str]:
+    """Time per stage and where the raw results are."""
+    return (["## Time per stage", ""] + _table(["Stage", "Seconds"], [[n, f"{s:.0f}"] for n, s in stage_seconds.items()])
+            + ["", f"Wall time of this invocation: {wall_seconds:.0f} s (finished stages are reused on a re-run).", "",
+               "The same evaluation on ImageNet / COCO with the official checkpoints: the README's *Reproduce the "
+               "paper* section (nothing is downloaded by the suite).", "",
+               "Stage results of this run: `stages.json`; raw robustness records: `robustness/results.json`; "
+               "detector checkpoints, logs and COCOeval stats: `detection/<model>-seed<k>/`; machine-readable "
+               "numbers: `summary.json`.", ""])
+
+
+def write_demo_report(out: Path, *, config, models, data: dict, classifiers: dict[str, dict], robustness: dict,
+                      backgrounds: list[dict], detection: dict[str, list[dict]], stage_seconds: dict[str, float],
+                      wall_seconds: float, device: str, quick: bool) -> Path:
+    """Write ``out/report.md``, ``out/summary.json`` and ``out/plots/*.png``; returns the report path."""
+    out = Path(out)
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    labels = [label for label, _, _ in models]
+    lines = _setup_lines(config, models, data, device, quick)
+    lines += _models_section(config, models, classifiers, plots)
+    lines += _robustness_section(config, labels, robustness, plots)
+    lines += report_lines(backgrounds, config.in9_per_class)
+    lines += detection_section(detection, config.detector, config.detection, data["detection"], plots, device, quick)
+    lines += _closing_lines(stage_seconds, wall_seconds)
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
-    atomic_write_text(out / "summary.json", json.dumps({"classifiers": classifiers, "robustness": summary,
-                                                        "detection": detection, "stage_seconds": stage_seconds},
-                                                       indent=2) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps({"classifiers": classifiers, "robustness": robustness["summary"],
+                                                        "background_challenge": backgrounds,
+                                                        "detection": detection_summary(detection),
+                                                        "stage_seconds": stage_seconds}, indent=2) + "\n")
     return path

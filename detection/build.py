@@ -1,53 +1,72 @@
-"""Architecture registry: ``--arch detr|deformable`` → detector, criterion, post-processor.
+"""Architecture registry: ``--arch detr|deformable`` → an :class:`Architecture` record (detector,
+criterion and post-processor builders).
 
-Every detector takes ``(images (B, 3, H, W) normalised, mask (B, H, W) True = padding)`` and
+Every detector takes ``(images (B, 3, H, W) in [0, 1], mask (B, H, W) True = padding)`` and
 returns ``pred_logits``/``pred_boxes`` (normalised cxcywh)/``aux_outputs``; every criterion
 returns a dict of losses and has ``weight_dict``; every post-processor maps
 ``(outputs, target_sizes (B, 2) = (h, w))`` to per-image ``scores``/``labels``/``boxes`` (abs xywh).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 from torch import nn
 
 
-def _detr() -> tuple[Callable, Callable, Callable]:
+@dataclass(frozen=True)
+class Architecture:
+    """One detector family: ``build_model(backbone=, num_classes=, **model_kwargs)``,
+    ``build_criterion(num_classes=, dec_layers=, aux_loss=, [two_stage=,] **loss_kwargs)``,
+    ``build_postprocessor(num_select)``; ``structure_keys``: the model keywords the criterion needs."""
+
+    name: str
+    build_model: Callable[..., nn.Module]
+    build_criterion: Callable[..., nn.Module]
+    build_postprocessor: Callable[[int], nn.Module]
+    structure_keys: tuple[str, ...]
+
+
+def _detr() -> Architecture:
     from detection.criterion import build_detr_criterion
-    from detection.detr import PostProcess, build_detr
+    from detection.detr import build_detr
+    from detection.postprocess import PostProcess
 
-    return build_detr, build_detr_criterion, PostProcess
+    return Architecture("detr", build_detr, build_detr_criterion, lambda num_select: PostProcess(),
+                        ("dec_layers", "aux_loss"))
 
 
-def _deformable() -> tuple[Callable, Callable, Callable]:
+def _deformable() -> Architecture:
     try:
-        from detection.deformable import PostProcessDeformable, build_deformable_criterion, build_deformable_detector
+        from detection.criterion import build_deformable_criterion
+        from detection.deformable.model import build_deformable_detector
+        from detection.postprocess import PostProcessTopK
     except ImportError as exc:
         raise ValueError(f"--arch deformable is unavailable: detection.deformable failed to import ({exc})") from exc
-    return build_deformable_detector, build_deformable_criterion, PostProcessDeformable
+    return Architecture("deformable", build_deformable_detector, build_deformable_criterion, PostProcessTopK,
+                        ("dec_layers", "aux_loss", "two_stage"))
 
 
-ARCHS: dict[str, Callable[[], tuple[Callable, Callable, Callable]]] = {"detr": _detr, "deformable": _deformable}
+ARCHS: dict[str, Callable[[], Architecture]] = {"detr": _detr, "deformable": _deformable}
 
 
-def _arch(arch: str) -> tuple[Callable, Callable, Callable]:
+def get_architecture(arch: str) -> Architecture:
     if arch not in ARCHS:
         raise KeyError(f"unknown detector architecture {arch!r}; choose one of {sorted(ARCHS)}")
     return ARCHS[arch]()
 
 
 def build_detector(arch: str, *, backbone: str, num_classes: int, **model_kwargs) -> nn.Module:
-    return _arch(arch)[0](backbone=backbone, num_classes=num_classes, **model_kwargs)
+    return get_architecture(arch).build_model(backbone=backbone, num_classes=num_classes, **model_kwargs)
 
 
-def build_criterion(arch: str, *, num_classes: int, **kw) -> nn.Module:
-    """``kw`` may hold model kwargs too: only those the criterion builder accepts are passed (e.g. dec_layers)."""
-    import inspect
+def build_criterion(arch: str, *, num_classes: int, model_kwargs: dict | None = None, **loss_kwargs) -> nn.Module:
+    """The architecture's criterion; ``model_kwargs`` supplies the structure it must follow (decoder
+    layers, aux loss, two-stage), ``loss_kwargs`` the matcher costs and loss weights."""
+    spec = get_architecture(arch)
+    structure = {k: v for k, v in (model_kwargs or {}).items() if k in spec.structure_keys}
+    return spec.build_criterion(num_classes=num_classes, **structure, **loss_kwargs)
 
-    builder = _arch(arch)[1]
-    accepted = inspect.signature(builder).parameters
-    return builder(num_classes=num_classes, **{k: v for k, v in kw.items() if k in accepted})
 
-
-def build_postprocessor(arch: str) -> nn.Module:
-    return _arch(arch)[2]()
+def build_postprocessor(arch: str, num_select: int = 100) -> nn.Module:
+    return get_architecture(arch).build_postprocessor(num_select)

@@ -1,9 +1,11 @@
-"""``python eval.py detection train|eval|compare``: COCO detection with any backbone.
+"""``python eval.py detection train|eval|convert|compare``: COCO detection with any backbone.
 
     python eval.py detection train --backbone pit_s --backbone-weights pit_s_809.pth --coco /data/coco \
         --epochs 50 --batch-size 2 --out runs/pit_s
     torchrun --nproc_per_node 8 eval.py detection train ...      # DDP, batch size per process
     python eval.py detection eval --checkpoint runs/pit_s/checkpoint.pth --coco /data/coco --out runs/pit_s
+    python eval.py detection eval --checkpoint detr-r50-e632da11.pth --coco /data/coco --out runs/detr_r50
+    python eval.py detection convert r50_deformable_detr-checkpoint.pth deformable_suite.pth
     python eval.py detection compare --runs runs/pit_s runs/deit_s runs/r50 --out runs/compare
 """
 from __future__ import annotations
@@ -20,42 +22,31 @@ from pit import default_weights
 from pit.hub import cached_pretrained_file
 from detection.build import ARCHS
 from detection.config import DetectionTrainConfig
-from detection.deformable.presets import PRESETS, get_preset
+from detection.presets import ARCH_DEFAULT, LABEL_SPACES, PRESETS, get_preset
 
-PRESET_FIELDS = ("epochs", "batch_size", "lr", "lr_backbone", "weight_decay", "clip_max_norm", "lr_drop")
-FLAG_FIELDS = ("arch", *PRESET_FIELDS, "img_scale")  # flags whose unset value means "the preset's or the default"
+OPTIMISER_FIELDS = ("epochs", "batch_size", "lr", "lr_backbone", "weight_decay", "clip_max_norm", "lr_drop", "label_space")
 BUILTIN_DATA = DetectionSpec()  # the generated set used when no --coco / paths are given
 
 
-def _field_defaults() -> dict:
-    return {f.name: f.default for f in dataclasses.fields(DetectionTrainConfig) if f.name in FLAG_FIELDS}
-
-
 def resolve_train_options(args: argparse.Namespace) -> tuple[dict, dict]:
-    """Training keywords and model keywords from the flags, the ``--preset`` and the config's defaults, in
-    that order.
-
-    The ``paper`` preset halves every image scale (``img_scale`` 0.5 on DETR's 480-800/1333/800 gives
-    exactly the paper's 400-16i / 667 / 400) and uses Deformable DETR's model and optimiser recipe.
-    """
+    """Training keywords and model keywords from the flags, then the ``--preset`` (default: the official
+    recipe of ``--arch``, DETR's without either), in that order."""
     try:
         model_kwargs = json.loads(args.model_kwargs)
     except json.JSONDecodeError as exc:
         raise ValueError(f"--model-kwargs is not valid JSON: {exc}") from exc
     if not isinstance(model_kwargs, dict):
         raise ValueError(f"--model-kwargs must be a JSON object such as '{{\"num_queries\": 50}}', got {args.model_kwargs}")
-    options = _field_defaults()
-    if args.preset:
-        if args.arch not in (None, "deformable"):
-            raise ValueError(f"--preset {args.preset} is a Deformable DETR recipe: drop --arch {args.arch} "
-                             "or use --arch deformable")
-        preset = get_preset(args.preset)
-        options.update(arch="deformable", img_scale=0.5, **{k: preset[k] for k in PRESET_FIELDS})
-        model_kwargs = {**preset["model_kwargs"], **model_kwargs}
+    name = args.preset or ARCH_DEFAULT[args.arch or "detr"]
+    preset = get_preset(name)
+    if args.arch not in (None, preset.arch):
+        raise ValueError(f"--preset {name} is a {preset.arch} recipe: drop --arch {args.arch} or use --arch {preset.arch}")
+    options = {"arch": preset.arch, "preset": name, "img_scale": 1.0,
+               **{k: getattr(preset, k) for k in OPTIMISER_FIELDS}}
     for key in options:
         if getattr(args, key, None) is not None:
             options[key] = getattr(args, key)
-    return options, model_kwargs
+    return options, {**preset.model_kwargs, **model_kwargs}
 
 
 def _number(kind: type, low: float, strict: bool):
@@ -88,6 +79,27 @@ def _data_args(p: argparse.ArgumentParser, train: bool) -> None:
     g.add_argument("--val-images", help="validation image folder")
 
 
+def _convert_args(sub) -> None:
+    v = sub.add_parser("convert", help="write a suite checkpoint from an official DETR / Deformable DETR .pth "
+                                       "or a Hugging Face folder")
+    v.add_argument("src", help="official .pth, Hugging Face save_pretrained folder, or suite checkpoint")
+    v.add_argument("dst", help="suite checkpoint to write")
+
+
+def _run_args(t: argparse.ArgumentParser) -> None:
+    """``detection train``'s run group: resume / overwrite / fine-tune, device, workers, seed, evaluation."""
+    r = t.add_argument_group("run")
+    r.add_argument("--resume", help="checkpoint to continue exactly (the same command on the same --out resumes by itself)")
+    r.add_argument("--overwrite", action="store_true", help="start the run in --out over, discarding its checkpoint")
+    r.add_argument("--finetune", help="detector to start from (any --checkpoint format of eval, e.g. an official "
+                                      "DETR .pth); a class head of another size is re-initialised with a warning")
+    r.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
+    r.add_argument("--num-workers", type=NON_NEGATIVE_INT)
+    r.add_argument("--seed", type=int)
+    r.add_argument("--eval-every", type=POSITIVE_INT, help="evaluate every N epochs (and after the last; default 1)")
+    r.add_argument("--no-progress", action="store_true")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     t = sub.add_parser("train", help="train a detector (resumable; torchrun for DDP)")
@@ -95,20 +107,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--backbone-weights", help="local backbone checkpoint (PiT .pth, timm, DeiT, safetensors)")
     t.add_argument("--arch", choices=sorted(ARCHS), help="detector head (default: detr; deformable with --preset)")
     t.add_argument("--preset", choices=sorted(PRESETS),
-                   help="a published recipe for the deformable head: 'paper' = the PiT paper's Deformable DETR "
-                        "(lr 2e-4, backbone 2e-5, 50 epochs, drop at 40, every image scale halved); "
-                        "flags given explicitly override it (docs/deformable.md)")
+                   help="a published recipe (docs/detection.md): detr-r50, deformable, deformable-refine, "
+                        "deformable-two-stage, paper (the PiT paper's half-resolution Deformable DETR); default: "
+                        "the official recipe of --arch; flags given explicitly override it")
+    t.add_argument("--label-space", choices=LABEL_SPACES,
+                   help="head rows: coco-ids (row = category id, as the official heads; default of the official "
+                        "presets) or contiguous (0..K-1, for custom datasets)")
     _data_args(t, train=True)
     t.add_argument("--out", help="run folder (run.json, log.jsonl, checkpoint.pth, eval.json); default "
                                  "runs/detection-train-BACKBONE, resumed when it holds the same run")
     o = t.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=POSITIVE_INT, help="default 50")
+    o.add_argument("--epochs", type=POSITIVE_INT, help="default: the preset's (DETR 300, Deformable DETR 50)")
     o.add_argument("--batch-size", type=POSITIVE_INT, help="per process (default 2)")
-    o.add_argument("--lr", type=POSITIVE, help="default 1e-4 (DETR)")
-    o.add_argument("--lr-backbone", type=NON_NEGATIVE, help="default 1e-5 (DETR)")
+    o.add_argument("--lr", type=POSITIVE, help="default: the preset's (DETR 1e-4, Deformable DETR 2e-4)")
+    o.add_argument("--lr-backbone", type=NON_NEGATIVE, help="default: the preset's (DETR 1e-5, Deformable DETR 2e-5)")
     o.add_argument("--weight-decay", type=NON_NEGATIVE, help="default 1e-4")
     o.add_argument("--clip-max-norm", type=NON_NEGATIVE, help="gradient-norm clip, 0 = off (default 0.1)")
-    o.add_argument("--lr-drop", type=POSITIVE_INT, help="epoch at which lr is multiplied by 0.1 (default: never)")
+    o.add_argument("--lr-drop", type=POSITIVE_INT,
+                   help="epoch at which lr is multiplied by 0.1 (default: the preset's, DETR 200, Deformable DETR 40)")
     o.add_argument("--accum-steps", type=POSITIVE_INT, help="gradient accumulation steps (default 1)")
     o.add_argument("--amp", action="store_true", help="mixed precision with the suite's policy (common.autocast)")
     s = t.add_argument_group("image sizes")
@@ -118,18 +134,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--img-scale", type=POSITIVE, help="multiply every size by this, e.g. 0.5 for small machines (default 1)")
     m = t.add_argument_group("model")
     m.add_argument("--model-kwargs", default="{}", help='JSON of model keywords, e.g. \'{"hidden_dim": 128, "num_queries": 50}\'')
-    r = t.add_argument_group("run")
-    r.add_argument("--resume", help="checkpoint to continue exactly (the same command on the same --out resumes by itself)")
-    r.add_argument("--overwrite", action="store_true", help="start the run in --out over, discarding its checkpoint")
-    r.add_argument("--finetune", help="checkpoint to start from; mismatched heads are dropped with a warning")
-    r.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
-    r.add_argument("--num-workers", type=NON_NEGATIVE_INT)
-    r.add_argument("--seed", type=int)
-    r.add_argument("--eval-every", type=POSITIVE_INT, help="evaluate every N epochs (and after the last; default 1)")
-    r.add_argument("--no-progress", action="store_true")
+    _run_args(t)
 
     e = sub.add_parser("eval", help="COCO bbox mAP, FPS and visualisations of a checkpoint")
-    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--checkpoint", required=True, help="a suite checkpoint, an official DETR / Deformable DETR .pth, "
+                                                        "or a Hugging Face save_pretrained folder")
     _data_args(e, train=False)
     e.add_argument("--out", help="folder for eval.json and vis/ (default runs/detection-eval-RUN)")
     e.add_argument("--batch-size", type=POSITIVE_INT, default=2)
@@ -139,6 +148,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="draw predictions vs ground truth on N images")
     e.add_argument("--no-progress", action="store_true")
 
+    _convert_args(sub)
     c = sub.add_parser("compare", help="markdown table + plot of several run folders")
     c.add_argument("--runs", nargs="+", required=True)
     c.add_argument("--out", help="folder for compare.md and compare_ap.png")
@@ -164,9 +174,10 @@ def _data(args: argparse.Namespace, train: bool) -> tuple[dict[str, str], str, i
 
 def _builtin_data(keys: list[str]) -> tuple[dict[str, str], str, int]:
     from common import synthetic
+    from detection.data import coco_paths
 
     root = synthetic.make_detection(spec=BUILTIN_DATA)
-    paths = {k: v for k, v in synthetic.detection_paths(root).items() if k in keys}
+    paths = {k: v for k, v in coco_paths(root).items() if k in keys}
     text = (f"built-in generated COCO-format set ({BUILTIN_DATA.num_train} train / {BUILTIN_DATA.num_val} val "
             f"shapes images, {BUILTIN_DATA.img_size} px, cached in {root})")
     note(f"no --coco given: using the {text}; for COCO pass --coco DIR")
@@ -223,6 +234,11 @@ def main(args: argparse.Namespace) -> int:
         from detection.compare import compare_runs
 
         print(compare_runs(args.runs, args.out))
+        return 0
+    if args.action == "convert":
+        from detection.official import convert_detector
+
+        print(convert_detector(args.src, args.dst))
         return 0
     from detection.engine import evaluate_checkpoint, train_detector
 

@@ -22,8 +22,10 @@ EXECUTION_FIELDS = ("out", "resume", "overwrite", "device", "num_workers", "prog
 class DetectionTrainConfig:
     """Everything ``train_detector`` needs. Data: COCO-format annotation json + image folder per split.
 
-    Sizes are in pixels before ``img_scale`` (``scales`` = training short sides, ``max_size`` = longest
-    side, ``test_size`` = test short side; None = DETR's 480..800 / 1333 / 800). ``resume`` continues a
+    ``preset`` names the ``detection.presets`` recipe (None = the official one of ``arch``): its image sizes,
+    loss/matcher numbers and detections kept. ``label_space`` "coco-ids" makes head rows COCO category ids
+    (as the official heads), "contiguous" 0..K-1. Sizes are in pixels before ``img_scale`` (``scales`` =
+    training short sides, ``max_size`` = longest side, ``test_size`` = test short side; None = the recipe's). ``resume`` continues a
     run exactly; ``finetune`` starts from a checkpoint's weights with mismatched heads dropped.
     ``augment=False`` trains on the test transform (overfitting checks). ``data_note``/``weights_note``
     record what data and weights the run used (written at the top of ``run.json``, ``log.jsonl`` and
@@ -37,6 +39,8 @@ class DetectionTrainConfig:
     val_images: str
     out: str
     arch: str = "detr"
+    preset: str | None = None
+    label_space: str = "contiguous"
     backbone_weights: str | None = None
     epochs: int = 50
     batch_size: int = 2
@@ -76,6 +80,8 @@ class DetectionTrainConfig:
             if not self.scales:
                 raise ValueError("--scales needs at least one size")
             _positive(scales=min(self.scales))
+        if self.label_space not in ("coco-ids", "contiguous"):
+            raise ValueError(f"--label-space must be coco-ids or contiguous, got {self.label_space!r}")
         if self.resume and self.finetune:
             raise ValueError("--resume and --finetune are exclusive: resume continues a run, finetune starts a new one")
         if self.resume and self.overwrite:

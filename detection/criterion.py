@@ -1,4 +1,6 @@
-"""DETR's set loss: Hungarian matching, then class + box losses on the matched pairs."""
+"""The one set loss of DETR and Deformable DETR: Hungarian matching, then class + box losses on
+the matched pairs, for the last decoder layer, every auxiliary layer and (two-stage Deformable
+DETR) the class-agnostic encoder proposals."""
 from __future__ import annotations
 
 import torch
@@ -9,13 +11,22 @@ from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 from common.distributed import all_reduce_sum, get_world_size
 
 
-def detr_weight_dict(num_decoder_layers: int, cls: float = 1.0, bbox: float = 5.0, giou: float = 2.0) -> dict[str, float]:
-    """Loss weights for the last decoder layer and the ``num_decoder_layers - 1`` auxiliary ones."""
+def weight_dict(num_decoder_layers: int, cls: float = 1.0, bbox: float = 5.0, giou: float = 2.0,
+                two_stage: bool = False) -> dict[str, float]:
+    """Loss weights for the last decoder layer, the ``num_decoder_layers - 1`` auxiliary ones
+    (suffix ``_i``) and, ``two_stage``, the encoder proposals (suffix ``_enc``)."""
     base = {"loss_ce": cls, "loss_bbox": bbox, "loss_giou": giou}
     weights = dict(base)
     for i in range(num_decoder_layers - 1):
         weights.update({f"{k}_{i}": v for k, v in base.items()})
+    if two_stage:
+        weights.update({f"{k}_enc": v for k, v in base.items()})
     return weights
+
+
+def detr_weight_dict(num_decoder_layers: int, cls: float = 1.0, bbox: float = 5.0, giou: float = 2.0) -> dict[str, float]:
+    """DETR's weights (no encoder proposals): see :func:`weight_dict`."""
+    return weight_dict(num_decoder_layers, cls, bbox, giou)
 
 
 class SetCriterion(nn.Module):
@@ -29,7 +40,9 @@ class SetCriterion(nn.Module):
     averaged over the number of target boxes, summed across processes.
 
     ``focal=True`` switches classification to sigmoid focal loss over (B, Q, K) logits
-    without a no-object class (Deformable DETR), averaged over the number of boxes.
+    without a no-object class (Deformable DETR), averaged over the number of boxes; with
+    ``outputs["enc_outputs"]`` (two-stage) the encoder proposals add ``*_enc`` losses against
+    class-agnostic targets (every label 0).
     """
 
     def __init__(self, num_classes: int, matcher: nn.Module, weight_dict: dict[str, float], eos_coef: float = 0.1,
@@ -84,6 +97,9 @@ class SetCriterion(nn.Module):
         losses = self.layer_losses(outputs, targets, num_boxes)
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
             losses.update({f"{k}_{i}": v for k, v in self.layer_losses(aux, targets, num_boxes).items()})
+        if "enc_outputs" in outputs:
+            binary = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
+            losses.update({f"{k}_enc": v for k, v in self.layer_losses(outputs["enc_outputs"], binary, num_boxes).items()})
         return losses
 
 
@@ -92,12 +108,33 @@ def _flat_indices(indices: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]
     return batch_idx, torch.cat([src for src, _ in indices])
 
 
-def build_detr_criterion(*, num_classes: int, dec_layers: int = 6, aux_loss: bool = True, eos_coef: float = 0.1,
-                         set_cost_class: float = 1.0, set_cost_bbox: float = 5.0, set_cost_giou: float = 2.0,
-                         ce_loss_coef: float = 1.0, bbox_loss_coef: float = 5.0, giou_loss_coef: float = 2.0) -> SetCriterion:
-    """DETR's criterion: matcher costs 1/5/2, loss weights CE 1 (no-object 0.1) / L1 5 / GIoU 2."""
+def build_set_criterion(*, num_classes: int, focal: bool, dec_layers: int = 6, aux_loss: bool = True,
+                        two_stage: bool = False, eos_coef: float = 0.1, set_cost_class: float = 1.0,
+                        set_cost_bbox: float = 5.0, set_cost_giou: float = 2.0, cls_loss_coef: float = 1.0,
+                        bbox_loss_coef: float = 5.0, giou_loss_coef: float = 2.0, focal_alpha: float = 0.25,
+                        focal_gamma: float = 2.0) -> SetCriterion:
+    """A :class:`SetCriterion` with its matcher; every number is a keyword (the presets in
+    ``detection.presets`` hold the official values)."""
     from detection.matcher import HungarianMatcher
 
-    matcher = HungarianMatcher(set_cost_class, set_cost_bbox, set_cost_giou)
-    weights = detr_weight_dict(dec_layers if aux_loss else 1, ce_loss_coef, bbox_loss_coef, giou_loss_coef)
-    return SetCriterion(num_classes, matcher, weights, eos_coef=eos_coef)
+    matcher = HungarianMatcher(set_cost_class, set_cost_bbox, set_cost_giou, focal=focal,
+                               focal_alpha=focal_alpha, focal_gamma=focal_gamma)
+    weights = weight_dict(dec_layers if aux_loss else 1, cls_loss_coef, bbox_loss_coef, giou_loss_coef, two_stage)
+    return SetCriterion(num_classes, matcher, weights, eos_coef=eos_coef, focal=focal,
+                        focal_alpha=focal_alpha, focal_gamma=focal_gamma)
+
+
+def build_detr_criterion(*, num_classes: int, dec_layers: int = 6, aux_loss: bool = True, **loss_kw) -> SetCriterion:
+    """DETR's criterion: softmax CE (no-object weight 0.1), matcher costs 1/5/2, loss weights CE 1 / L1 5 / GIoU 2."""
+    return build_set_criterion(num_classes=num_classes, focal=False, dec_layers=dec_layers, aux_loss=aux_loss, **loss_kw)
+
+
+def build_deformable_criterion(*, num_classes: int, dec_layers: int = 6, aux_loss: bool = True, two_stage: bool = False,
+                               set_cost_class: float = 2.0, set_cost_bbox: float = 5.0, set_cost_giou: float = 2.0,
+                               cls_loss_coef: float = 2.0, bbox_loss_coef: float = 5.0, giou_loss_coef: float = 2.0,
+                               focal_alpha: float = 0.25, focal_gamma: float = 2.0) -> SetCriterion:
+    """Deformable DETR's criterion: sigmoid focal loss, matcher costs 2/5/2, loss weights focal 2 / L1 5 / GIoU 2."""
+    return build_set_criterion(num_classes=num_classes, focal=True, dec_layers=dec_layers, aux_loss=aux_loss,
+                               two_stage=two_stage, set_cost_class=set_cost_class, set_cost_bbox=set_cost_bbox,
+                               set_cost_giou=set_cost_giou, cls_loss_coef=cls_loss_coef, bbox_loss_coef=bbox_loss_coef,
+                               giou_loss_coef=giou_loss_coef, focal_alpha=focal_alpha, focal_gamma=focal_gamma)

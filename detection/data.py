@@ -1,12 +1,13 @@
 """COCO-format detection data: pycocotools loading, DETR's augmentation on torchvision
 ``transforms.v2``, and a collate that pads batches with masks.
 
-Samples are ``(image (3, H, W) float in [0, 1] (NOT normalised: the engine normalises with the
-backbone's mean/std), target)`` with target ``labels`` (n,) contiguous 0..K-1, ``boxes`` (n, 4)
+Samples are ``(image (3, H, W) float in [0, 1] (not normalised: every detector normalises inside
+itself), target)`` with target ``labels`` (n,) contiguous 0..K-1, ``boxes`` (n, 4)
 normalised cxcywh w.r.t. the transformed image, ``image_id``, ``orig_size`` (h, w) and ``size``.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from pathlib import Path
@@ -20,8 +21,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from detection.annotations import load_coco
-
-DEFAULT_SCALES = list(range(480, 801, 32))
+from detection.presets import ImageSizes
 
 
 def coco_paths(coco_dir: str | os.PathLike) -> dict[str, str]:
@@ -31,6 +31,38 @@ def coco_paths(coco_dir: str | os.PathLike) -> dict[str, str]:
         raise FileNotFoundError(f"COCO folder {root} does not exist")
     return {"train_ann": str(root / "annotations" / "instances_train2017.json"), "train_images": str(root / "train2017"),
             "val_ann": str(root / "annotations" / "instances_val2017.json"), "val_images": str(root / "val2017")}
+
+
+def get_size(width: int, height: int, size: int, max_size: int | None = None) -> tuple[int, int]:
+    """The official DETR resize rule → (new height, new width): the short side becomes ``size``
+    unless the long side would exceed ``max_size``, in which case the short side becomes
+    ``round(max_size · short / long)``; the other side is truncated (``int``), and an image whose
+    short side already equals the size is left as it is."""
+    if max_size is not None:
+        short, long = float(min(width, height)), float(max(width, height))
+        if long / short * size > max_size:
+            size = int(round(max_size * short / long))
+    if (width <= height and width == size) or (height <= width and height == size):
+        return height, width
+    if width < height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
+class RandomResize(v2.Transform):
+    """Resize to :func:`get_size` of a short side drawn from ``sizes`` (official ``RandomResize``)."""
+
+    def __init__(self, sizes: list[int] | tuple[int, ...], max_size: int | None = None) -> None:
+        super().__init__()
+        self.sizes, self.max_size = list(sizes), max_size
+
+    def make_params(self, flat_inputs: list) -> dict:
+        height, width = v2.query_size(flat_inputs)
+        size = self.sizes[int(torch.randint(len(self.sizes), ())) if len(self.sizes) > 1 else 0]  # test: no RNG draw
+        return {"size": list(get_size(width, height, size, self.max_size))}
+
+    def transform(self, inpt, params: dict):
+        return self._call_kernel(TF.resize, inpt, size=params["size"], antialias=True)
 
 
 class RandomSizeCrop(v2.Transform):
@@ -48,44 +80,68 @@ class RandomSizeCrop(v2.Transform):
                 "height": h, "width": w}
 
     def transform(self, inpt, params: dict):
-        return TF.crop(inpt, **params)
+        return self._call_kernel(TF.crop, inpt, **params)
 
 
-def make_transforms(train: bool, scales: list[int] | None = None, max_size: int | None = None,
-                    test_size: int | None = None, img_scale: float = 1.0) -> v2.Transform:
-    """DETR's recipe: train = flip, then either a multi-scale resize of the short side (``scales``,
-    long side ≤ ``max_size``) or resize 400/500/600 + random crop 384–600 + multi-scale resize;
-    test = short side ``test_size`` (long ≤ ``max_size``). All sizes are multiplied by ``img_scale``."""
-    scaled = lambda v: max(int(v * img_scale + 0.5), 8)  # noqa: E731  (round half up: 1333 * 0.5 -> 667)
-    scales = [scaled(s) for s in (scales or DEFAULT_SCALES)]
-    max_size = scaled(max_size or 1333)
-    test_size = scaled(test_size or 800)
+class DropEmptyBoxes(v2.Transform):
+    """Drop boxes left with zero width or height (after a crop), and their labels, as the official
+    ``crop`` does (``x1 > x0 and y1 > y0``, no minimum size)."""
+
+    def forward(self, *inputs):
+        sample = inputs if len(inputs) > 1 else inputs[0]
+        image, target = sample
+        boxes = target["boxes"]
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        target = {**target, "boxes": tv_tensors.wrap(boxes[keep], like=boxes), "labels": target["labels"][keep]}
+        return image, target
+
+
+def resolve_sizes(sizes: ImageSizes | None = None, *, scales: list[int] | None = None, max_size: int | None = None,
+                  test_size: int | None = None, img_scale: float = 1.0) -> ImageSizes:
+    """``sizes`` (default: the official ones) with the explicitly given sizes replacing its own, all × ``img_scale``."""
+    explicit = {"train_scales": tuple(scales or ()), "max_size": max_size, "test_size": test_size}
+    sizes = dataclasses.replace(sizes or ImageSizes(), **{k: v for k, v in explicit.items() if v})
+    return sizes.scaled(img_scale) if img_scale != 1.0 else sizes
+
+
+def make_transforms(train: bool, sizes: ImageSizes | None = None, *, scales: list[int] | None = None,
+                    max_size: int | None = None, test_size: int | None = None, img_scale: float = 1.0) -> v2.Transform:
+    """DETR's recipe on [0, 1] tensors (sizes from ``sizes``, default the official ones; explicit
+    ``scales``/``max_size``/``test_size`` replace them; everything is then multiplied by ``img_scale``):
+    train = flip, then either :class:`RandomResize` over the scales or resize + random crop + resize,
+    empty boxes dropped; test = :func:`get_size` of ``test_size``."""
+    sizes = resolve_sizes(sizes, scales=scales, max_size=max_size, test_size=test_size, img_scale=img_scale)
     to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     if not train:
-        return v2.Compose([*to_tensor, v2.Resize(test_size, max_size=max_size)])
-    crop = v2.Compose([v2.RandomShortestSize([scaled(s) for s in (400, 500, 600)]), RandomSizeCrop(scaled(384), scaled(600)),
-                       v2.RandomShortestSize(scales, max_size=max_size)])
+        return v2.Compose([*to_tensor, RandomResize([sizes.test_size], sizes.max_size)])
+    crop = v2.Compose([RandomResize(sizes.resize_scales), RandomSizeCrop(*sizes.crop_size),
+                       RandomResize(sizes.train_scales, sizes.max_size)])
     return v2.Compose([*to_tensor, v2.RandomHorizontalFlip(),
-                       v2.RandomChoice([v2.RandomShortestSize(scales, max_size=max_size), crop]),
-                       v2.SanitizeBoundingBoxes(min_size=1.0)])
+                       v2.RandomChoice([RandomResize(sizes.train_scales, sizes.max_size), crop]), DropEmptyBoxes()])
 
 
 class CocoDetection(torch.utils.data.Dataset):
     """Any COCO-format set (validated by :func:`detection.annotations.load_coco`). Crowd and degenerate
-    boxes are dropped; category ids map to contiguous labels (``cat_ids[label]`` = COCO id,
-    ``label_of[coco_id]`` = label). Images missing on disk or empty are left out at start, and an image
-    that fails to decode is skipped when read (``None``, dropped by :func:`collate`), each with a warning
-    naming the file; a set with no image left is an error."""
+    boxes are dropped; category ids are mapped to labels (``cat_ids[label]`` = COCO id, ``label_of[coco_id]``
+    = label): contiguous 0..K-1, or with ``label_space="coco-ids"`` the category id itself (as the official
+    91-row heads). Images missing on disk or empty are left out at start, and an image that fails to decode
+    is skipped when read (``None``, dropped by :func:`collate`), each with a warning naming the file; a set
+    with no image left is an error."""
 
-    def __init__(self, ann_file: str | os.PathLike, image_dir: str | os.PathLike, transforms: v2.Transform | None = None) -> None:
+    def __init__(self, ann_file: str | os.PathLike, image_dir: str | os.PathLike, transforms: v2.Transform | None = None,
+                 label_space: str = "contiguous") -> None:
         self.coco = load_coco(ann_file)
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image folder {self.image_dir} not found")
         self.ids = _present_images(self.coco, self.image_dir, ann_file)
-        self.cat_ids = sorted(self.coco.getCatIds())
-        self.label_of = {c: i for i, c in enumerate(self.cat_ids)}
-        self.category_names = [self.coco.cats[c]["name"] for c in self.cat_ids]
+        ids = sorted(self.coco.getCatIds())
+        if label_space not in ("coco-ids", "contiguous"):
+            raise ValueError(f"unknown label space {label_space!r}: use coco-ids or contiguous")
+        # coco-ids: label = category id (rows without a category stay unused, as in the official 91-row heads)
+        self.cat_ids = list(range(ids[-1] + 1)) if label_space == "coco-ids" else ids
+        self.label_of = {c: (c if label_space == "coco-ids" else i) for i, c in enumerate(ids)}
+        self.category_names = [self.coco.cats[c]["name"] if c in self.coco.cats else "N/A" for c in self.cat_ids]
         self.transforms = transforms
 
     @property

@@ -1,7 +1,7 @@
 """Training and evaluation of COCO detectors, architecture-agnostic (``detection.build``).
 
-Recipe (DETR): AdamW lr 1e-4, backbone lr 1e-5, weight decay 1e-4, grad-norm clip 0.1, StepLR
-×0.1 at ``lr_drop``. Multi-GPU / multi-process: ``torchrun --nproc_per_node N eval.py detection
+Recipes (image sizes, loss/matcher numbers, detections kept) come from ``detection.presets``;
+AdamW, grad-norm clip, StepLR ×0.1 at ``lr_drop``. Multi-GPU / multi-process: ``torchrun --nproc_per_node N eval.py detection
 train ...`` (DDP, DistributedSampler; gloo on CPU); the batch size is per process.
 
 A run folder ``out`` holds ``run.json`` (data, weights, arch, backbone, params, GFLOPs, config),
@@ -37,17 +37,12 @@ from detection.build import build_criterion, build_detector, build_postprocessor
 from detection.coco_eval import CocoEvaluator
 from detection.config import DetectionTrainConfig
 from detection.data import CocoDetection, collate, make_transforms
+from detection.presets import ARCH_DEFAULT, get_preset
 from detection.resume import prepare_out
 
 PRINTED = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 MODEL_FIELDS = ("model", "arch", "backbone", "num_classes", "cat_ids")  # what evaluation needs
 RESUME_FIELDS = (*MODEL_FIELDS, "optimizer", "scheduler", "epoch", "rng")  # what exact resumption needs
-
-
-def normalize_images(model: nn.Module, images: Tensor, mask: Tensor) -> Tensor:
-    """[0, 1] pixels (B, 3, H, W) → normalised with the backbone's mean/std, padding kept at 0."""
-    backbone = _unwrap(model).backbone
-    return ((images - backbone.pixel_mean) / backbone.pixel_std).masked_fill(mask[:, None], 0.0)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -57,7 +52,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def _forward(model: nn.Module, images: Tensor, mask: Tensor, device: torch.device, amp: bool) -> dict:
     """The detector on one padded batch ([0, 1] pixels, mask True = padding) under the suite's autocast policy."""
     with autocast(device, amp):
-        return model(normalize_images(model, images, mask), mask)
+        return model(images, mask)
 
 
 def param_groups(model: nn.Module, lr: float, lr_backbone: float, weight_decay: float) -> list[dict]:
@@ -241,6 +236,18 @@ def load_checkpoint(path: str, *, fields: tuple[str, ...] = MODEL_FIELDS) -> dic
     return ckpt
 
 
+def _finetune_state(path: str, arch: str, backbone: str) -> dict[str, Tensor]:
+    """The weights of any detector ``load_detector`` reads (suite, official, Hugging Face), checked to be ``arch`` over ``backbone``."""
+    from detection.official import load_detector
+
+    loaded = load_detector(path)
+    config = loaded.config
+    if (config["arch"], config["backbone"]) != (arch, backbone):
+        raise ValueError(f"--finetune {path} is {config['arch']} over {config['backbone']}: pass --arch {config['arch']} "
+                         f"--backbone {config['backbone']}")
+    return loaded.model.state_dict()
+
+
 def _check_compatible(ckpt: dict, path: str, *, arch: str, backbone: str, num_classes: int, cat_ids: list[int]) -> None:
     if ckpt["arch"] != arch:
         raise ValueError(f"checkpoint {path} is for --arch {ckpt['arch']}, not {arch}")
@@ -289,21 +296,38 @@ class _Run:
                         progress=self.config.progress)[0]
 
 
+def _sizes(config: DetectionTrainConfig) -> dict:
+    """``make_transforms`` keywords: the recipe's image sizes, replaced by any size given explicitly."""
+    return dict(sizes=_recipe(config).sizes, scales=config.scales, max_size=config.max_size,
+                test_size=config.test_size, img_scale=config.img_scale)
+
+
+def _recipe(config: DetectionTrainConfig):
+    """The ``detection.presets`` recipe of the run: ``config.preset``, else the official one of its arch."""
+    recipe = get_preset(config.preset or ARCH_DEFAULT[config.arch])
+    if recipe.arch != config.arch:
+        raise ValueError(f"--preset {config.preset} is a {recipe.arch} recipe, not {config.arch}")
+    return recipe
+
+
 def _build_run(config: DetectionTrainConfig, out: Path, device: torch.device) -> _Run:
-    sizes = dict(scales=config.scales, max_size=config.max_size, test_size=config.test_size, img_scale=config.img_scale)
-    train_set = CocoDetection(config.train_ann, config.train_images, make_transforms(config.augment, **sizes))
-    val_set = CocoDetection(config.val_ann, config.val_images, make_transforms(False, **sizes))
+    recipe, sizes = _recipe(config), _sizes(config)
+    train_set = CocoDetection(config.train_ann, config.train_images, make_transforms(config.augment, **sizes),
+                              label_space=config.label_space)
+    val_set = CocoDetection(config.val_ann, config.val_images, make_transforms(False, **sizes),
+                            label_space=config.label_space)
     if val_set.cat_ids != train_set.cat_ids:
         raise ValueError(f"train and val category ids differ: {train_set.cat_ids} vs {val_set.cat_ids}")
     _seed(config.seed + get_rank())
     model = build_detector(config.arch, backbone=config.backbone, num_classes=train_set.num_classes,
                            backbone_weights=config.backbone_weights, **config.model_kwargs).to(device)
-    criterion = build_criterion(config.arch, num_classes=train_set.num_classes, **config.model_kwargs).to(device)
+    criterion = build_criterion(config.arch, num_classes=train_set.num_classes, model_kwargs=config.model_kwargs,
+                                **recipe.criterion_kwargs).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, config.lr, config.lr_backbone, config.weight_decay),
                                   lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_drop or 10**9, gamma=0.1)
-    return _Run(config, out, device, config.amp, train_set, val_set, model, criterion, build_postprocessor(config.arch),
-                optimizer, scheduler, grad_scaler(device, config.amp))
+    return _Run(config, out, device, config.amp, train_set, val_set, model, criterion,
+                build_postprocessor(config.arch, recipe.num_select), optimizer, scheduler, grad_scaler(device, config.amp))
 
 
 def _restore(run: _Run, source: str) -> int:
@@ -325,12 +349,10 @@ def _start_fresh(run: _Run) -> None:
     """Write ``run.json`` and the log's header line for a run starting at epoch 0 (main process)."""
     config = run.config
     if config.finetune:
-        load_state_dropping_mismatched(run.model, load_checkpoint(config.finetune)["model"])
+        load_state_dropping_mismatched(run.model, _finetune_state(config.finetune, config.arch, config.backbone))
     if not is_main_process():
         return
-    size = config.gflops_size or (make_transforms(False, scales=config.scales, max_size=config.max_size,
-                                                  test_size=config.test_size, img_scale=config.img_scale)
-                                  .transforms[-1].size[0],) * 2
+    size = config.gflops_size or (make_transforms(False, **_sizes(config)).transforms[-1].sizes[0],) * 2
     rng = _rng_state()  # the FLOP count must not move the training RNG stream
     atomic_write_json(run.out / "run.json", {
         **run.header(), "arch": config.arch, "backbone": config.backbone, "num_classes": run.train_set.num_classes,
@@ -410,25 +432,24 @@ def train_detector(config: DetectionTrainConfig) -> dict:
 def evaluate_checkpoint(checkpoint: str, val_ann: str, val_images: str, out: str, *, device: str | None = None,
                         batch_size: int = 2, num_workers: int = 2, save_vis: int = 0, progress: bool = True,
                         data_note: str = "") -> dict:
-    """Evaluate a training checkpoint on a COCO-format set; writes ``eval.json`` (+ ``vis/*.png``) under ``out``
-    (checked before the evaluation starts)."""
+    """Evaluate a detector (any ``detection.load_detector`` format: suite, official DETR / Deformable DETR .pth,
+    Hugging Face folder) on a COCO-format set; writes ``eval.json`` (+ ``vis/*.png``) under ``out`` (checked
+    before the evaluation starts)."""
+    from detection.official import load_detector
     from detection.resume import claim_eval_out
 
     out_dir = claim_eval_out(out, checkpoint)
     device = init_distributed(device)
-    ckpt = load_checkpoint(checkpoint)
-    args = ckpt.get("args", {}) if isinstance(ckpt.get("args"), dict) else {}
-    sizes = {k: args.get(k) for k in ("scales", "max_size", "test_size")}
-    val_set = CocoDetection(val_ann, val_images, make_transforms(False, **sizes, img_scale=args.get("img_scale", 1.0)))
-    if val_set.cat_ids != list(ckpt["cat_ids"]):
-        raise ValueError(f"checkpoint {checkpoint} was trained on category ids {ckpt['cat_ids']} "
-                         f"(num_classes={ckpt['num_classes']}) but {val_ann} has {val_set.cat_ids}")
-    arch = ckpt["arch"]
-    model = build_detector(arch, backbone=ckpt["backbone"], num_classes=ckpt["num_classes"], **ckpt.get("model_kwargs", {}))
-    model.load_state_dict(ckpt["model"])
-    model.to(device)
-    stats, predictions = evaluate(model, build_postprocessor(arch), _loader(val_set, batch_size, num_workers, False, 0),
-                                  CocoEvaluator(val_set.coco, val_set.cat_ids), device, progress=progress)
+    loaded = load_detector(checkpoint, device=str(device))
+    rows_are_ids = loaded.cat_ids == list(range(len(loaded.cat_ids)))
+    val_set = CocoDetection(val_ann, val_images, make_transforms(False, loaded.sizes),
+                            label_space="coco-ids" if rows_are_ids else "contiguous")
+    unknown = sorted(set(val_set.coco.getCatIds()) - set(loaded.cat_ids))
+    if unknown:
+        raise ValueError(f"checkpoint {checkpoint} ({loaded.source}) was trained on category ids {loaded.cat_ids} but "
+                         f"{val_ann} also has {unknown}: evaluate on the dataset it was trained on")
+    stats, predictions = evaluate(loaded.model, loaded.postprocessor, _loader(val_set, batch_size, num_workers, False, 0),
+                                  CocoEvaluator(val_set.coco, loaded.cat_ids), device, progress=progress)
     _report(out_dir, stats, {"data": data_note or f"val {val_ann}", "weights": f"detector checkpoint {checkpoint}"})
     if save_vis > 0 and is_main_process():
         from detection.visualize import save_visualizations

@@ -195,7 +195,7 @@ CASES: dict[str, tuple[Callable[[SimpleNamespace], list[str]], int, tuple[str, .
     "eval malicious pickle": (lambda e: evaluate(e, str(e.root / "evil.pth")), 2, ("evil.pth", "refused")),
     "eval random file": (lambda e: evaluate(e, str(e.root / "random.pth")), 2, ("random.pth",)),
     "eval empty file": (lambda e: evaluate(e, str(e.root / "empty.pth")), 2, ("empty.pth", "empty")),
-    "eval missing fields": (lambda e: evaluate(e, str(e.root / "fields.pth")), 2, ("fields.pth", "cat_ids")),
+    "eval missing fields": (lambda e: evaluate(e, str(e.root / "fields.pth")), 2, ("fields.pth", "fits neither")),
     # output folders
     "train out is a file": (lambda e: train(e, out=str(e.root / "a_file")), 2, ("--out", "existing file")),
     "eval out is a file": (lambda e: evaluate(e, str(e.root / "fields.pth"), out=str(e.root / "a_file")),

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou
 
-from detection.deformable import PostProcessDeformable, build_deformable_criterion, build_deformable_detector
-from detection.deformable.criterion import DeformableSetCriterion, deformable_weight_dict
-from detection.deformable.presets import get_preset
+from detection.criterion import SetCriterion, weight_dict
+from detection.deformable import PostProcessTopK, build_deformable_criterion, build_deformable_detector
+from detection.presets import get_preset
 
 TINY = dict(hidden_dim=32, nheads=4, enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=12, dropout=0.0)
 
@@ -25,7 +25,7 @@ class FixedMatcher(nn.Module):
 
 
 def _padded_batch() -> tuple[torch.Tensor, torch.Tensor]:
-    images = torch.randn(2, 3, 96, 128)
+    images = torch.rand(2, 3, 96, 128)
     mask = torch.zeros(2, 96, 128, dtype=torch.bool)
     mask[1, 64:, :] = True
     mask[1, :, 80:] = True
@@ -87,7 +87,7 @@ def test_criterion_matches_hand_computed_losses():
     logits = torch.randn(1, queries, num_classes)
     boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.3], [0.3, 0.6, 0.1, 0.1], [0.7, 0.2, 0.3, 0.2], [0.4, 0.4, 0.4, 0.4]]])
     targets = [{"labels": torch.tensor([2, 0]), "boxes": torch.tensor([[0.45, 0.5, 0.25, 0.3], [0.3, 0.65, 0.1, 0.2]])}]
-    criterion = DeformableSetCriterion(num_classes, FixedMatcher(), deformable_weight_dict(1, False))
+    criterion = SetCriterion(num_classes, FixedMatcher(), weight_dict(1), focal=True)
     losses = criterion({"pred_logits": logits, "pred_boxes": boxes}, targets)
     # focal loss by its definition: -α_t (1 - p_t)^γ log p_t over every query × class, / num boxes
     p = logits.sigmoid()
@@ -124,7 +124,7 @@ def test_postprocess_topk_over_queries_and_classes():
     logits = torch.full((1, 3, 2), -10.0)
     logits[0, 1, 0], logits[0, 1, 1], logits[0, 2, 1] = 3.0, 2.0, 1.0  # query 1 listed with both classes
     boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.25, 0.5, 0.5, 0.2], [0.5, 0.5, 1.0, 1.0]]])
-    (result,) = PostProcessDeformable(num_select=3)({"pred_logits": logits, "pred_boxes": boxes}, torch.tensor([[100, 200]]))
+    (result,) = PostProcessTopK(num_select=3)({"pred_logits": logits, "pred_boxes": boxes}, torch.tensor([[100, 200]]))
     assert result["labels"].tolist() == [0, 1, 1]
     torch.testing.assert_close(result["scores"], torch.tensor([3.0, 2.0, 1.0]).sigmoid())
     torch.testing.assert_close(result["boxes"][0], torch.tensor([0.0, 40.0, 100.0, 20.0]))  # absolute xywh
@@ -133,15 +133,15 @@ def test_postprocess_topk_over_queries_and_classes():
 
 def test_paper_preset_scales():
     preset = get_preset("paper")
-    assert preset["train_scales"] == [400, 384, 368, 352, 336, 320, 304, 288, 272, 256, 240]
-    assert (preset["lr"], preset["lr_backbone"], preset["epochs"], preset["lr_drop"]) == (2e-4, 2e-5, 50, 40)
-    assert preset["test_scale"] == 400 and preset["train_max_size"] == 667
-    with pytest.raises(KeyError, match="unknown deformable preset"):
+    assert sorted(preset.sizes.train_scales, reverse=True) == [400, 384, 368, 352, 336, 320, 304, 288, 272, 256, 240]
+    assert (preset.lr, preset.lr_backbone, preset.epochs, preset.lr_drop) == (2e-4, 2e-5, 50, 40)
+    assert preset.sizes.test_size == 400 and preset.sizes.max_size == 667
+    with pytest.raises(KeyError, match="unknown preset"):
         get_preset("nope")
 
 
 def _load_coco_tensors(ann_file: str, image_dir: str):
-    """Images as normalised (N, 3, H, W), targets with contiguous labels and normalised cxcywh."""
+    """Images in [0, 1] (N, 3, H, W) (the detector normalises), targets with contiguous labels and normalised cxcywh."""
     import numpy as np
     from PIL import Image
     from pycocotools.coco import COCO
@@ -158,17 +158,17 @@ def _load_coco_tensors(ann_file: str, image_dir: str):
         scale = torch.tensor([info["width"], info["height"]] * 2, dtype=torch.float32)
         boxes = box_convert(torch.tensor([a["bbox"] for a in anns], dtype=torch.float32), "xywh", "cxcywh") / scale
         targets.append({"labels": torch.tensor([category_ids.index(a["category_id"]) for a in anns]), "boxes": boxes})
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-    return coco, category_ids, image_ids, (torch.stack(images) - mean) / std, targets
+    return coco, category_ids, image_ids, torch.stack(images), targets
 
 
 def test_overfits_a_handful_of_images(tmp_path):
     from pycocotools.cocoeval import COCOeval
 
-    from common.synthetic import DetectionSpec, detection_paths, make_detection
+    from common.synthetic import DetectionSpec, make_detection
+    from detection.data import coco_paths
 
     torch.manual_seed(0)
-    paths = detection_paths(make_detection(tmp_path, DetectionSpec(num_train=4, num_val=1, img_size=64, max_objects=2)))
+    paths = coco_paths(make_detection(tmp_path, DetectionSpec(num_train=4, num_val=1, img_size=64, max_objects=2)))
     coco, category_ids, image_ids, images, targets = _load_coco_tensors(paths["train_ann"], paths["train_images"])
     mask = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.bool)
     sizes = dict(TINY, num_queries=10, num_feature_levels=2)
@@ -187,7 +187,7 @@ def test_overfits_a_handful_of_images(tmp_path):
     assert loss.item() < 0.2 * first
     model.eval()
     with torch.no_grad():
-        results = PostProcessDeformable()(model(images, mask), torch.tensor([[64, 64]] * len(image_ids)))
+        results = PostProcessTopK()(model(images, mask), torch.tensor([[64, 64]] * len(image_ids)))
     detections = [
         {"image_id": image_id, "category_id": category_ids[label], "bbox": box, "score": score}
         for image_id, r in zip(image_ids, results)

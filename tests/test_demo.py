@@ -31,7 +31,8 @@ def _tables(report: str) -> dict[str, list[dict[str, str]]]:
 
 
 def _number(cell: str) -> float:
-    match = re.fullmatch(r"(-?\d+(?:\.\d+)?)M?", cell)
+    """A table cell's number: ``12.3``, ``4.55M``, or the mean of ``12.3 ± 0.4``."""
+    match = re.fullmatch(r"(-?\d+(?:\.\d+)?)(?:M| ± \d+(?:\.\d+)?)?", cell)
     assert match, f"not a number: {cell!r}"
     return float(match.group(1))
 
@@ -48,6 +49,7 @@ def test_quick_demo_report_tables_are_filled_and_in_range(demo_run):
     out, _ = demo_run
     report = (out / "report.md").read_text()
     assert "demo numbers on generated data" in report
+    assert report.splitlines()[2].startswith("> **--quick smoke run**")  # said at the top, before any number
     assert "python eval.py robustness --model pit_s deit_small_patch16_224 resnet50" in report
     assert "--arch deformable --preset paper --backbone" in report and "torchrun" in report
     tables = _tables(report)
@@ -55,8 +57,10 @@ def test_quick_demo_report_tables_are_filled_and_in_range(demo_run):
     models = next(rows for head, rows in tables.items() if head.startswith("1."))
     robust = next(rows for head, rows in tables.items() if head.startswith("2."))
     detect = next(rows for head, rows in tables.items() if head.startswith("3."))
-    for rows in (models, robust, detect):
+    for rows in (models, robust, detect[:len(labels)]):
         assert [next(iter(r.values())) for r in rows] == labels
+    per_seed = detect[len(labels):]  # the per-seed table follows the mean table under the same heading
+    assert [(r["Backbone"], r["Seed"]) for r in per_seed] == [(label, "0") for label in labels]
     for row in models:
         assert 1 < _number(row["Params"]) < 10  # tiny models, millions of parameters
         assert 1 < _number(row["MACs @64px"]) < 1000  # millions of multiply-adds at 64 px
@@ -66,15 +70,20 @@ def test_quick_demo_report_tables_are_filled_and_in_range(demo_run):
             value = _number(cell)  # relative mCE may be < 0: a near-chance model can err less when corrupted
             assert column == "Relative mCE" or (value >= 0 and (value <= 100 or column.startswith("mCE"))), (column, cell)
         assert _number(row["PGD"]) <= _number(row["Clean"]) + 1e-6
-    for row in detect:
+    for row in detect[:len(labels)]:
         assert 0 <= _number(row["AP"]) <= _number(row["AP50"]) <= 100 and _number(row["AP75"]) <= _number(row["AP50"])
         assert _number(row["FPS"]) > 0
         for column in ("APs", "APm", "APl"):  # "–": no val object of that COCO size bucket (COCOeval's -1)
             assert row[column] == "–" or 0 <= _number(row[column]) <= 100, (column, row[column])
-    for plot in ("training_curves", "robustness", "corruption_severity", "detection"):
+    for plot in ("training_curves", "robustness", "corruption_severity", "detection_curves", "detection_examples"):
         assert (out / "plots" / f"{plot}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "one seed per backbone" in report and "not measured against seed-to-seed variation" in report
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["robustness"]) == set(labels)
+    assert set(summary["robustness"]) == set(labels) == set(summary["detection"])
+    for label, row in zip(labels, detect):
+        seed0 = summary["detection"][label]["seeds"]["0"]
+        assert f"{seed0['AP']:.1f}" == row["AP"] and summary["detection"][label]["over_seeds"]["AP"]["spread"] == 0
+        assert [c["epoch"] for c in seed0["curve"]] == [1]
 
 
 def test_rerun_reuses_finished_stages(demo_run, capsys):

@@ -241,3 +241,41 @@ def test_freeze_patch_embed_and_pre_norm():
     model = build_detector("detr", backbone="pit_ti", num_classes=2, pre_norm=True, **TINY)
     images, mask = _padded_batch()
     model(images, mask)["pred_boxes"].sum().backward()
+
+
+def test_resnet_backbone_is_frozen_as_the_official_one():
+    """Official DETR: every BatchNorm frozen, stem + layer1 not trained — 222,400 parameters
+    (conv1 9,408 + layer1 213,000, issue 13's count) that ours trained before."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    body = build_backbone("resnet50").body
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in body.modules())
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in body.modules())
+    frozen = sum(p.numel() for p in body.parameters() if not p.requires_grad)
+    assert frozen == 222_400
+    assert all(p.requires_grad for n, p in body.named_parameters() if n.startswith(("layer2", "layer3", "layer4")))
+
+
+def test_position_encodings_follow_each_paper():
+    """DETR: y / (y_last + 1e-6) · 2π; Deformable DETR: (y − 0.5) / (y_last + 1e-6) · 2π (first feature = sin)."""
+    import math
+
+    from detection.position_encoding import deformable_position_embedding, detr_position_embedding
+
+    mask = torch.zeros(1, 4, 6, dtype=torch.bool)
+    mask[:, 3:, :] = True  # 3 valid rows
+    y = torch.tensor(2.0)  # row index 1 → cumulative count 2
+    detr = detr_position_embedding(8)(mask)
+    deformable = deformable_position_embedding(8)(mask)
+    torch.testing.assert_close(detr[0, 0, 1, 0], torch.sin(y / (3 + 1e-6) * 2 * math.pi))
+    torch.testing.assert_close(deformable[0, 0, 1, 0], torch.sin((y - 0.5) / (3 + 1e-6) * 2 * math.pi))
+
+
+def test_any_timm_backbone_with_forward_intermediates():
+    backbone = build_backbone("convnext_atto", multi_scale=True)
+    assert backbone.strides == [8, 16, 32] and backbone.num_channels == [80, 160, 320]
+    images, mask = torch.rand(1, 3, 72, 104), torch.zeros(1, 72, 104, dtype=torch.bool)
+    assert [m.shape[-2:] for m, _ in backbone(images, mask)] == [(9, 13), (4, 6), (2, 3)]  # floor: stride-2 convs without padding
+    with pytest.raises(ValueError, match="cannot serve a detector at arbitrary input sizes") as info:
+        build_backbone("mixer_s16_224")
+    assert "\n" not in str(info.value)

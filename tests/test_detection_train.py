@@ -55,7 +55,7 @@ def test_overfits_a_handful_of_images(tmp_path):
                            model_kwargs=dict(hidden_dim=64, nheads=4, enc_layers=1, dec_layers=2, dim_feedforward=128,
                                              num_queries=8, dropout=0.0))
     log = _log(tmp_path / "run")
-    assert len(log) == 40 and log[-1]["train_loss"] < 0.25 * log[0]["train_loss"]
+    assert len(log) == 40 and log[-1]["train_loss"] < 0.3 * log[0]["train_loss"]
     assert stats["AP"] > 0.5, stats["summary"]
     saved = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert len(saved["stats"]) == 12 and saved["fps"] > 0

@@ -107,8 +107,29 @@ def test_detection_is_coco(det_root):
     assert all(0 < a["area"] <= a["bbox"][2] * a["bbox"][3] for a in anns)
 
 
-def test_detection_paths_point_at_the_set(det_root):
-    paths = synthetic.detection_paths(det_root)
+def test_whole_objects_in_a_radius_range(tmp_path):
+    """``cut_by_border=False``: only a rotated square's corners (1.13 radii out) can reach the border; box sides
+    within the shapes' extents for ``radius``."""
+    spec = synthetic.DetectionSpec(num_train=40, num_val=2, img_size=96, max_objects=3, radius=(0.16, 0.3),
+                                   cut_by_border=False)
+    root = synthetic.make_detection(tmp_path, spec)
+    coco = COCO(str(root / "annotations" / "instances_train2017.json"))
+    anns = coco.loadAnns(coco.getAnnIds())
+    boxes = np.array([a["bbox"] for a in anns])
+    square = np.array([a["category_id"] == synthetic.DETECTION_CATEGORY_IDS[synthetic.SHAPES.index("square")]
+                       for a in anns])
+    inside = (boxes[:, :2] > 0).all(1) & (boxes[:, :2] + boxes[:, 2:] < spec.img_size).all(1)
+    assert inside[~square].all() and inside[square].mean() > 0.5
+    longest = boxes[:, 2:].max(1)  # a shape spans 1.5 (triangle) to 2.26 (square at 45°) radii
+    assert (longest <= 2.3 * spec.radius[1] * spec.img_size + 1).all()
+    assert (longest >= 1.2 * spec.radius[0] * spec.img_size - 1).all()
+    assert longest.max() / longest.min() > 1.4  # still varied sizes
+
+
+def test_detection_set_has_the_standard_coco_layout(det_root):
+    from detection.data import coco_paths
+
+    paths = coco_paths(det_root)
     assert set(paths) == {"train_ann", "train_images", "val_ann", "val_images"}
     assert all(Path(p).exists() for p in paths.values())
 

@@ -1,12 +1,11 @@
 """Deformable DETR head (Zhu et al. 2021) in pure PyTorch, plugged into ``detection.build``
-as ``arch="deformable"``."""
-from detection.deformable.criterion import DeformableSetCriterion, build_deformable_criterion
+as ``arch="deformable"``; its loss is ``detection.criterion.SetCriterion(focal=True)``."""
+from detection.criterion import build_deformable_criterion
 from detection.deformable.model import DeformableDETR, build_deformable_detector
 from detection.deformable.ms_deform_attn import MSDeformAttn, ms_deform_attn_pytorch
-from detection.deformable.postprocess import PostProcessDeformable
-from detection.deformable.presets import get_preset
+from detection.postprocess import PostProcessTopK
 
 __all__ = [
-    "DeformableDETR", "DeformableSetCriterion", "MSDeformAttn", "PostProcessDeformable",
-    "build_deformable_criterion", "build_deformable_detector", "get_preset", "ms_deform_attn_pytorch",
+    "DeformableDETR", "MSDeformAttn", "PostProcessTopK", "build_deformable_criterion", "build_deformable_detector",
+    "ms_deform_attn_pytorch",
 ]

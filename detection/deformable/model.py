@@ -15,22 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detection.deformable.transformer import DeformableTransformer, inverse_sigmoid
+from detection.detr import box_mlp
 
 LOW_LR_PARAMETERS = ("sampling_offsets", "reference_points")  # 0.1× lr in Deformable DETR
-
-
-class MLP(nn.Module):
-    """Linear layers with ReLU between them (DETR's box head)."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
-        super().__init__()
-        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-
-    def forward(self, x: Tensor) -> Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
-        return x
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -57,9 +44,10 @@ class DeformableDETR(nn.Module):
     def __init__(
         self, backbone: nn.Module, position_embedding: nn.Module, transformer: DeformableTransformer,
         num_classes: int, num_queries: int = 300, num_feature_levels: int = 4, aux_loss: bool = True,
-        with_box_refine: bool = False, two_stage: bool = False,
+        with_box_refine: bool = False, two_stage: bool = False, lr_linear_proj_mult: float = 0.1,
     ) -> None:
         super().__init__()
+        self.lr_linear_proj_mult = lr_linear_proj_mult
         if two_stage != transformer.two_stage:
             raise ValueError("two_stage must match the transformer's two_stage")
         hidden = transformer.d_model
@@ -81,21 +69,21 @@ class DeformableDETR(nn.Module):
 
         class_head = nn.Linear(hidden, num_classes)
         nn.init.constant_(class_head.bias, -math.log((1 - 0.01) / 0.01))  # prior probability 0.01
-        box_head = MLP(hidden, hidden, 4, 3)
-        nn.init.zeros_(box_head.layers[-1].weight)
-        nn.init.zeros_(box_head.layers[-1].bias)
-        num_pred = len(transformer.decoder_layers) + (1 if two_stage else 0)
+        box_head = box_mlp(hidden)
+        nn.init.zeros_(box_head[-2].weight)
+        nn.init.zeros_(box_head[-2].bias)
+        num_pred = len(transformer.decoder.layers) + (1 if two_stage else 0)
         if with_box_refine:
             self.class_embed = nn.ModuleList(copy.deepcopy(class_head) for _ in range(num_pred))
             self.bbox_embed = nn.ModuleList(copy.deepcopy(box_head) for _ in range(num_pred))
-            nn.init.constant_(self.bbox_embed[0].layers[-1].bias[2:], -2.0)
+            nn.init.constant_(self.bbox_embed[0][-2].bias[2:], -2.0)
         else:
-            nn.init.constant_(box_head.layers[-1].bias[2:], -2.0)
+            nn.init.constant_(box_head[-2].bias[2:], -2.0)
             self.class_embed = nn.ModuleList([class_head] * num_pred)
             self.bbox_embed = nn.ModuleList([box_head] * num_pred)
         if two_stage:
             for head in self.bbox_embed:
-                nn.init.zeros_(head.layers[-1].bias[2:])
+                nn.init.zeros_(head[-2].bias[2:])
 
     def _multi_scale_inputs(self, images: Tensor, mask: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         features = self.backbone(images, mask)
@@ -116,7 +104,7 @@ class DeformableDETR(nn.Module):
         """Detect objects.
 
         Args:
-            images: (B, 3, H, W) normalised images, zero-padded to a common size.
+            images: (B, 3, H, W) in [0, 1], zero-padded to a common size (normalised by the backbone).
             mask: (B, H, W) bool, True at padding.
 
         Returns:
@@ -150,7 +138,7 @@ class DeformableDETR(nn.Module):
 
     def param_groups(self, lr: float, lr_backbone: float, weight_decay: float = 1e-4) -> list[dict]:
         """AdamW groups as Deformable DETR: backbone at ``lr_backbone``, sampling offsets and
-        reference-point projections at 0.1·``lr``, everything else at ``lr``. Frozen
+        reference-point projections at ``lr_linear_proj_mult``·``lr`` (0.1), everything else at ``lr``. Frozen
         parameters are left out."""
         groups = {"backbone": [], "low": [], "main": []}
         for name, param in self.named_parameters():
@@ -165,7 +153,7 @@ class DeformableDETR(nn.Module):
         return [
             {"params": groups["main"], "lr": lr, "weight_decay": weight_decay, "name": "main"},
             {"params": groups["backbone"], "lr": lr_backbone, "weight_decay": weight_decay, "name": "backbone"},
-            {"params": groups["low"], "lr": lr * 0.1, "weight_decay": weight_decay, "name": "sampling_offsets_reference_points"},
+            {"params": groups["low"], "lr": lr * self.lr_linear_proj_mult, "weight_decay": weight_decay, "name": "sampling_offsets_reference_points"},
         ]
 
 
@@ -174,26 +162,26 @@ def build_deformable_detector(
     hidden_dim: int = 256, nheads: int = 8, enc_layers: int = 6, dec_layers: int = 6, dim_feedforward: int = 1024,
     dropout: float = 0.1, num_feature_levels: int = 4, enc_n_points: int = 4, dec_n_points: int = 4,
     num_queries: int = 300, aux_loss: bool = True, with_box_refine: bool = False, two_stage: bool = False,
+    dilation: bool = False, lr_linear_proj_mult: float = 0.1,
 ) -> DeformableDETR:
     """Deformable DETR over a named multi-scale backbone (``detection.backbones``: PiT, DeiT/ViT,
     ResNet-50 give strides 8/16/32; extra levels up to ``num_feature_levels`` are added by
     stride-2 convs). Defaults are the paper's (hidden 256, 8 heads, 6+6 layers, FFN 1024,
     4 levels × 4 points, 300 queries); every size is a keyword so tests can build tiny models."""
     from detection.backbones import build_backbone
-    from detection.position_encoding import PositionEmbeddingSine
+    from detection.detr import check_detector_args
+    from detection.position_encoding import deformable_position_embedding
 
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be ≥ 1, got {num_classes}")
-    if hidden_dim % 2 or hidden_dim % nheads:
-        raise ValueError(f"hidden_dim ({hidden_dim}) must be even and divisible by nheads ({nheads})")
-    net = build_backbone(backbone, weights=backbone_weights, multi_scale=True, freeze_patch_embed=freeze_patch_embed)
+    check_detector_args(num_classes, hidden_dim, nheads, num_queries)
+    net = build_backbone(backbone, weights=backbone_weights, multi_scale=num_feature_levels > 1,
+                         freeze_patch_embed=freeze_patch_embed, dilation=dilation)
     transformer = DeformableTransformer(
         d_model=hidden_dim, nhead=nheads, num_encoder_layers=enc_layers, num_decoder_layers=dec_layers,
         dim_feedforward=dim_feedforward, dropout=dropout, num_feature_levels=num_feature_levels,
         enc_n_points=enc_n_points, dec_n_points=dec_n_points, two_stage=two_stage, two_stage_num_proposals=num_queries,
     )
     return DeformableDETR(
-        net, PositionEmbeddingSine(hidden_dim // 2, normalize=True), transformer, num_classes=num_classes,
+        net, deformable_position_embedding(hidden_dim), transformer, num_classes=num_classes,
         num_queries=num_queries, num_feature_levels=num_feature_levels, aux_loss=aux_loss,
-        with_box_refine=with_box_refine, two_stage=two_stage,
+        with_box_refine=with_box_refine, two_stage=two_stage, lr_linear_proj_mult=lr_linear_proj_mult,
     )

@@ -26,53 +26,62 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
-class FeedForward(nn.Module):
-    """Post-norm FFN block: ``norm(x + dropout(fc2(dropout(relu(fc1(x))))))``."""
+class _FFN(nn.Module):
+    """Post-norm FFN of both layers (official names): ``norm(x + dropout(linear2(dropout(relu(linear1(x))))))``,
+    the norm being ``norm2`` in the encoder and ``norm3`` in the decoder."""
 
     def __init__(self, d_model: int, d_ffn: int, dropout: float) -> None:
         super().__init__()
-        self.fc1, self.fc2 = nn.Linear(d_model, d_ffn), nn.Linear(d_ffn, d_model)
-        self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
-        self.norm = nn.LayerNorm(d_model)
+        self.linear1, self.linear2 = nn.Linear(d_model, d_ffn), nn.Linear(d_ffn, d_model)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.norm(x + self.dropout2(self.fc2(self.dropout1(F.relu(self.fc1(x))))))
+    def ffn(self, x: Tensor, dropouts: tuple[nn.Dropout, nn.Dropout], norm: nn.LayerNorm) -> Tensor:
+        return norm(x + dropouts[1](self.linear2(dropouts[0](F.relu(self.linear1(x))))))
 
 
-class DeformableEncoderLayer(nn.Module):
-    """Deformable self-attention over all levels followed by the FFN (post-norm)."""
+class DeformableEncoderLayer(_FFN):
+    """Deformable self-attention over all levels (``self_attn``, ``norm1``) then the FFN (``norm2``)."""
 
     def __init__(self, d_model: int, d_ffn: int, dropout: float, n_levels: int, n_heads: int, n_points: int) -> None:
-        super().__init__()
+        super().__init__(d_model, d_ffn, dropout)
         self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
-        self.dropout = nn.Dropout(dropout)
-        self.norm = nn.LayerNorm(d_model)
-        self.ffn = FeedForward(d_model, d_ffn, dropout)
+        self.dropout1, self.dropout2, self.dropout3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
+        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
 
     def forward(self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: Tensor, padding_mask: Tensor) -> Tensor:
         attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, padding_mask)
-        return self.ffn(self.norm(src + self.dropout(attended)))
+        src = self.norm1(src + self.dropout1(attended))
+        return self.ffn(src, (self.dropout2, self.dropout3), self.norm2)
 
 
-class DeformableDecoderLayer(nn.Module):
-    """Query self-attention, deformable cross-attention to the encoder memory, FFN (post-norm)."""
+class DeformableDecoderLayer(_FFN):
+    """Query self-attention (``self_attn``, ``norm2``), deformable cross-attention to the encoder
+    memory (``cross_attn``, ``norm1``), FFN (``norm3``) — post-norm, official names."""
 
     def __init__(self, d_model: int, d_ffn: int, dropout: float, n_levels: int, n_heads: int, n_points: int) -> None:
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
-        self.dropout1, self.norm1 = nn.Dropout(dropout), nn.LayerNorm(d_model)
+        super().__init__(d_model, d_ffn, dropout)
         self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
-        self.dropout2, self.norm2 = nn.Dropout(dropout), nn.LayerNorm(d_model)
-        self.ffn = FeedForward(d_model, d_ffn, dropout)
+        self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d_model), nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
+        self.dropout3, self.dropout4 = nn.Dropout(dropout), nn.Dropout(dropout)
 
     def forward(
         self, tgt: Tensor, query_pos: Tensor, reference_points: Tensor, memory: Tensor,
         spatial_shapes: Tensor, memory_padding_mask: Tensor,
     ) -> Tensor:
         q = k = tgt + query_pos
-        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt, need_weights=False)[0]))
+        tgt = self.norm2(tgt + self.dropout2(self.self_attn(q, k, tgt, need_weights=False)[0]))
         attended = self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes, memory_padding_mask)
-        return self.ffn(self.norm2(tgt + self.dropout2(attended)))
+        tgt = self.norm1(tgt + self.dropout1(attended))
+        return self.ffn(tgt, (self.dropout3, self.dropout4), self.norm3)
+
+
+class _Layers(nn.Module):
+    """``layers``: N copies of one layer (official ``transformer.{encoder,decoder}.layers.N``)."""
+
+    def __init__(self, layer: nn.Module, num_layers: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
 
 
 def encoder_reference_points(spatial_shapes: Tensor, valid_ratios: Tensor) -> Tensor:
@@ -170,8 +179,7 @@ class DeformableTransformer(nn.Module):
         self.d_model, self.two_stage, self.num_proposals = d_model, two_stage, two_stage_num_proposals
         enc_layer = DeformableEncoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, nhead, enc_n_points)
         dec_layer = DeformableDecoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, nhead, dec_n_points)
-        self.encoder_layers = nn.ModuleList(copy.deepcopy(enc_layer) for _ in range(num_encoder_layers))
-        self.decoder_layers = nn.ModuleList(copy.deepcopy(dec_layer) for _ in range(num_decoder_layers))
+        self.encoder, self.decoder = _Layers(enc_layer, num_encoder_layers), _Layers(dec_layer, num_decoder_layers)
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
         if two_stage:
             self.enc_output = nn.Linear(d_model, d_model)
@@ -206,7 +214,7 @@ class DeformableTransformer(nn.Module):
         valid_ratios = torch.stack([valid_ratio(m) for m in masks], 1).to(src_flat.dtype)
         reference_points = encoder_reference_points(shapes, valid_ratios)
         memory = src_flat
-        for layer in self.encoder_layers:
+        for layer in self.encoder.layers:
             memory = layer(memory, pos_flat, reference_points, shapes, mask_flat)
         return memory, mask_flat, shapes, valid_ratios
 
@@ -244,7 +252,7 @@ class DeformableTransformer(nn.Module):
             reference_points = self.reference_points(query_pos).sigmoid()
         init_reference = reference_points
         outputs, references = [], []
-        for lid, layer in enumerate(self.decoder_layers):
+        for lid, layer in enumerate(self.decoder.layers):
             if reference_points.shape[-1] == 4:
                 ref_input = reference_points[:, :, None] * torch.cat([valid_ratios, valid_ratios], -1)[:, None]
             else:

@@ -1,0 +1,33 @@
+"""Regression guard on the demo's detection recipe: on a reduced budget it still learns to find the objects.
+
+The demo's data spec and ``DetectionRecipe`` (``demo.pipeline.DEFAULT_CONFIG``) with fewer images and
+epochs and a randomly initialised backbone (the demo starts from its classifiers; training those
+here would cost minutes), on generated images of another seed than the demo's. Chance: the same
+detector evaluated before any training step scored AP50 0.0 on these images (docs/demo.md). Not a
+timing test.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from common import synthetic
+from demo.detection import train_demo_detector
+from demo.pipeline import DEFAULT_CONFIG
+
+pytestmark = pytest.mark.slow
+
+TEST_SPEC = replace(DEFAULT_CONFIG.detection, num_train=200, num_val=32, seed=7)
+TEST_RECIPE = replace(DEFAULT_CONFIG.detector, epochs=8, lr_drop=7, seeds=(0,))
+
+
+def test_reduced_demo_recipe_learns_well_above_chance(tmp_path):
+    root = synthetic.make_detection(tmp_path / "cache", TEST_SPEC)
+    trained = train_demo_detector(TEST_RECIPE, root, TEST_SPEC.img_size, tmp_path / "run", backbone="pit_ti",
+                                  backbone_weights=None, seed=0, device="cpu", num_workers=0, progress=False)
+    curve = trained["curve"]
+    assert [c["epoch"] for c in curve] == list(range(1, TEST_RECIPE.epochs + 1))
+    assert curve[-1]["loss"] < 0.6 * curve[0]["loss"]
+    assert trained["AP50"] >= 10.0, (trained, curve)  # measured 17.8, and 13.9 after the detection-internals merge
+    assert 0 < trained["AP"] <= trained["AP50"]
