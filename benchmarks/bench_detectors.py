@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from common.timing import time_call
 from detection.build import build_detector
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
 
 
 def _hf_model(arch: str, layers: int) -> torch.nn.Module:

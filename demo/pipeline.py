@@ -30,6 +30,7 @@ import torch
 
 from common import synthetic
 from common.io import atomic_write_json
+from demo.background import background_rows
 from demo.detection import DetectionRecipe
 
 # (report label, pit.create_model name, extra model kwargs): matched-cost pair, as in the paper's Table 1.
@@ -55,6 +56,7 @@ class DemoConfig:
     pgd_steps: int = 5
     detector: DetectionRecipe = field(default_factory=DetectionRecipe)
     num_workers: int = 1
+    in9_per_class: int = 4  # Background Challenge section: generated IN-9-style objects (and backgrounds) per class
 
 
 # Detection images from the classifiers' world: whole textured shapes of 15-29 px radius, 1-3 per 96 px image.
@@ -66,7 +68,7 @@ DEFAULT_CONFIG = DemoConfig(
 )
 QUICK_CONFIG = DemoConfig(
     classification=synthetic.ClassificationSpec(num_classes=10, train_per_class=20, val_per_class=4, img_size=64),
-    detection=replace(DEMO_DETECTION, num_train=16, num_val=8),
+    detection=replace(DEMO_DETECTION, num_train=16, num_val=8), in9_per_class=3,
     epochs=2, batch_size=32, pgd_steps=2, detector=DetectionRecipe(epochs=1, lr_drop=None, seeds=(0,)),
 )
 
@@ -135,6 +137,9 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, device: str 
         for label, name, kwargs in DEMO_MODELS}
     robustness = stages.run("robustness", lambda: _robustness(config, data["classification"], classifiers,
                                                               out / "robustness", device, progress))
+    backgrounds = stages.run("background challenge", lambda: background_rows(
+        classifiers, DEMO_MODELS, num_classes=config.classification.num_classes, img_size=config.img_size,
+        per_class=config.in9_per_class, out=out / "backgrounds", cache=cache, device=device))
     detection = {label: [stages.run(f"detection {label} seed {seed}", lambda label=label, name=name, seed=seed: _detect(
         config, data["detection"], classifiers[label]["checkpoint"], out / "detection" / f"{label}-seed{seed}", name,
         seed, device, progress)) for seed in config.detector.seeds] for label, name, _ in DEMO_MODELS}
@@ -142,7 +147,8 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, device: str 
     from demo.report import write_demo_report
 
     report = write_demo_report(out, config=config, models=DEMO_MODELS, data=data, classifiers=classifiers,
-                               robustness=robustness, detection=detection, stage_seconds=stages.seconds(),
+                               robustness=robustness, backgrounds=backgrounds, detection=detection,
+                               stage_seconds=stages.seconds(),
                                wall_seconds=time.perf_counter() - started, device=device, quick=quick)
     _say(f"report written: {report}")
     return report

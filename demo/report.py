@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from common.io import atomic_write_text, read_jsonl
+from demo.background import report_lines
 from demo.detection import DetectionRecipe
 from demo.detection_report import detection_section, detection_summary
 
@@ -198,8 +199,8 @@ def _closing_lines(stage_seconds: dict[str, float], wall_seconds: float) -> list
 
 
 def write_demo_report(out: Path, *, config, models, data: dict, classifiers: dict[str, dict], robustness: dict,
-                      detection: dict[str, list[dict]], stage_seconds: dict[str, float], wall_seconds: float, device: str,
-                      quick: bool) -> Path:
+                      backgrounds: list[dict], detection: dict[str, list[dict]], stage_seconds: dict[str, float],
+                      wall_seconds: float, device: str, quick: bool) -> Path:
     """Write ``out/report.md``, ``out/summary.json`` and ``out/plots/*.png``; returns the report path."""
     out = Path(out)
     plots = out / "plots"
@@ -208,11 +209,13 @@ def write_demo_report(out: Path, *, config, models, data: dict, classifiers: dic
     lines = _setup_lines(config, models, data, device, quick)
     lines += _models_section(config, models, classifiers, plots)
     lines += _robustness_section(config, labels, robustness, plots)
+    lines += report_lines(backgrounds, config.in9_per_class)
     lines += detection_section(detection, config.detector, config.detection, data["detection"], plots, device, quick)
     lines += _closing_lines(stage_seconds, wall_seconds)
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
     atomic_write_text(out / "summary.json", json.dumps({"classifiers": classifiers, "robustness": robustness["summary"],
+                                                        "background_challenge": backgrounds,
                                                         "detection": detection_summary(detection),
                                                         "stage_seconds": stage_seconds}, indent=2) + "\n")
     return path

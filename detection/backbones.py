@@ -25,6 +25,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 from timm.layers import freeze_batch_norm_2d
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
 import pit
@@ -51,8 +52,8 @@ class Backbone(nn.Module):
         super().__init__()
         self.body, self.name, self.multi_scale = model, name, multi_scale
         cfg = getattr(model, "pretrained_cfg", None) or {}
-        self.register_buffer("pixel_mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(cfg.get("mean", IMAGENET_DEFAULT_MEAN)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(cfg.get("std", IMAGENET_DEFAULT_STD)).view(1, 3, 1, 1), persistent=False)
         self.is_vit = _is_vit(model)
         info = model.feature_info
         if self.is_vit:

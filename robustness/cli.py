@@ -90,6 +90,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="corrupt the clean --data batches on the device instead of reading ImageNet-C")
     g.add_argument("--imagenet-a", metavar="DIR", help="ImageNet-A folder (the authors' 200 classes; logits masked)")
     g.add_argument("--imagenet-r", metavar="DIR", help="ImageNet-R folder (the authors' 200 classes; logits masked)")
+    g.add_argument("--in9", metavar="DIR", help="ImageNet-9 backgrounds test sets (DIR/<variant>/val/<class>/, "
+                   "DIR/fg_mask/val/<class>/*.npy): variant accuracies, BG-gap and the Background Challenge")
+    g.add_argument("--in9-challenge-limit", type=positive_int, default=default("in9_challenge_limit"), metavar="N",
+                   help="Background Challenge on the first N foregrounds per class only (a quick estimate)")
     g.add_argument("--img-size", type=positive_int, default=default("img_size"), help="eval image size (default: the model's)")
     g.add_argument("--crop-pct", type=crop_value, default=default("crop_pct"), help="centre-crop fraction in (0, 1] (default: the model's)")
     g.add_argument("--limit", type=positive_int, default=default("limit"), help="evaluate an evenly spread subset of N images per set")
@@ -159,7 +163,8 @@ def build_config(args: argparse.Namespace) -> RobustnessConfig:
         models=model_specs(args.model, args.weights, num_classes), data=data, out=args.out or "",
         class_map=class_map, img_size=args.img_size, crop_pct=args.crop_pct, imagenet_c=args.imagenet_c,
         corrupt_on_the_fly=args.corrupt_on_the_fly, imagenet_a=args.imagenet_a, imagenet_r=args.imagenet_r,
-        corruptions=args.corruptions, severities=parse_severities(args.severities), attacks=args.attacks,
+        in9=args.in9, in9_challenge_limit=args.in9_challenge_limit, corruptions=args.corruptions,
+        severities=parse_severities(args.severities), attacks=args.attacks,
         eps=args.eps, alpha=args.alpha, steps=args.steps, occlusion=args.occlusion, limit=args.limit,
         batch_size=args.batch_size, device=args.device, amp=args.amp, num_workers=args.workers, seed=args.seed,
         progress=not args.no_progress, overwrite=args.overwrite, data_note=data_note)

@@ -55,6 +55,8 @@ class RobustnessConfig:
     corrupt_on_the_fly: bool = False
     imagenet_a: str | None = None
     imagenet_r: str | None = None
+    in9: str | None = None
+    in9_challenge_limit: int | None = None
     corruptions: list[str] | str = "all"
     severities: list[int] = (1, 2, 3, 4, 5)
     attacks: list[str] = ()
@@ -89,6 +91,8 @@ class RobustnessConfig:
                              "different --weights files (they are then labelled NAME:FILE-STEM)")
         if self.class_map not in CLASS_MAPS:
             raise ValueError(f"unknown class map {self.class_map!r}: use --class-map imagenet or folder")
+        if self.in9_challenge_limit is not None and not self.in9:
+            raise ValueError("--in9-challenge-limit needs --in9 DIR (the ImageNet-9 test sets)")
         if self.imagenet_c and self.corrupt_on_the_fly:
             raise ValueError("--imagenet-c and --corrupt-on-the-fly exclude each other: pick one source of corruptions")
         if self.corruptions not in ("all", ["all"]) and not (self.imagenet_c or self.corrupt_on_the_fly):
@@ -105,6 +109,7 @@ class RobustnessConfig:
         _check_number("--crop-pct", self.crop_pct, low=0.0, high=1.0, low_open=True)
         for flag, value, low in (("--img-size", self.img_size, 1), ("--steps", self.steps, 1),
                                  ("--limit", self.limit, 1), ("--batch-size", self.batch_size, 1),
+                                 ("--in9-challenge-limit", self.in9_challenge_limit, 1),
                                  ("--workers", self.num_workers, 0)):
             if value is not None and (not isinstance(value, int) or value < low):
                 raise ValueError(f"{flag} must be an integer >= {low}, got {value!r}")

@@ -11,6 +11,9 @@ import json
 from pathlib import Path
 
 from robustness import metrics
+from robustness.background.evaluate import DATASET as IN9
+from robustness.background.evaluate import in9_summary
+from robustness.background.report import in9_report_lines, plot_in9
 from common.io import atomic_write_text
 
 SUMMARY_KEYS = ("clean_top1", "clean_top5", "mCE", "relative_mCE", "mean_corruption_error", "corruption_top1",
@@ -62,6 +65,8 @@ def summarize(records: list[dict], labels: list[str]) -> dict[str, dict]:
         s["imagenet_a_top1"] = top1(dataset="imagenet-a")
         s["imagenet_r_top1"] = top1(dataset="imagenet-r")
         s["mCE_corruptions"] = len([c for c in full if c in metrics.ALEXNET_ERRORS])
+        if any(r["dataset"] == IN9 for r in mine):
+            s.update(in9_summary(mine, label))
         out[label] = s
     return out
 
@@ -82,7 +87,8 @@ def markdown_report(records: list[dict], summary: dict[str, dict], options: dict
     """The report: one comparison table (a row per model, like the paper's) + per-corruption tables."""
     cols = [("Clean top-1", "clean_top1"), ("Clean top-5", "clean_top5"), ("Occlusion", "occlusion_top1"),
             ("Random patch", "occlusion_random_top1"), ("IN-A", "imagenet_a_top1"), ("IN-R", "imagenet_r_top1"),
-            ("FGSM", "fgsm_top1"), ("PGD", "pgd_top1"), ("Corruption top-1", "corruption_top1"),
+            ("BGC", "bgc_top1"), ("BG-gap", "bg_gap"), ("FGSM", "fgsm_top1"), ("PGD", "pgd_top1"),
+            ("Corruption top-1", "corruption_top1"),
             ("Mean corruption error (raw)", "mean_corruption_error"), ("mCE (AlexNet-norm.)", "mCE"),
             ("Relative mCE", "relative_mCE")]
     cols = [(t, k) for t, k in cols if any(s.get(k) is not None for s in summary.values())]
@@ -116,6 +122,7 @@ def markdown_report(records: list[dict], summary: dict[str, dict], options: dict
             ce = ces.get(c)
             lines.append(f"| {c} | " + " | ".join(_fmt(row.get(k)) for k in sevs) +
                          f" | {mean:.2f} | {_fmt(None if ce is None else 100 * ce)} |")
+    lines += in9_report_lines(records, list(summary))
     n = sorted({r["n"] for r in records})
     skipped = sum(r.get("skipped", 0) for r in records)
     lines += ["", f"Images per cell: {', '.join(map(str, n))}" + (f" ({skipped} unreadable images skipped over all "
@@ -178,6 +185,7 @@ def write_report(records: list[dict], summary: dict[str, dict], out_dir: str | P
     """Write ``report.md`` and the plots into ``out_dir``; returns the report path."""
     out_dir = Path(out_dir)
     plots = plot_severity(records, list(summary), out_dir)
+    plots += [p for p in [plot_in9(records, list(summary), out_dir)] if p]
     text = markdown_report(records, summary, options)
     if plots:
         text += "\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in plots) + "\n"

@@ -28,6 +28,7 @@ from common import io, rundir
 from common.autocast import autocast
 from common.distributed import barrier, get_rank, get_world_size, init_distributed, is_main_process
 from robustness import attacks as attacks_lib
+from robustness import background
 from robustness import datasets as ds
 from robustness import occlusion as occ
 from robustness.config import ATTACKS, OCCLUSIONS, ModelSpec, RobustnessConfig, absolute  # noqa: F401
@@ -109,12 +110,15 @@ def run(config: RobustnessConfig) -> dict:
     ctx = RunContext(config, device, store, corruptions, ds.build_class_index(config.class_map, config.data))
     plans = {r.spec.display: plan_passes(r.spec.display, config, corruptions) for r in runs}
     wanted = {c.key: cell_options(c, p, r, ctx) for r in runs for p in plans[r.spec.display] for c in p.cells}
+    in9_plans = {r.spec.display: _in9_plan(r, config) for r in runs}
+    wanted.update({key: opts for plan in in9_plans.values() for key, (_, opts) in plan.items()})
     store.conflicts(wanted, config.overwrite)
     ctx.loader, ctx.batches = ds.pass_loader(config.batch_size, config.num_workers, device.type == "cuda")
     try:
         for r in runs:
             for p in plans[r.spec.display]:
                 _run_pass(p, r, ctx, wanted)
+            _run_in9(r, ctx, in9_plans[r.spec.display])
             r.module = None
     finally:
         ctx.loader = None
@@ -181,6 +185,10 @@ def check_paths(config: RobustnessConfig) -> list[str]:
     for c in names if config.imagenet_c else ():
         for s in config.severities:
             ds.class_folders(ds.imagenet_c_root(config.imagenet_c, c, s))
+    if config.in9:
+        for line in background.check_in9(_existing_dir("--in9", config.in9)):
+            if is_main_process():
+                rundir.note(line)
     for subset, root in (("imagenet-a", config.imagenet_a), ("imagenet-r", config.imagenet_r)):
         if not root:
             continue
@@ -237,7 +245,8 @@ def marker_options(config: RobustnessConfig) -> dict[str, Any]:
     options = {k: v for k, v in asdict(config).items() if k not in skip}
     options["models"] = [model_run(spec, config).identity | {"label": spec.display} for spec in config.models]
     options.update(data=absolute(config.data), imagenet_c=absolute(config.imagenet_c),
-                   imagenet_a=absolute(config.imagenet_a), imagenet_r=absolute(config.imagenet_r))
+                   imagenet_a=absolute(config.imagenet_a), imagenet_r=absolute(config.imagenet_r),
+                   in9=absolute(config.in9))
     return jsonable(options)
 
 
@@ -277,6 +286,33 @@ def _run_pass(p: Pass, r: ModelRun, ctx: RunContext, wanted: dict[str, dict]) ->
     skipped = {paths[i]: ds.file_state(paths[i]) for i in (~seen).nonzero().flatten().tolist()}
     ctx.store.add([_record(cell, r, p, row, wanted[cell.key], fingerprint, skipped)
                    for cell, row in zip(todo, counts.tolist())])
+
+
+def _in9_plan(r: ModelRun, config: RobustnessConfig) -> dict[str, tuple[str, dict]]:
+    """IN-9 cell key → (variant, cell options) for one model; none without --in9."""
+    if not config.in9:
+        return {}
+    root = absolute(config.in9)
+    cells, _ = background.planned_cells(r.spec.display, root)
+    base = {"model": r.identity, "root": root, "amp": config.amp}
+    return {key: (v, jsonable({**base, **({"limit": config.in9_challenge_limit} if v == background.CHALLENGE else {})}))
+            for key, v in cells.items()}
+
+
+def _run_in9(r: ModelRun, ctx: RunContext, plan: dict[str, tuple[str, dict]]) -> None:
+    """IN-9 variants, BG-gap and the Background Challenge of one model (``robustness.background``)."""
+    root, config = absolute(ctx.config.in9), ctx.config
+    prints = {key: background.cell_fingerprint(root, v) for key, (v, _) in plan.items()}
+    done = {key for key, (_, opts) in plan.items() if ctx.store.reusable(key, opts, prints[key])[0]}
+    if len(done) == len(plan):
+        return
+    records, _ = background.evaluate_in9(
+        _ensure_model(r, ctx), r.spec.display, r.spec.name, root, ctx.store.out_dir, done, num_outputs=r.num_outputs,
+        device=ctx.device, challenge_limit=config.in9_challenge_limit, batch_size=config.batch_size,
+        num_workers=config.num_workers, amp=config.amp, progress=config.progress,
+        identity={"model": r.identity, "amp": config.amp, "img_size": r.img_size})
+    ctx.store.add([{**rec, "root": root, "inputs": prints[rec["key"]], "skipped": 0, "skipped_files": {},
+                    "options": plan[rec["key"]][1]} for rec in records])
 
 
 def _record(cell: Cell, r: ModelRun, p: Pass, row: list[int], options: dict, fingerprint: str,
