@@ -57,6 +57,10 @@ class DemoConfig:
     detector: DetectionRecipe = field(default_factory=DetectionRecipe)
     num_workers: int = 1
     in9_per_class: int = 4  # Background Challenge section: generated IN-9-style objects (and backgrounds) per class
+    # COCO-C section: a few corruptions at one severity on the detection val split (the full 15 × 5 is
+    # `eval.py detection eval --corruptions all`).
+    coco_c_corruptions: tuple[str, ...] = ("gaussian_noise", "motion_blur", "fog", "contrast")
+    coco_c_severities: tuple[int, ...] = (3,)
 
 
 # Detection images from the classifiers' world: whole textured shapes of 15-29 px radius, 1-3 per 96 px image.
@@ -68,7 +72,7 @@ DEFAULT_CONFIG = DemoConfig(
 )
 QUICK_CONFIG = DemoConfig(
     classification=synthetic.ClassificationSpec(num_classes=10, train_per_class=20, val_per_class=4, img_size=64),
-    detection=replace(DEMO_DETECTION, num_train=16, num_val=8), in9_per_class=3,
+    detection=replace(DEMO_DETECTION, num_train=16, num_val=8), in9_per_class=3, coco_c_corruptions=("fog",),
     epochs=2, batch_size=32, pgd_steps=2, detector=DetectionRecipe(epochs=1, lr_drop=None, seeds=(0,)),
 )
 
@@ -143,11 +147,12 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, device: str 
     detection = {label: [stages.run(f"detection {label} seed {seed}", lambda label=label, name=name, seed=seed: _detect(
         config, data["detection"], classifiers[label]["checkpoint"], out / "detection" / f"{label}-seed{seed}", name,
         seed, device, progress)) for seed in config.detector.seeds] for label, name, _ in DEMO_MODELS}
+    coco_c = stages.run("coco-c", lambda: _coco_c(config, data["detection"], detection, out / "coco_c", device, progress))
 
     from demo.report import write_demo_report
 
     report = write_demo_report(out, config=config, models=DEMO_MODELS, data=data, classifiers=classifiers,
-                               robustness=robustness, backgrounds=backgrounds, detection=detection,
+                               robustness=robustness, backgrounds=backgrounds, detection=detection, coco_c=coco_c,
                                stage_seconds=stages.seconds(),
                                wall_seconds=time.perf_counter() - started, device=device, quick=quick)
     _say(f"report written: {report}")
@@ -162,6 +167,18 @@ def _train(config: DemoConfig, data: str, out: Path, name: str, kwargs: dict, de
         img_size=config.img_size, lr=config.lr, warmup_epochs=min(1.0, config.epochs / 4), model_kwargs=kwargs,
         num_workers=config.num_workers, device=device, progress=progress))
     return {k: result[k] for k in ("top1", "top5", "checkpoint")}
+
+
+def _coco_c(config: DemoConfig, root: str, detection: dict[str, list[dict]], out: Path, device: str,
+            progress: bool) -> dict:
+    """COCO-C (clean AP, mPC, rPC) of each backbone's first-seed detector on the detection val split."""
+    from detection.coco_c import run_coco_c
+
+    checkpoints = [runs[0]["checkpoint"] for runs in detection.values()]
+    result = run_coco_c(checkpoints, root, str(out), corruptions=list(config.coco_c_corruptions),
+                        severities=list(config.coco_c_severities), seed=0, device=device, batch_size=8,
+                        num_workers=0, progress=progress)
+    return {label: result["runs"][tag] for label, tag in zip(detection, result["runs"])}
 
 
 def _robustness(config: DemoConfig, data: str, classifiers: dict[str, dict], out: Path, device: str,

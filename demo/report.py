@@ -187,6 +187,20 @@ def _robustness_section(config, labels: list[str], robustness: dict, plots: Path
     return lines
 
 
+def _coco_c_section(config, coco_c: dict[str, dict]) -> list[str]:
+    """Detection under corruption: clean AP, mPC and rPC of each backbone's detector (seed 0)."""
+    cells = len(config.coco_c_corruptions) * len(config.coco_c_severities)
+    rows = [[label, _fmt(100 * r["clean_ap"]), _fmt(100 * r["mpc"]), _fmt(100 * r["rpc"] if r["rpc"] is not None else None)]
+            for label, r in coco_c.items()]
+    return (["## Detection under corruption (COCO-C style)", ""]
+            + _table(["Backbone", "Clean AP", "mPC", "rPC %"], rows)
+            + ["", f"The val split corrupted on the fly at its native size before the detector's resize: "
+               f"{', '.join(config.coco_c_corruptions)} at severity {', '.join(map(str, config.coco_c_severities))} "
+               f"({cells} cells; COCO-C's protocol is 15 corruptions × 5 severities, `eval.py detection eval "
+               "--corruptions all`). mPC = mean AP over the cells, rPC = mPC / clean AP (Michaelis et al. 2019). "
+               "Per-cell tables: `coco_c/`.", ""])
+
+
 def _closing_lines(stage_seconds: dict[str, float], wall_seconds: float) -> list[str]:
     """Time per stage and where the raw results are."""
     return (["## Time per stage", ""] + _table(["Stage", "Seconds"], [[n, f"{s:.0f}"] for n, s in stage_seconds.items()])
@@ -199,8 +213,8 @@ def _closing_lines(stage_seconds: dict[str, float], wall_seconds: float) -> list
 
 
 def write_demo_report(out: Path, *, config, models, data: dict, classifiers: dict[str, dict], robustness: dict,
-                      backgrounds: list[dict], detection: dict[str, list[dict]], stage_seconds: dict[str, float],
-                      wall_seconds: float, device: str, quick: bool) -> Path:
+                      backgrounds: list[dict], detection: dict[str, list[dict]], coco_c: dict[str, dict],
+                      stage_seconds: dict[str, float], wall_seconds: float, device: str, quick: bool) -> Path:
     """Write ``out/report.md``, ``out/summary.json`` and ``out/plots/*.png``; returns the report path."""
     out = Path(out)
     plots = out / "plots"
@@ -211,11 +225,12 @@ def write_demo_report(out: Path, *, config, models, data: dict, classifiers: dic
     lines += _robustness_section(config, labels, robustness, plots)
     lines += report_lines(backgrounds, config.in9_per_class)
     lines += detection_section(detection, config.detector, config.detection, data["detection"], plots, device, quick)
+    lines += _coco_c_section(config, coco_c)
     lines += _closing_lines(stage_seconds, wall_seconds)
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
     atomic_write_text(out / "summary.json", json.dumps({"classifiers": classifiers, "robustness": robustness["summary"],
                                                         "background_challenge": backgrounds,
-                                                        "detection": detection_summary(detection),
+                                                        "detection": detection_summary(detection), "coco_c": coco_c,
                                                         "stage_seconds": stage_seconds}, indent=2) + "\n")
     return path
