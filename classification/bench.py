@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 import pit
 from classification.data import UnknownClassFolders
 from classification.evaluate import evaluate_topk, imagenet_val_loader
-from classification.options import non_negative_int, positive_float, positive_int, unit_fraction
+from common.options import non_negative_int, positive_float, positive_int, unit_fraction
 from common.autocast import autocast
 from common.distributed import default_device
 from common.io import atomic_write_json

@@ -53,7 +53,7 @@ import pit
 from classification.data import ImageFolderSet, UnknownClassFolders, build_class_index, eval_transform, make_loader
 from classification.data import skip_none_collate, to_float
 from classification.evaluate import evaluate_topk
-from classification.options import non_negative_float, non_negative_int, open_fraction, positive_float, positive_int
+from common.options import non_negative_float, non_negative_int, open_fraction, positive_float, positive_int
 from common import synthetic
 from common.checkpoint import safe_load
 from common.distributed import default_device

@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 from pathlib import Path
 
+from common.options import non_negative_float, non_negative_int, positive_float, positive_int
 from common.rundir import announce, default_out, note
 from common.synthetic import DetectionSpec
 from pit import default_weights
@@ -50,24 +50,8 @@ def resolve_train_options(args: argparse.Namespace) -> tuple[dict, dict]:
     return options, {**preset.model_kwargs, **model_kwargs}
 
 
-def _number(kind: type, low: float, strict: bool):
-    """An argparse ``type=`` that accepts ``kind`` values > ``low`` (``strict``) or ≥ ``low``."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-        if value <= low if strict else value < low:
-            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '≥'} {low:g}, got {text}")
-        return value
-    parse.__name__ = kind.__name__
-    return parse
-
-
-POSITIVE_INT, NON_NEGATIVE_INT = _number(int, 0, True), _number(int, 0, False)
-POSITIVE, NON_NEGATIVE = _number(float, 0, True), _number(float, 0, False)
+POSITIVE_INT, NON_NEGATIVE_INT = positive_int, non_negative_int
+POSITIVE, NON_NEGATIVE = positive_float, non_negative_float
 
 
 def _data_args(p: argparse.ArgumentParser, train: bool) -> None:

@@ -141,7 +141,7 @@ def _file_name(name: str) -> Callable[[dict], None]:
 
 CASES: dict[str, tuple[Callable[[SimpleNamespace], list[str]], int, tuple[str, ...]]] = {
     # parse-time validation of numbers
-    "epochs 0": (lambda e: train(e, "--epochs", "0"), 2, ("--epochs", "must be > 0")),
+    "epochs 0": (lambda e: train(e, "--epochs", "0"), 2, ("--epochs", "must be a positive integer")),
     "batch size 0": (lambda e: train(e, "--batch-size", "0"), 2, ("--batch-size",)),
     "batch size -2": (lambda e: train(e, "--batch-size", "-2"), 2, ("--batch-size",)),
     "lr 0": (lambda e: train(e, "--lr", "0"), 2, ("--lr",)),

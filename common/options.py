@@ -1,4 +1,5 @@
-"""Parse-time checks for numeric command-line options: a bad value stops argparse with one line (exit 2)."""
+"""Parse-time checks for numeric command-line options (argparse `type=`): a bad value stops argparse with one
+line (exit 2). Shared by every command."""
 from __future__ import annotations
 
 import argparse
