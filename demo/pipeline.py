@@ -30,6 +30,7 @@ import torch
 
 from common import synthetic
 from common.io import atomic_write_json
+from common.rundir import claim
 from demo.background import background_rows
 from demo.detection import DetectionRecipe
 
@@ -127,8 +128,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, device: str 
 
     config = config or (QUICK_CONFIG if quick else DEFAULT_CONFIG)
     device = str(torch.device(device) if device is not None else default_device())
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim(out, "demo")  # writable, and not another command's run folder, before any work
     stages = StageLog(out / "stages.json", _config_hash(config, device))
     started = time.perf_counter()
 
