@@ -1,9 +1,10 @@
-"""Parse-time checks for numeric command-line options (argparse `type=`): a bad value stops argparse with one
-line (exit 2). Shared by every command."""
+"""Parse-time checks for numeric command-line options (argparse ``type=``): a bad value stops argparse with
+one line (exit 2). Shared by every command."""
 from __future__ import annotations
 
 import argparse
 import math
+from typing import Callable
 
 
 def _number(text: str, kind: type) -> int | float:
@@ -16,49 +17,21 @@ def _number(text: str, kind: type) -> int | float:
     return value
 
 
-def positive_int(text: str) -> int:
-    """An integer ≥ 1."""
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _checked(kind: type, accept: Callable[[float], bool], requirement: str, doc: str) -> Callable[[str], int | float]:
+    """An argparse type: ``kind(text)``, finite, and ``accept(value)``, else one line naming ``requirement``."""
+    def parse(text: str) -> int | float:
+        value = _number(text, kind)
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return value
+    parse.__name__, parse.__doc__ = kind.__name__, doc  # argparse names the type in its messages
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """An integer ≥ 0."""
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
-    value = _number(text, float)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """A finite number ≥ 0."""
-    value = _number(text, float)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def unit_fraction(text: str) -> float:
-    """A number in (0, 1] (e.g. ``--crop-pct``)."""
-    value = _number(text, float)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def open_fraction(text: str) -> float:
-    """A number in [0, 1) (e.g. label smoothing, an EMA decay)."""
-    value = _number(text, float)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
+positive_int = _checked(int, lambda v: v >= 1, "a positive integer", "An integer ≥ 1.")
+non_negative_int = _checked(int, lambda v: v >= 0, "0 or more", "An integer ≥ 0.")
+positive_float = _checked(float, lambda v: v > 0, "greater than 0", "A finite number > 0.")
+non_negative_float = _checked(float, lambda v: v >= 0, "0 or more", "A finite number ≥ 0.")
+unit_fraction = _checked(float, lambda v: 0 < v <= 1, "in (0, 1]", "A number in (0, 1] (e.g. ``--crop-pct``).")
+open_fraction = _checked(float, lambda v: 0 <= v < 1, "in [0, 1)",
+                         "A number in [0, 1) (e.g. label smoothing, an EMA decay).")
