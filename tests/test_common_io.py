@@ -53,3 +53,18 @@ def test_demo_refuses_another_commands_run_folder(tmp_path):
     (tmp_path / "rob" / "cells.jsonl").write_text("{}\n")
     assert_one_line_error(["demo", "--quick", "--out", str(tmp_path / "rob")], 2, "robustness run")
     assert (tmp_path / "rob" / "cells.jsonl").read_text() == "{}\n"  # nothing touched
+
+
+def test_random_bytes_are_always_named_as_not_a_checkpoint(tmp_path):
+    """Random bytes reach pickle's opcodes in many ways (IndexError, KeyError, struct.error, ...): every one
+    must end as the same one-line CheckpointError, whatever the bytes."""
+    import random
+
+    from common.checkpoint import CheckpointError, safe_load
+
+    rng = random.Random(0)
+    path = tmp_path / "random.pth"
+    for size in [rng.randrange(1, 4096) for _ in range(200)]:
+        path.write_bytes(bytes(rng.randrange(256) for _ in range(size)))
+        with pytest.raises(CheckpointError, match="random.pth"):
+            safe_load(path)
