@@ -233,6 +233,17 @@ def _coco_c(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run the action; under torchrun the process group is torn down on the way out, error or not (a
+    process that exits with gloo's threads still alive can abort with "terminate called ...")."""
+    from common.distributed import cleanup_distributed
+
+    try:
+        return _dispatch(args)
+    finally:
+        cleanup_distributed()
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.action == "compare":
         from detection.compare import compare_runs
 
