@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image, ImageDraw
 
 CATEGORIES = [{"id": 2, "name": "rectangle"}, {"id": 5, "name": "ellipse"}, {"id": 9, "name": "triangle"}]
@@ -73,3 +75,13 @@ def make_tiny_coco(root: str | os.PathLike, num_images: int = 8, size: tuple[int
         ann.write_text(json.dumps({"images": images, "annotations": kept, "categories": CATEGORIES}))
         paths[f"{split}_ann"], paths[f"{split}_images"] = str(ann), str(root / f"{split}2017")
     return paths
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread for the tiny detection models (imported by the detection test modules, where it
+    applies to every test): they gain nothing from more, and a shared CI machine loses a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

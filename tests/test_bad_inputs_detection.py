@@ -18,20 +18,13 @@ import pytest
 import torch
 
 from tests.cli_helpers import assert_one_line_error, run_cli
-from tests.coco_fixtures import make_tiny_coco
+from tests.coco_fixtures import make_tiny_coco, one_thread  # noqa: F401  (one_thread: autouse)
 
 TINY = '{"hidden_dim": 32, "nheads": 4, "enc_layers": 1, "dec_layers": 1, "dim_feedforward": 64, "num_queries": 4}'
 FAST = ["--scales", "48", "--max-size", "96", "--test-size", "64", "--num-workers", "0", "--no-progress",
         "--batch-size", "2", "--epochs", "1", "--model-kwargs", TINY]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the tiny models gain nothing from more, and a shared CI machine loses a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class _Payload:

@@ -14,20 +14,13 @@ import torch
 from detection.compare import compare_runs
 from detection.config import DetectionTrainConfig
 from detection.engine import RESUME_FIELDS, evaluate_checkpoint, load_checkpoint, train_detector
-from tests.coco_fixtures import make_tiny_coco
+from tests.coco_fixtures import make_tiny_coco, one_thread  # noqa: F401  (one_thread: autouse)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(hidden_dim=32, nheads=4, enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=6)
 SMALL_IMAGES = dict(scales=[48, 64], max_size=96, test_size=64, num_workers=0, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the tiny models gain nothing from more, and a shared CI machine loses a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def train(**kwargs) -> dict:
