@@ -11,24 +11,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from tests.cli_helpers import ROOT, assert_one_line_error, run_cli
+from tests.folder_fixtures import CLASSES, write_folder
 
-CLASSES = ["ant", "bee", "cat"]
 A_WNIDS = ["n01498041", "n01531178"]  # two of the 200 ImageNet-A classes (the authors' list)
-
-
-def write_folder(root: Path, names=CLASSES, per_class=3, seed=0) -> Path:
-    rng = np.random.default_rng(seed)
-    for name in names:
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            Image.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
-    return root
 
 
 @pytest.fixture(scope="module")

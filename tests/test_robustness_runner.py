@@ -6,26 +6,20 @@ import os
 import socket
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from robustness import runner
 from robustness.runner import ModelSpec, run_robustness
+from tests.folder_fixtures import CLASSES
+from tests.folder_fixtures import write_folder as write_image_folder
 
-CLASSES = ["ant", "bee", "cat"]
 MODEL = ModelSpec("test_convnext", label="tiny", model_kwargs={"num_classes": 3})
 FAST = dict(class_map="folder", img_size=32, crop_pct=1.0, batch_size=4, num_workers=0, progress=False, device="cpu")
 
 
 def write_folder(root: Path, names=CLASSES, per_class=3, seed=0) -> str:
-    rng = np.random.default_rng(seed)
-    for name in names:
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            Image.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
-    return str(root)
+    return str(write_image_folder(root, names, per_class, seed))
 
 
 @pytest.fixture(scope="module")
