@@ -20,6 +20,18 @@ def amp_dtype(device: torch.device | str) -> torch.dtype | None:
     return None
 
 
+def fast_autocast(device: torch.device | str) -> bool:
+    """True where autocast makes training faster: CUDA, and CPUs that multiply bfloat16 natively
+    (AVX512-BF16 or AMX; elsewhere bfloat16 is emulated and slower than fp32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's feature probes (torch ≥ 2.3)
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
 def autocast(device: torch.device | str, enabled: bool = True) -> contextlib.AbstractContextManager:
     """``torch.autocast`` with the suite's dtype for ``device``; a no-op context when disabled."""
     device = torch.device(device)

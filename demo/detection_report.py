@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from demo.detection import STATS, DetectionRecipe, seed_summary
+from demo.detection import RECIPE_WHY, STATS, DetectionRecipe, seed_summary
 
 SCORE_THRESHOLD = 0.3  # predictions drawn in the example figure (Deformable DETR's sigmoid scores)
 
@@ -157,7 +157,7 @@ def detection_section(runs: dict[str, list[dict]], recipe: DetectionRecipe, spec
     ``detection_examples.png`` into ``plots``."""
     seeds = min(len(r) for r in runs.values())
     summaries = {label: seed_summary(seed_runs) for label, seed_runs in runs.items()}
-    lines = ["## 3. Detection (paper Table 5 style, COCO AP %)", ""]
+    lines = ["## 3. Detection (paper Table 5 style, COCO AP %)", "", RECIPE_WHY, ""]
     lines += _table(["Backbone"] + list(STATS) + ["FPS"],
                     [[label] + [_cell(summaries[label][k]) for k in STATS]
                      + [f"{sum(r['fps'] for r in seed_runs) / len(seed_runs):.1f}"] for label, seed_runs in runs.items()])

@@ -64,9 +64,10 @@ class DemoConfig:
     coco_c_severities: tuple[int, ...] = (3,)
 
 
-# Detection images from the classifiers' world: whole textured shapes of 15-29 px radius, 1-3 per 96 px image.
-DEMO_DETECTION = synthetic.DetectionSpec(num_train=400, num_val=100, img_size=96, max_objects=3,
-                                         radius=(0.16, 0.3), cut_by_border=False)
+# Detection images from the classifiers' world: whole textured shapes of 19-34 px radius, 1-3 per 96 px image
+# (the placement keeps them apart, so most images hold one or two); why: demo/detection.py.
+DEMO_DETECTION = synthetic.DetectionSpec(num_train=4000, num_val=100, img_size=96, max_objects=3,
+                                         radius=(0.2, 0.35), cut_by_border=False)
 DEFAULT_CONFIG = DemoConfig(
     classification=synthetic.ClassificationSpec(num_classes=10, train_per_class=200, val_per_class=50, img_size=64),
     detection=DEMO_DETECTION,
@@ -113,7 +114,8 @@ class StageLog:
 
 
 def _config_hash(config: DemoConfig, device: str) -> str:
-    payload = json.dumps({"config": asdict(config), "models": DEMO_MODELS, "device": device}, sort_keys=True, default=str)
+    payload = json.dumps({"config": asdict(config), "models": DEMO_MODELS, "device": device,
+                          "detector_amp": config.detector.uses_amp(device)}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 

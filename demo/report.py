@@ -108,14 +108,15 @@ def plot_mean_severity(records: list[dict], labels: list[str], path: Path) -> Pa
     return _save(fig, ax, path)
 
 
-def recipe_text(recipe: DetectionRecipe) -> str:
-    """One line describing the detector and its schedule, e.g. for the report's setup list."""
+def recipe_text(recipe: DetectionRecipe, device: str) -> str:
+    """One line describing the detector and its schedule on ``device``, e.g. for the report's setup list."""
     kw = recipe.model_kwargs
     drop = f", lr ×0.1 after epoch {recipe.lr_drop}" if recipe.lr_drop and recipe.lr_drop < recipe.epochs else ""
     return (f"`{recipe.arch}` detector (hidden {kw.get('hidden_dim')}, {kw.get('enc_layers')} encoder / "
             f"{kw.get('dec_layers')} decoder layers, {kw.get('num_queries')} queries), {recipe.epochs} epoch(s) at "
             f"batch {recipe.batch_size}, AdamW lr {recipe.lr:g} (backbone {recipe.lr_backbone:g}){drop}, "
-            f"{'DETR augmentation' if recipe.augment else 'no augmentation'}, {len(recipe.seeds)} seed(s) per backbone")
+            f"{'DETR augmentation' if recipe.augment else 'no augmentation'}, "
+            f"{'autocast (bfloat16 on CPU)' if recipe.uses_amp(device) else 'fp32'}, {len(recipe.seeds)} seed(s) per backbone")
 
 
 def _setup_lines(config, models, data: dict, device: str, quick: bool) -> list[str]:
@@ -147,7 +148,7 @@ def _setup_lines(config, models, data: dict, device: str, quick: bool) -> list[s
         f"- Robustness: the 15 ImageNet-C corruptions generated on the fly at severities "
         f"{', '.join(map(str, config.severities))}; centre and random-patch occlusion; FGSM and PGD-{config.pgd_steps} "
         f"at ε = {config.eps * 255:.0f}/255.",
-        f"- Detection: {recipe_text(config.detector)}; backbones initialised from the classifiers above; "
+        f"- Detection: {recipe_text(config.detector, device)}; backbones initialised from the classifiers above; "
         "COCOeval (pycocotools). Why this recipe: `demo/detection.py`.",
         f"- Device: {device}; torch {torch.__version__}; {torch.get_num_threads()} threads; {platform.platform()}.", "",
     ]
@@ -198,13 +199,16 @@ def _coco_c_section(config, coco_c: dict[str, dict]) -> list[str]:
                f"{', '.join(config.coco_c_corruptions)} at severity {', '.join(map(str, config.coco_c_severities))} "
                f"({cells} cells; COCO-C's protocol is 15 corruptions × 5 severities, `eval.py detection eval "
                "--corruptions all`). mPC = mean AP over the cells, rPC = mPC / clean AP (Michaelis et al. 2019). "
+               "Clean AP is the final detector evaluated in fp32; the detection table above is the training run's last "
+               "evaluation, under autocast where the recipe used it, so the two can differ slightly. "
                "Per-cell tables: `coco_c/`.", ""])
 
 
 def _closing_lines(stage_seconds: dict[str, float], wall_seconds: float) -> list[str]:
     """Time per stage and where the raw results are."""
     return (["## Time per stage", ""] + _table(["Stage", "Seconds"], [[n, f"{s:.0f}"] for n, s in stage_seconds.items()])
-            + ["", f"Wall time of this invocation: {wall_seconds:.0f} s (finished stages are reused on a re-run).", "",
+            + ["", f"Sum of the stages: {sum(stage_seconds.values()):.0f} s. Wall time of this invocation: "
+               f"{wall_seconds:.0f} s (finished stages are reused on a re-run).", "",
                "The same evaluation on ImageNet / COCO with the official checkpoints: the README's *Reproduce the "
                "paper* section (nothing is downloaded by the suite).", "",
                "Stage results of this run: `stages.json`; raw robustness records: `robustness/results.json`; "

@@ -29,15 +29,21 @@ OPTIMISER_FIELDS = ("epochs", "batch_size", "lr", "lr_backbone", "weight_decay",
 BUILTIN_DATA = DetectionSpec()  # the generated set used when no --coco / paths are given
 
 
+def _json_object(flag: str, text: str, example: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{flag} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object such as '{example}', got {text}")
+    return value
+
+
 def resolve_train_options(args: argparse.Namespace) -> tuple[dict, dict]:
     """Training keywords and model keywords from the flags, then the ``--preset`` (default: the official
     recipe of ``--arch``, DETR's without either), in that order."""
-    try:
-        model_kwargs = json.loads(args.model_kwargs)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--model-kwargs is not valid JSON: {exc}") from exc
-    if not isinstance(model_kwargs, dict):
-        raise ValueError(f"--model-kwargs must be a JSON object such as '{{\"num_queries\": 50}}', got {args.model_kwargs}")
+    model_kwargs = _json_object("--model-kwargs", args.model_kwargs, '{"num_queries": 50}')
+    loss_kwargs = _json_object("--loss-kwargs", args.loss_kwargs, '{"cls_loss_coef": 5}')
     name = args.preset or ARCH_DEFAULT[args.arch or "detr"]
     preset = get_preset(name)
     if args.arch not in (None, preset.arch):
@@ -47,7 +53,7 @@ def resolve_train_options(args: argparse.Namespace) -> tuple[dict, dict]:
     for key in options:
         if getattr(args, key, None) is not None:
             options[key] = getattr(args, key)
-    return options, {**preset.model_kwargs, **model_kwargs}
+    return {**options, "loss_kwargs": loss_kwargs}, {**preset.model_kwargs, **model_kwargs}
 
 
 POSITIVE_INT, NON_NEGATIVE_INT = positive_int, non_negative_int
@@ -119,6 +125,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--img-scale", type=POSITIVE, help="multiply every size by this, e.g. 0.5 for small machines (default 1)")
     m = t.add_argument_group("model")
     m.add_argument("--model-kwargs", default="{}", help='JSON of model keywords, e.g. \'{"hidden_dim": 128, "num_queries": 50}\'')
+    m.add_argument("--loss-kwargs", default="{}",
+                   help='JSON replacing some of the preset\'s matcher costs / loss weights, e.g. \'{"cls_loss_coef": 5}\'')
     _run_args(t)
 
     e = sub.add_parser("eval", help="COCO bbox mAP, FPS and visualisations of a checkpoint; COCO-C with --corruptions")

@@ -23,7 +23,8 @@ class DetectionTrainConfig:
     """Everything ``train_detector`` needs. Data: COCO-format annotation json + image folder per split.
 
     ``preset`` names the ``detection.presets`` recipe (None = the official one of ``arch``): its image sizes,
-    loss/matcher numbers and detections kept. ``label_space`` "coco-ids" makes head rows COCO category ids
+    loss/matcher numbers and detections kept; ``loss_kwargs`` replaces some of those numbers (e.g.
+    ``{"cls_loss_coef": 5.0}``). ``label_space`` "coco-ids" makes head rows COCO category ids
     (as the official heads), "contiguous" 0..K-1. Sizes are in pixels before ``img_scale`` (``scales`` =
     training short sides, ``max_size`` = longest side, ``test_size`` = test short side; None = the recipe's). ``resume`` continues a
     run exactly; ``finetune`` starts from a checkpoint's weights with mismatched heads dropped.
@@ -63,6 +64,7 @@ class DetectionTrainConfig:
     eval_every: int = 1
     progress: bool = True
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    loss_kwargs: dict[str, float] = field(default_factory=dict)
     finetune: str | None = None
     augment: bool = True
     gflops_size: tuple[int, int] | None = None
@@ -86,6 +88,9 @@ class DetectionTrainConfig:
             raise ValueError("--resume and --finetune are exclusive: resume continues a run, finetune starts a new one")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite are exclusive: resume continues a run, overwrite starts over")
+        for key, value in self.loss_kwargs.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"--loss-kwargs {key} must be a number ≥ 0, got {value!r}")
         for key in ("num_queries", "hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward"):
             value = self.model_kwargs.get(key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):

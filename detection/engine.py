@@ -310,6 +310,15 @@ def _recipe(config: DetectionTrainConfig):
     return recipe
 
 
+def _loss_kwargs(config: DetectionTrainConfig, recipe) -> dict[str, float]:
+    """The recipe's matcher costs and loss weights with ``config.loss_kwargs`` in place of some (known names only)."""
+    unknown = sorted(set(config.loss_kwargs) - set(recipe.criterion_kwargs))
+    if unknown:
+        raise ValueError(f"--loss-kwargs {', '.join(unknown)}: not a loss or matcher number of the {config.arch} recipe; "
+                         f"choose from {', '.join(sorted(recipe.criterion_kwargs))}")
+    return {**recipe.criterion_kwargs, **config.loss_kwargs}
+
+
 def _build_run(config: DetectionTrainConfig, out: Path, device: torch.device) -> _Run:
     recipe, sizes = _recipe(config), _sizes(config)
     train_set = CocoDetection(config.train_ann, config.train_images, make_transforms(config.augment, **sizes),
@@ -322,7 +331,7 @@ def _build_run(config: DetectionTrainConfig, out: Path, device: torch.device) ->
     model = build_detector(config.arch, backbone=config.backbone, num_classes=train_set.num_classes,
                            backbone_weights=config.backbone_weights, **config.model_kwargs).to(device)
     criterion = build_criterion(config.arch, num_classes=train_set.num_classes, model_kwargs=config.model_kwargs,
-                                **recipe.criterion_kwargs).to(device)
+                                **_loss_kwargs(config, recipe)).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, config.lr, config.lr_backbone, config.weight_decay),
                                   lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_drop or 10**9, gamma=0.1)

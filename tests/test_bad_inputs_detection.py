@@ -147,6 +147,11 @@ CASES: dict[str, tuple[Callable[[SimpleNamespace], list[str]], int, tuple[str, .
     "num queries 0": (lambda e: train(e, "--model-kwargs", '{"num_queries": 0}'), 2, ("num_queries",)),
     "model kwargs not json": (lambda e: train(e, "--model-kwargs", "{hidden"), 2, ("--model-kwargs", "JSON")),
     "model kwargs a list": (lambda e: train(e, "--model-kwargs", "[1]"), 2, ("--model-kwargs", "object")),
+    "loss kwargs not json": (lambda e: train(e, "--loss-kwargs", "{cls"), 2, ("--loss-kwargs", "JSON")),
+    "loss kwargs unknown name": (lambda e: train(e, "--loss-kwargs", '{"cls_los_coef": 5}'), 2,
+                                 ("cls_los_coef", "cls_loss_coef")),
+    "loss kwargs negative": (lambda e: train(e, "--loss-kwargs", '{"cls_loss_coef": -1}'), 2, ("cls_loss_coef", "≥ 0")),
+    "loss kwargs not a number": (lambda e: train(e, "--loss-kwargs", '{"cls_loss_coef": "5"}'), 2, ("cls_loss_coef",)),
     "resume and overwrite": (lambda e: train(e, "--resume", "x.pth", "--overwrite"), 2, ("--overwrite",)),
     # data paths
     "coco folder missing": (lambda e: ["detection", "train", "--backbone", "pit_ti", "--coco", str(e.root / "none")],

@@ -10,6 +10,7 @@ from PIL import Image
 
 import eval as entry
 from detection.cli import resolve_train_options
+from detection.config import DetectionTrainConfig
 from detection.data import RandomResize, RandomSizeCrop, get_size, make_transforms
 from detection.presets import PRESETS, get_preset
 
@@ -134,3 +135,21 @@ def test_crop_drops_boxes_left_empty():
                                      canvas_size=(20, 20))
     _, target = DropEmptyBoxes()(torch.zeros(3, 20, 20), {"boxes": boxes, "labels": torch.tensor([1, 2, 3])})
     assert target["labels"].tolist() == [1, 3]  # zero width dropped; a 1-px box kept (official: x1 > x0)
+
+
+def test_loss_kwargs_replace_only_the_named_preset_numbers():
+    """--loss-kwargs reaches the criterion (loss weight of every decoder layer); the rest stays the preset's."""
+    from detection.build import build_criterion
+    from detection.engine import _loss_kwargs
+
+    options, model_kwargs = resolve_train_options(
+        _train_args("--preset", "deformable", "--loss-kwargs", '{"cls_loss_coef": 5, "set_cost_class": 3}'))
+    assert options["loss_kwargs"] == {"cls_loss_coef": 5, "set_cost_class": 3}
+    config = DetectionTrainConfig(backbone="pit_ti", train_ann="a.json", train_images="a", val_ann="b.json", val_images="b",
+                                  out="o", arch="deformable", preset="deformable", loss_kwargs=options["loss_kwargs"])
+    loss = _loss_kwargs(config, get_preset("deformable"))
+    assert loss == {**get_preset("deformable").criterion_kwargs, "cls_loss_coef": 5, "set_cost_class": 3}
+    criterion = build_criterion("deformable", num_classes=3, model_kwargs={"dec_layers": 2}, **loss)
+    assert criterion.matcher.cost_class == 3 and criterion.matcher.cost_bbox == 5.0
+    assert criterion.weight_dict["loss_ce"] == criterion.weight_dict["loss_ce_0"] == 5
+    assert criterion.weight_dict["loss_bbox"] == 5.0
