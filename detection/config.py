@@ -102,6 +102,8 @@ class DetectionTrainConfig:
         for key in ("train_ann", "train_images", "val_ann", "val_images", "backbone_weights", "finetune"):
             if options[key] is not None:
                 options[key] = str(Path(options[key]).resolve())
+        if not options["loss_kwargs"]:  # the preset's own numbers: recorded as runs made before the field existed
+            del options["loss_kwargs"]
         return json.loads(json.dumps(options))
 
 

@@ -4,7 +4,7 @@ The demo's data spec and ``DetectionRecipe`` (``demo.pipeline.DEFAULT_CONFIG``: 
 rates, autocast where fast) with fewer images and epochs (800 images, 3 epochs, lr ×0.1 for the last)
 and a randomly initialised backbone (the demo starts from its classifiers; training those here would
 cost minutes), on generated images of another seed than the demo's. Chance: an untrained detector
-scores AP50 0.0 on these images (docs/demo.md). Not a timing test.
+scores AP50 0.0 on these images; this one reached 43.6 (docs/demo.md). Not a timing test.
 """
 from __future__ import annotations
 
@@ -28,6 +28,6 @@ def test_reduced_demo_recipe_learns_well_above_chance(tmp_path):
                                   backbone_weights=None, seed=0, device="cpu", num_workers=0, progress=False)
     curve = trained["curve"]
     assert [c["epoch"] for c in curve] == list(range(1, TEST_RECIPE.epochs + 1))
-    assert curve[-1]["loss"] < 0.6 * curve[0]["loss"]
-    assert trained["AP50"] >= 10.0, (trained, curve)  # measured 17.8, and 13.9 after the detection-internals merge
+    assert curve[-1]["loss"] < 0.7 * curve[0]["loss"]  # measured 0.58 (11.5 → 6.6; the focal weight 5 starts it high)
+    assert trained["AP50"] >= 25.0, (trained, curve)  # measured 43.6 (untrained: 0.0); bf16 and fp32 CPUs differ a little
     assert 0 < trained["AP"] <= trained["AP50"]
