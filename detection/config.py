@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from detection.presets import ARCH_DEFAULT, PRESETS
+
 # Fields that describe where and how a run executes, not what it computes: they may change between
 # a run and its resumption (another device, more workers, a moved checkpoint).
 EXECUTION_FIELDS = ("out", "resume", "overwrite", "device", "num_workers", "progress")
@@ -88,13 +90,23 @@ class DetectionTrainConfig:
             raise ValueError("--resume and --finetune are exclusive: resume continues a run, finetune starts a new one")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite are exclusive: resume continues a run, overwrite starts over")
-        for key, value in self.loss_kwargs.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"--loss-kwargs {key} must be a number ≥ 0, got {value!r}")
+        self._check_loss_kwargs()
         for key in ("num_queries", "hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward"):
             value = self.model_kwargs.get(key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"--model-kwargs {key} must be a whole number ≥ 1, got {value!r}")
+
+    def _check_loss_kwargs(self) -> None:
+        """Each ``loss_kwargs`` entry names a loss/matcher number of the run's preset and is a number ≥ 0."""
+        preset = self.preset or ARCH_DEFAULT.get(self.arch)
+        known = PRESETS[preset].criterion_kwargs if preset in PRESETS else None  # a bad preset is reported by the engine
+        unknown = sorted(set(self.loss_kwargs) - set(known)) if known is not None else []
+        if unknown:
+            raise ValueError(f"--loss-kwargs {', '.join(unknown)}: not a loss or matcher number of the {preset} recipe; "
+                             f"choose from {', '.join(sorted(known))}")
+        for key, value in self.loss_kwargs.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"--loss-kwargs {key} must be a number ≥ 0, got {value!r}")
 
     def options(self) -> dict[str, Any]:
         """What the run computes, as plain JSON data (paths absolute): equal options = the same run."""

@@ -162,3 +162,12 @@ def test_runs_without_loss_kwargs_keep_the_options_of_earlier_versions():
     assert "loss_kwargs" not in DetectionTrainConfig(backbone="pit_ti", **paths).options()
     changed = DetectionTrainConfig(backbone="pit_ti", **paths, loss_kwargs={"cls_loss_coef": 5.0}).options()
     assert changed["loss_kwargs"] == {"cls_loss_coef": 5.0}
+
+
+def test_unknown_loss_kwargs_are_refused_when_the_config_is_made():
+    """Before any data is read: the name is not one of the preset's numbers, and the message lists them."""
+    paths = dict(train_ann="a.json", train_images="a", val_ann="b.json", val_images="b", out="o")
+    with pytest.raises(ValueError, match="cls_los_coef.*choose from.*cls_loss_coef"):
+        DetectionTrainConfig(backbone="pit_ti", arch="deformable", **paths, loss_kwargs={"cls_los_coef": 5.0})
+    with pytest.raises(ValueError, match="focal_alpha"):  # a Deformable DETR number is not DETR's
+        DetectionTrainConfig(backbone="pit_ti", arch="detr", **paths, loss_kwargs={"focal_alpha": 0.5})
