@@ -40,6 +40,27 @@ def _filter_for(model: nn.Module):
     return getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
 
 
+# What a family filter raises on a file of another architecture (a key it expects is absent, a tensor of
+# another shape cannot be reshaped or resampled): reported as a mismatch by ``load_weights``.
+_FOREIGN_FILE_ERRORS = (KeyError, IndexError, ValueError, RuntimeError)
+
+
+def _filtered(model: nn.Module, path: str | os.PathLike, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state_dict`` through the model family's ``checkpoint_filter_fn``; unchanged when there is none, or when
+    the filter trips over a foreign file (the key comparison that follows names the mismatch). Any other
+    exception is a fault of the filter itself and raises, naming the filter and the file."""
+    filter_fn = _filter_for(model)
+    if filter_fn is None:
+        return state_dict
+    try:
+        return dict(filter_fn(state_dict, model))
+    except _FOREIGN_FILE_ERRORS:
+        return state_dict
+    except Exception as err:
+        raise RuntimeError(f"{type(model).__module__}.checkpoint_filter_fn failed on {path} "
+                           f"({type(err).__name__}: {err}): a fault in that filter, not in the file") from err
+
+
 def _misfit(path: str | os.PathLike, name: str, raw: Mapping[str, torch.Tensor], missing: list[str],
             unexpected: list[str], wrong_shape: list[str], state_dict: Mapping[str, torch.Tensor],
             own: Mapping[str, torch.Tensor]) -> ValueError:
@@ -101,12 +122,7 @@ def load_weights(
     name = name or getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
     raw = dict(state_dict) if state_dict is not None else read_state_dict(path)
     state_dict = dict(raw)
-    filter_fn = _filter_for(model)
-    if filter_fn is not None:
-        try:
-            state_dict = dict(filter_fn(state_dict, model))
-        except Exception:  # a foreign file can trip a family filter: report it as a mismatch below
-            pass
+    state_dict = _filtered(model, path, state_dict)
     own = model.state_dict()
     head_keys = _head_keys(model)
     # A head fits or is dropped only if its input width matches: otherwise the file is a wrong one.

@@ -120,3 +120,31 @@ def test_robustness_weights(tmp_path, data, case):
 def test_unknown_model_name(tmp_path, data, argv):
     argv = [a.format(data=data, out=tmp_path / "out") for a in argv]
     assert_one_line_error(argv, 2, "unknown model 'pit_sx'", "did you mean", "pit_s")
+
+
+@pytest.mark.parametrize("raised", [KeyError("pos_embed"), RuntimeError("shape '[1, 64, 8, 8]' is invalid")])
+def test_filter_tripped_by_a_foreign_file_reports_the_mismatch(tmp_path, monkeypatch, raised):
+    """A family filter that fails on another architecture's keys: the key comparison names the file."""
+    import pit.pit as family
+
+    def tripping(state_dict, model):
+        raise raised
+
+    monkeypatch.setattr(family, "checkpoint_filter_fn", tripping)
+    path = tmp_path / "deit.pth"
+    torch.save(_zeros_of("deit_tiny_patch16_224"), path)
+    with pytest.raises(ValueError, match="do not fit model 'pit_ti'"):
+        pit.create_model("pit_ti", weights=path)
+
+
+def test_fault_inside_a_filter_raises_naming_the_filter(tmp_path, monkeypatch):
+    import pit.pit as family
+
+    def broken(state_dict, model):
+        return state_dict.no_such_method()
+
+    monkeypatch.setattr(family, "checkpoint_filter_fn", broken)
+    path = tmp_path / "pit_ti.pth"
+    torch.save(_pit_ti(), path)
+    with pytest.raises(RuntimeError, match=r"pit\.pit\.checkpoint_filter_fn failed on .*pit_ti\.pth \(AttributeError"):
+        pit.create_model("pit_ti", weights=path)
