@@ -15,8 +15,11 @@ device), 130 for Ctrl-C; ``--debug`` shows the full traceback instead.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import re
 import sys
+from typing import NoReturn, Sequence
 
 MENU = """usage: python eval.py COMMAND [options]     (python eval.py COMMAND -h for every option)
 
@@ -45,8 +48,50 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _closest(word: str, candidates: Sequence[str]) -> str | None:
+    found = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that suggest the nearest flag or command ("did you mean --models?")."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._given = list(sys.argv[1:] if args is None else args)  # for the hints of ``error``
+        return super().parse_known_args(args, namespace)
+
+    def _chain(self, given: list[str]) -> list[argparse.ArgumentParser]:
+        """This parser and the subcommand parsers that ``given`` selects, outermost first."""
+        chain: list[argparse.ArgumentParser] = [self]
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                picked = next((i for i, word in enumerate(given) if word in action.choices), None)
+                if picked is not None:
+                    sub = action.choices[given[picked]]
+                    chain += sub._chain(given[picked + 1:]) if isinstance(sub, Parser) else [sub]
+        return chain
+
+    def _hint(self, message: str) -> str:
+        """" (did you mean ...?)" for each unknown flag given and for an invalid choice; "" when none is close."""
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            close = _closest(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)))
+            return f" (did you mean '{close}'?)" if close else ""
+        given = getattr(self, "_given", [])
+        options = [o for p in self._chain(given) for o in p._option_string_actions]
+        unknown = [w.split("=")[0] for w in given if w.startswith("--")]
+        unknown = [w for w in unknown if not any(o.startswith(w) for o in options)]
+        close = [f"{w} -> {c}" if len(unknown) > 1 else c for w in unknown if (c := _closest(w, options))]
+        return f" (did you mean {', '.join(close)}?)" if close else ""
+
+    def error(self, message: str) -> NoReturn:
+        chain = self._chain(getattr(self, "_given", []))
+        prog = chain[-1].prog
+        self.exit(2, f"{prog}: error: {message}{self._hint(message)}; python {prog} -h lists every option\n")
+
+
 def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, dict[str, object]]:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="eval.py", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
@@ -70,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         print(MENU)
-        return 2
+        return 0
     try:
         return int(modules[args.command].main(args) or 0)
     except KeyboardInterrupt:
