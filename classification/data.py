@@ -137,13 +137,14 @@ class ShardSampler(DistributedSampler):
 
 
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool,
-                generator: torch.Generator | None = None) -> DataLoader:
+                generator: torch.Generator | None = None, worker_init_fn: Callable[[int], None] | None = None
+                ) -> DataLoader:
     """Ordered loader over this process's shard (all images when not distributed); ``generator`` (optional)
-    seeds the workers instead of the global random stream."""
+    seeds the workers instead of the global random stream; ``worker_init_fn`` runs in each worker."""
     sampler = ShardSampler(dataset) if is_distributed() else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers,
                       pin_memory=pin_memory, collate_fn=skip_none_collate, persistent_workers=False,
-                      generator=generator)
+                      generator=generator, worker_init_fn=worker_init_fn)
 
 
 def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -16,13 +16,19 @@ Example::
 
     python eval.py train-classifier --model pit_ti --data DATA --img-size 64 --epochs 10 --out runs/pit_ti
 
-Run folder (``--out``, default ``runs/train-classifier-<model>``): ``checkpoint.pth`` (written atomically
-after every epoch) = ``{"model", "model_ema"?, "optimizer", "epoch", "options", "classes", "val",
-"history"}`` and ``log.jsonl`` (one record per epoch, rewritten from the checkpoint's history). Running
-the same command again resumes from the checkpoint (a finished run is returned as is); other options
-are refused unless ``--resume`` (continue to more ``--epochs``) or ``--overwrite`` (start over).
-Resume is exact: every epoch reseeds all random streams from ``(seed, epoch)`` and evaluation draws
-from its own generator, so an interrupted and resumed run ends with bitwise the same weights.
+Run folder (``--out``, default ``runs/train-classifier-<model>``), opened by ``common.run.open_run``:
+``checkpoint.pth`` (written atomically after every epoch) = ``{"model", "model_ema"?, "optimizer", "epoch",
+"options", "classes", "val", "history", "partial"?}`` and ``log.jsonl`` (one record per epoch, rewritten
+from the checkpoint's history). Running the same command again resumes from the checkpoint (a finished
+run is returned as is); other options are refused unless ``--resume`` (continue to more ``--epochs``) or
+``--overwrite`` (start over).
+
+Ctrl-C stops after the step in flight and saves the partial epoch (``"partial"``: the steps done, the
+running loss and every random stream); the DataLoader workers ignore the signal and are shut down in
+order (``classification.interrupt``). Resume is exact: every epoch reseeds all random streams from
+``(seed, epoch)``, a partial epoch replays its first batches through the loader (so the workers' streams
+advance as before) and restores the saved streams, and evaluation draws from its own generator, so an
+interrupted and resumed run ends with bitwise the same weights (with the same ``--workers``).
 """
 from __future__ import annotations
 
@@ -50,21 +56,26 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 import pit
-from classification.data import ImageFolderSet, UnknownClassFolders, build_class_index, eval_transform, make_loader
+from classification.data import ImageFolderSet, UnknownClassFolders, build_class_index, make_loader
 from classification.data import skip_none_collate, to_float
 from classification.evaluate import evaluate_topk
-from common.options import non_negative_float, non_negative_int, open_fraction, positive_float, positive_int
+from classification.interrupt import StopRequest, ignore_sigint, rng_state, set_rng_state
 from common import synthetic
+from common.autocast import autocast
 from common.checkpoint import safe_load
 from common.distributed import default_device
 from common.io import atomic_torch_save, atomic_write_text
-from common.rundir import OutputError, announce, check_out, claim, default_out, note, read_marker
+from common.options import non_negative_float, open_fraction, positive_float, positive_int
+from common.progress import Progress, duration
+from common.run import Run, open_run, say_resumed
+from common.rundir import OutputError, announce, default_out, note
+from common.vocabulary import add_shared_flags, default_workers
 
 KIND = "train-classifier"
 CHECKPOINT_NAME = "checkpoint.pth"
 LOG_NAME = "log.jsonl"
 # Fields that say where and how a run executes, not what it trains: they may change between reruns.
-RUNTIME_FIELDS = ("out", "device", "num_workers", "progress", "resume", "overwrite", "eval_every")
+RUNTIME_FIELDS = ("out", "device", "workers", "progress", "resume", "overwrite", "eval_every")
 
 
 @dataclass(frozen=True)
@@ -76,7 +87,8 @@ class ClassifierTrainConfig:
     distillation and needs a distilled ``model``; ``model_kwargs``/``teacher_kwargs`` go to
     ``pit.create_model`` (e.g. ``{"depth": 4}``). ``eval_every``: validate every N epochs (and after
     the last). ``resume``: continue a run whose options differ only in ``epochs`` (to more epochs);
-    ``overwrite``: delete this folder's checkpoint and log and start over.
+    ``overwrite``: delete this folder's checkpoint and log and start over. ``workers``: DataLoader
+    processes (None: ``common.vocabulary.default_workers()``); ``amp``: autocast with the suite's policy.
     """
 
     model: str = "pit_ti"
@@ -104,15 +116,16 @@ class ClassifierTrainConfig:
     resume: bool = False
     overwrite: bool = False
     device: str | None = None
-    num_workers: int = 2
+    amp: bool = False
+    workers: int | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "img_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.num_workers < 0:
-            raise ValueError(f"need --lr > 0 and --num-workers >= 0, got {self.lr} and {self.num_workers}")
+        if self.lr <= 0 or (self.workers is not None and self.workers < 0):
+            raise ValueError(f"need --lr > 0 and --workers >= 0, got {self.lr} and {self.workers}")
         if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
             raise ValueError(f"Mixup/CutMix need an even --batch-size, got {self.batch_size}")
         if self.teacher is None and self.teacher_weights is not None:
@@ -142,6 +155,7 @@ class _Session:
     ema: ModelEmaV3 | None
     start_epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    partial: dict[str, Any] | None = None  # where an interrupted epoch stopped (see ``_train_epoch``)
 
 
 def _resolve_data(config: ClassifierTrainConfig) -> ClassifierTrainConfig:
@@ -188,12 +202,13 @@ def build_loaders(config: ClassifierTrainConfig) -> tuple[DataLoader, DataLoader
         raise ValueError(f"{root / 'train'} has {len(train_set)} images, fewer than one batch of {config.batch_size}: "
                          "lower --batch-size")
     pin = torch.cuda.is_available()
+    workers = default_workers(config.workers)
     # Fresh workers every epoch (no persistent workers): their seeds come from the generator reseeded per epoch.
     train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                              generator=torch.Generator(), num_workers=config.num_workers, pin_memory=pin,
-                              collate_fn=skip_none_collate)
-    val_loader = make_loader(val_set, 2 * config.batch_size, config.num_workers, pin,
-                             generator=torch.Generator().manual_seed(config.seed))
+                              generator=torch.Generator(), num_workers=workers, pin_memory=pin,
+                              collate_fn=skip_none_collate, worker_init_fn=ignore_sigint)
+    val_loader = make_loader(val_set, 2 * config.batch_size, workers, pin,
+                             generator=torch.Generator().manual_seed(config.seed), worker_init_fn=ignore_sigint)
     return train_loader, val_loader, train_set.folders
 
 
@@ -265,6 +280,7 @@ def _build_session(config: ClassifierTrainConfig, state: dict[str, Any] | None) 
         if ema is not None and "model_ema" in state:
             ema.module.load_state_dict(state["model_ema"])
         session.start_epoch, session.history = state["epoch"] + 1, list(state["history"])
+        session.partial = state.get("partial")
     return session
 
 
@@ -286,7 +302,8 @@ def _train_step(s: _Session, images: torch.Tensor, targets: torch.Tensor, update
     loss_targets = targets
     if s.mixup is not None:
         images, loss_targets = s.mixup(images, targets)
-    loss = s.loss(images, s.net(images), loss_targets)
+    with autocast(s.device, enabled=s.config.amp):
+        loss = s.loss(images, s.net(images), loss_targets)
     value = loss.item()
     if not math.isfinite(value):
         raise RuntimeError(f"loss became {value} at update {update}: lower --lr")
@@ -301,19 +318,43 @@ def _train_step(s: _Session, images: torch.Tensor, targets: torch.Tensor, update
     return value
 
 
-def _train_epoch(s: _Session, epoch: int) -> float:
-    """One pass over the training set; returns the mean loss."""
+def _batches(s: _Session, epoch: int):
+    """The epoch's batches from where ``s.partial`` stopped: the first ``steps`` are replayed through the
+    loader untrained (the workers' random streams advance as in an uninterrupted epoch), then the main
+    process's streams are restored as they were after the last finished step."""
+    _seed_epoch(s.config.seed, epoch, s.train_loader)
+    batches = iter(s.train_loader)
+    if s.partial is not None:
+        for _ in range(s.partial["steps"]):
+            next(batches)
+        set_rng_state(s.partial["rng"])
+    return batches
+
+
+def _train_epoch(s: _Session, epoch: int, stop: StopRequest) -> float | None:
+    """One pass over the training set; returns the mean loss, or None when ``stop`` asked to end the run
+    mid-epoch (``s.partial`` then says where, with the random streams to resume from)."""
     c = s.config
-    _seed_epoch(c.seed, epoch, s.train_loader)
+    partial = s.partial or {"steps": 0, "total": 0.0, "updates": 0}
+    total, updates, steps = partial["total"], partial["updates"], len(s.train_loader)
     s.net.train()
-    total, updates = 0.0, 0
-    bar = tqdm(s.train_loader, desc=f"{c.model} epoch {epoch + 1}/{c.epochs}", disable=not c.progress, leave=False)
-    for step, (images, targets, _) in enumerate(bar):
-        if len(targets) == 0 or (s.mixup is not None and len(targets) < 2):  # unreadable images were dropped
-            continue
-        total += _train_step(s, images, targets, epoch * len(s.train_loader) + step + 1)
-        updates += 1
-        bar.set_postfix(loss=f"{total / updates:.3f}", lr=f"{s.optimizer.param_groups[0]['lr']:.2e}")
+    bar = tqdm(total=steps, initial=partial["steps"], desc=f"{c.model} epoch {epoch + 1} of {c.epochs}",
+               disable=not c.progress, leave=False)
+    batches = _batches(s, epoch)
+    s.partial = None
+    for step, (images, targets, _) in enumerate(batches, start=partial["steps"]):
+        if len(targets) > 0 and (s.mixup is None or len(targets) >= 2):  # else unreadable images were dropped
+            total += _train_step(s, images, targets, epoch * steps + step + 1)
+            updates += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{total / max(updates, 1):.3f}", lr=f"{s.optimizer.param_groups[0]['lr']:.2e}")
+        if stop.requested and step + 1 < steps:
+            s.partial = {"epoch": epoch, "steps": step + 1, "total": total, "updates": updates, "rng": rng_state()}
+            break
+    del batches  # shuts the workers down before anything is saved
+    bar.close()
+    if s.partial is not None:
+        return None
     if updates == 0:
         raise ValueError(f"{c.data}/train: no readable image in a whole epoch (every image was skipped as unreadable)")
     return total / updates
@@ -321,10 +362,11 @@ def _train_epoch(s: _Session, epoch: int) -> float:
 
 def _validate(s: _Session) -> dict[str, float]:
     """Top-1/top-5/loss on the val split (and of the EMA weights, suffixed ``_ema``)."""
-    val = evaluate_topk(s.net, s.val_loader, s.device, progress=s.config.progress)
+    amp = s.config.amp
+    val = evaluate_topk(s.net, s.val_loader, s.device, amp, progress=s.config.progress)
     if s.ema is not None:
         ema = pit.NormalizedModel(s.ema.module)
-        val.update({f"{k}_ema": v for k, v in evaluate_topk(ema, s.val_loader, s.device, progress=False).items()})
+        val.update({f"{k}_ema": v for k, v in evaluate_topk(ema, s.val_loader, s.device, amp, progress=False).items()})
     return val
 
 
@@ -332,6 +374,8 @@ def _save(s: _Session, out: Path, epoch: int, val: dict[str, float]) -> dict[str
     """Checkpoint (atomic), then ``log.jsonl`` rewritten from the checkpoint's history."""
     state = {"model": s.net.model.state_dict(), "optimizer": s.optimizer.state_dict(), "epoch": epoch,
              "options": s.config.options(), "classes": s.classes, "val": val, "history": s.history}
+    if s.partial is not None:
+        state["partial"] = s.partial
     if s.ema is not None:
         state["model_ema"] = s.ema.module.state_dict()
     atomic_torch_save(state, out / CHECKPOINT_NAME)
@@ -343,43 +387,29 @@ def _write_log(out: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_text(out / LOG_NAME, "".join(json.dumps(record) + "\n" for record in history))
 
 
-def _changes(old: dict[str, Any], new: dict[str, Any]) -> str:
-    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:4]) + (", ..." if len(keys) > 4 else "")
+def _more_epochs(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """``--resume`` continues a run whose options differ only in a larger ``epochs``."""
+    return {**old, "epochs": new.get("epochs")} == new and new.get("epochs", 0) > old.get("epochs", 0)
 
 
-def _open_run(config: ClassifierTrainConfig, out: Path) -> dict[str, Any] | None:
-    """Decide between a fresh start and resuming ``out``'s checkpoint; refuse (one line) what could lose work.
+def _open_run(config: ClassifierTrainConfig, out: Path) -> tuple[Run, dict[str, Any] | None]:
+    """Open ``out`` (``common.run.open_run``: fresh | resume | refuse) and read the checkpoint to resume from."""
+    run = open_run(out, KIND, config.options(), files=(CHECKPOINT_NAME, LOG_NAME), resume=config.resume,
+                   overwrite=config.overwrite, continuable=_more_epochs)
+    if not run.resumed or not (out / CHECKPOINT_NAME).exists():
+        return run, None
+    state = safe_load(out / CHECKPOINT_NAME, what="train-classifier checkpoint")
+    if not isinstance(state, dict) or "options" not in state or "history" not in state:
+        raise OutputError(f"--out {out} holds a {CHECKPOINT_NAME} this trainer did not write: pass --overwrite "
+                          "to replace it, or choose another --out")
+    return run, state
 
-    Same options: resume (a finished run is returned as is). Other options: refused, except with
-    ``--overwrite`` (start over) or ``--resume`` when only ``epochs`` grew. Nothing is written here
-    but the run marker, and, with ``--overwrite``, the removal of this run's checkpoint and log.
-    """
-    marker = read_marker(check_out(out))
-    if marker is not None and marker["kind"] != KIND:
-        claim(out, KIND)  # refuses another kind's folder in one line, changing nothing
-    checkpoint = out / CHECKPOINT_NAME
-    state = None
-    if checkpoint.exists() and not config.overwrite:
-        state = safe_load(checkpoint, what="train-classifier checkpoint")
-        saved, wanted = state.get("options") if isinstance(state, dict) else None, config.options()
-        if saved is None:
-            raise OutputError(f"--out {out} holds a {CHECKPOINT_NAME} this trainer did not write: pass --overwrite "
-                              "to replace it, or choose another --out")
-        if saved != wanted:
-            only_epochs = {**saved, "epochs": config.epochs} == wanted
-            if config.resume and only_epochs and config.epochs <= state["epoch"] + 1:
-                raise OutputError(f"--out {out} already trained {state['epoch'] + 1} epochs and --resume only continues "
-                                  "to more --epochs: pass --overwrite to start over, or choose another --out")
-            if not (config.resume and only_epochs):
-                raise OutputError(
-                    f"--out {out} holds a {KIND} run with other options ({_changes(saved, wanted)}): pass --resume "
-                    "to continue it to more --epochs, --overwrite to start over, or choose another --out")
-    elif config.overwrite:
-        for name in (CHECKPOINT_NAME, LOG_NAME):
-            (out / name).unlink(missing_ok=True)
-    claim(out, KIND, config.options())
-    return state
+
+def _done_text(state: dict[str, Any], epochs: int) -> str:
+    """What a resumed run had finished, e.g. "2 of 10 epochs finished, epoch 3 stopped after step 51 of 128"."""
+    text = f"{state['epoch'] + 1} of {epochs} epochs finished"
+    partial = state.get("partial")
+    return text + (f", epoch {partial['epoch'] + 1} stopped after step {partial['steps']}" if partial else "")
 
 
 def _result(state: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -389,31 +419,56 @@ def _result(state: dict[str, Any], out: Path) -> dict[str, Any]:
 
 def train_classifier(config: ClassifierTrainConfig) -> dict[str, Any]:
     """Train ``config.model`` and return ``{"top1", "top5", "loss", "top1_ema"?, ..., "epoch", "classes",
-    "checkpoint", "out"}`` (accuracies in percent, of the last validation; ``epoch`` counts from 0)."""
+    "checkpoint", "out"}`` (accuracies in percent, of the last validation; ``epoch`` counts from 0).
+
+    Ctrl-C saves the partial epoch and raises ``KeyboardInterrupt``; the same call again resumes it."""
     config = _resolve_data(config)
     _check_data(Path(config.data))  # before the run folder is claimed
     out = Path(config.out) if config.out else default_out(KIND, [config.model], KIND, config.options())
     announce(out)
-    state = _open_run(config, out)
+    run, state = _open_run(config, out)
     if state is not None:
+        say_resumed(run, _done_text(state, config.epochs))
         _write_log(out, state["history"])  # the log matches the checkpoint, whatever was interrupted
-        if state["epoch"] + 1 >= config.epochs:
+        if state["epoch"] + 1 >= config.epochs and "partial" not in state:
             print(f"{out} already holds this finished run ({state['epoch'] + 1} epochs): nothing to train", flush=True)
             return _result(state, out)
     s = _build_session(config, state)
-    for epoch in range(s.start_epoch, config.epochs):
-        started = time.perf_counter()
-        train_loss = _train_epoch(s, epoch)
-        last = epoch + 1 == config.epochs
-        val = _validate(s) if last or (epoch + 1) % config.eval_every == 0 else {}
-        s.history.append({"epoch": epoch, "train_loss": train_loss, "seconds": time.perf_counter() - started, **val})
-        state = _save(s, out, epoch, val or (state or {}).get("val", {}))
-        line = f"{config.model} epoch {epoch + 1}/{config.epochs}: loss {train_loss:.3f}"
-        if val:
-            line += f"  val top-1 {val['top1']:.2f}" + (f"  (EMA {val['top1_ema']:.2f})" if s.ema else "")
-        tqdm.write(line)
-        sys.stdout.flush()  # epoch lines show up at once when the output goes to a file or pipe
+    with StopRequest() as stop:
+        state = _train(s, out, state, stop)
     return _result(state, out)
+
+
+def _train(s: _Session, out: Path, state: dict[str, Any] | None, stop: StopRequest) -> dict[str, Any]:
+    """The epochs from ``s.start_epoch`` on, a checkpoint after each; the last checkpoint's contents."""
+    c = s.config
+    progress = Progress(c.epochs, unit="epoch", done=s.start_epoch, enabled=c.progress, desc=c.model)
+    last_val = (state or {}).get("val", {})
+    try:
+        for epoch in range(s.start_epoch, c.epochs):
+            started = time.perf_counter()
+            train_loss = _train_epoch(s, epoch, stop)
+            if train_loss is None:
+                _save(s, out, epoch - 1, last_val)
+                tqdm.write(f"stopped: epoch {epoch + 1} saved after step {s.partial['steps']} of "
+                           f"{len(s.train_loader)} in {out / CHECKPOINT_NAME}")
+                raise KeyboardInterrupt
+            val = _validate(s) if epoch + 1 == c.epochs or (epoch + 1) % c.eval_every == 0 else {}
+            s.history.append({"epoch": epoch, "train_loss": train_loss, "seconds": time.perf_counter() - started, **val})
+            last_val = val or last_val
+            state = _save(s, out, epoch, last_val)
+            progress.update(1)
+            line = f"{c.model} epoch {epoch + 1} of {c.epochs}: loss {train_loss:.3f}"
+            if val:
+                line += f"  val top-1 {val['top1']:.2f}" + (f"  (EMA {val['top1_ema']:.2f})" if s.ema else "")
+            eta = progress.eta()
+            tqdm.write(line + (f"  · ETA {duration(eta)}" if eta and epoch + 1 < c.epochs else ""))
+            sys.stdout.flush()  # epoch lines show up at once when the output goes to a file or pipe
+            if stop.requested and epoch + 1 < c.epochs:
+                raise KeyboardInterrupt
+    finally:
+        progress.close()
+    return state
 
 
 def _default(name: str) -> Any:
@@ -423,14 +478,13 @@ def _default(name: str) -> Any:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = _default
-    parser.add_argument("--model", default=d("model"), help="pit_ti ... pit_b(_distilled) or any timm name (default: %(default)s)")
+    add_shared_flags(parser, "models", models=[d("model")])
     parser.add_argument("--data", default=None, metavar="DIR",
                         help="ImageFolder root with train/ and val/ class folders (default: the built-in generated set)")
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="run folder: checkpoint.pth, log.jsonl (default: runs/train-classifier-<model>)")
+    add_shared_flags(parser, "out", out_help="run folder: checkpoint.pth, log.jsonl (default: runs/train-classifier-<model>)")
     g = parser.add_argument_group("recipe")
     g.add_argument("--epochs", type=positive_int, default=d("epochs"))
-    g.add_argument("--batch-size", type=positive_int, default=d("batch_size"))
+    add_shared_flags(g, "batch_size", batch_size=d("batch_size"))
     g.add_argument("--img-size", type=positive_int, default=d("img_size"), help="square training/eval side in pixels")
     g.add_argument("--lr", type=positive_float, default=d("lr"), help="peak AdamW learning rate (cosine, linear warm-up)")
     g.add_argument("--weight-decay", type=non_negative_float, default=d("weight_decay"))
@@ -442,23 +496,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cutmix", type=non_negative_float, default=d("cutmix"), help="CutMix alpha (0 = off)")
     g.add_argument("--ema-decay", type=open_fraction, default=d("ema_decay"), help="keep an EMA of the weights")
     g.add_argument("--clip-grad", type=positive_float, default=d("clip_grad"), help="clip the gradient norm to this")
+    add_shared_flags(g, "seed", "amp", seed=d("seed"))
     g = parser.add_argument_group("models")
     g.add_argument("--weights", default=d("weights"), help="initial weights for the model (checkpoint path)")
     g.add_argument("--teacher", default=d("teacher"), help="teacher model: DeiT hard distillation (needs a *_distilled model)")
     g.add_argument("--teacher-weights", default=d("teacher_weights"), help="teacher checkpoint (e.g. this trainer's)")
     g = parser.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=d("seed"))
     g.add_argument("--eval-every", type=positive_int, default=d("eval_every"), help="validate every N epochs (and last)")
-    g.add_argument("--device", default=d("device"), help="cpu, cuda, cuda:1, mps (default: best available)")
-    g.add_argument("--num-workers", type=non_negative_int, default=d("num_workers"))
-    g.add_argument("--resume", action="store_true", help="continue the run in --out to more --epochs")
-    g.add_argument("--overwrite", action="store_true", help="delete the run in --out (checkpoint, log) and start over")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_shared_flags(g, "device", "workers", "resume", "overwrite", "progress")
 
 
 def main(args: argparse.Namespace) -> int:
+    if len(args.models) != 1:
+        raise ValueError(f"train-classifier trains one model, got {len(args.models)} ({' '.join(args.models)}): "
+                         "run it once per --model")
     names = {f.name for f in fields(ClassifierTrainConfig)}
-    config = ClassifierTrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    values = {**vars(args), "model": args.models[0]}
+    config = ClassifierTrainConfig(**{k: v for k, v in values.items() if k in names})
     result = train_classifier(config)
     print(f"val top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  checkpoint {result['checkpoint']}")
     announce(result["out"], finished=True)

@@ -167,7 +167,7 @@ def _train(config: DemoConfig, data: str, out: Path, name: str, kwargs: dict, de
     result = train_classifier(ClassifierTrainConfig(
         model=name, data=data, out=str(out), epochs=config.epochs, batch_size=config.batch_size,
         img_size=config.img_size, lr=config.lr, warmup_epochs=min(1.0, config.epochs / 4), model_kwargs=kwargs,
-        num_workers=config.num_workers, device=device, progress=progress))
+        workers=config.num_workers, device=device, progress=progress))
     return {k: result[k] for k in ("top1", "top5", "checkpoint")}
 
 

@@ -159,12 +159,13 @@ def test_bad_input_gives_one_line(case: Case, data, pit_ti_weights, tmp_path, re
         ro.chmod(0o755)
 
 
-def test_rerun_with_other_options_is_refused_naming_resume_and_overwrite(data, tmp_path):
+def test_rerun_with_other_options_is_refused_naming_the_fixes(data, tmp_path):
     from tests.cli_helpers import run_cli
 
     argv = TRAIN + ["--data", str(data), "--out", str(tmp_path / "run")]
     assert run_cli(argv)[0] == 0
     before = (tmp_path / "run" / "checkpoint.pth").stat().st_mtime_ns
-    assert_one_line_error(argv + ["--lr", "0.01"], 2, "other options", "lr", "--resume", "--overwrite")
+    assert_one_line_error(argv + ["--lr", "0.01"], 2, "other options", "lr", "--overwrite")
+    assert_one_line_error(argv + ["--epochs", "2"], 2, "epochs differ", "--resume to continue", "--overwrite")
     assert_one_line_error(argv + ["--epochs", "1", "--seed", "3", "--resume"], 2, "seed", "--overwrite")
     assert (tmp_path / "run" / "checkpoint.pth").stat().st_mtime_ns == before  # nothing overwritten

@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +25,7 @@ from tests.cli_helpers import run_cli
 
 MODEL = "deit_tiny_patch16_224"
 SMALL = {"depth": 1, "embed_dim": 48, "num_heads": 2}  # a one-block, 48-wide DeiT: fast on a shared CPU
-FAST = dict(model=MODEL, model_kwargs=SMALL, img_size=32, batch_size=4, num_workers=0, progress=False, device="cpu")
+FAST = dict(model=MODEL, model_kwargs=SMALL, img_size=32, batch_size=4, workers=0, progress=False, device="cpu")
 
 
 def config(data, out, **kw) -> ClassifierTrainConfig:
@@ -110,13 +115,82 @@ def test_kill_anywhere_then_rerun_gives_bitwise_equal_weights(data, tmp_path, mo
         assert torch.equal(value, state["model"][key]), key
 
 
+def _signalling(real, at: int):
+    """``real`` that sends this process a SIGINT (a Ctrl-C) during its ``at``-th call."""
+    calls = {"n": 0}
+
+    @functools.wraps(real)
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    return wrapper
+
+
+@pytest.mark.parametrize("workers, at", [(0, 6), (0, 1), (0, 4), (2, 7)])
+def test_ctrl_c_saves_the_partial_epoch_and_the_rerun_ends_bitwise_equal(data, tmp_path, monkeypatch, capsys,
+                                                                        uninterrupted, workers, at):
+    """Ctrl-C during update ``at`` (4 updates per epoch): that update finishes, the partial epoch is saved with
+    its sampler position and random streams, and the same call again ends with the uninterrupted weights."""
+    cfg = config(data, tmp_path / "run", epochs=3, mixup=0.2, workers=workers)
+    reference = uninterrupted[1] if workers == 0 else _weights(train_classifier(
+        config(data, tmp_path / "ref", epochs=3, mixup=0.2, workers=workers)))
+    monkeypatch.setattr(tc, "_train_step", _signalling(tc._train_step, at))
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(cfg)
+    monkeypatch.undo()
+    saved = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
+    finished, steps = divmod(at, 4)
+    assert saved["epoch"] == finished - 1 and saved.get("partial", {}).get("steps", 0) == steps
+    capsys.readouterr()
+    resumed = train_classifier(cfg)
+    said = f"{finished} of 3 epochs finished" + (f", epoch {finished + 1} stopped after step {steps}" if steps else "")
+    assert f"resuming {tmp_path / 'run'}: {said}\n" in capsys.readouterr().out
+    state = torch.load(resumed["checkpoint"], weights_only=True)
+    assert [r["epoch"] for r in state["history"]] == [0, 1, 2] and "partial" not in state
+    for key, value in reference.items():
+        assert torch.equal(value, state["model"][key]), key
+
+
+@pytest.mark.parametrize("wait_for", ["writing to", "epoch 1 of", "epoch 2 of"])
+def test_sigint_under_load_exits_130_without_a_traceback(data, tmp_path, wait_for):
+    """A real Ctrl-C (SIGINT to the whole process group, DataLoader workers included) while a CPU hog competes
+    for the cores: exit 130, the interrupted line, no traceback from any process."""
+    root = Path(__file__).resolve().parents[1]
+    hog = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 300\nwhile time.time() < end: pass"])
+    argv = [sys.executable, "eval.py", "train-classifier", "--model", MODEL, "--data", str(data), "--out",
+            str(tmp_path / "run"), "--epochs", "500", "--img-size", "32", "--batch-size", "4", "--workers", "2",
+            "--device", "cpu", "--no-progress"]
+    try:
+        proc = subprocess.Popen(argv, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        seen = []
+        while not any(wait_for in line for line in seen):
+            line = proc.stdout.readline()
+            assert line, f"ended before {wait_for!r}: {proc.stderr.read()}"
+            seen.append(line)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate()
+    finally:
+        hog.kill()
+        hog.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err, err
+    assert (tmp_path / "run" / "checkpoint.pth").exists() or wait_for == "writing to"
+
+
 def test_rerun_semantics(trained, data, tmp_path):
     reference, out = trained
     before = (out / "checkpoint.pth").stat().st_mtime_ns
     again = train_classifier(config(data, out, epochs=2))  # finished: returned as is
     assert again["top1"] == reference["top1"] and (out / "checkpoint.pth").stat().st_mtime_ns == before
-    with pytest.raises(OutputError, match="lr 0.001 -> 0.0005.*--resume.*--overwrite"):
+    with pytest.raises(OutputError, match=r"other options \(lr differ\): --overwrite") as refused:
         train_classifier(config(data, out, epochs=2, lr=5e-4))
+    assert "--resume" not in str(refused.value)  # another lr cannot be continued
+    with pytest.raises(OutputError, match=r"\(epochs differ\): pass --resume to continue it"):
+        train_classifier(config(data, out, epochs=3))
     with pytest.raises(OutputError, match="--overwrite"):  # a longer run is never cut short or overwritten
         train_classifier(config(data, out, epochs=1, resume=True))
     assert (out / "checkpoint.pth").stat().st_mtime_ns == before
