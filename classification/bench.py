@@ -3,7 +3,7 @@
     python eval.py bench                                   # the paper's seven models, params/GMACs/img/s
     python eval.py bench --models pit_s deit_small_patch16_224 --device cuda --batch-size 128 --amp
     python eval.py bench --models pit_s --weights pit_s_809.pth --data /data/imagenet/val   # + top-1/top-5
-    python eval.py bench --json bench.json                 # also write the rows as JSON
+    python eval.py bench --out runs/bench                  # also a run folder: results.json, report.md
 
 Per model: exact parameter count, GMACs including attention (``pit.count_macs``), measured
 throughput (images/s, eval mode, random input, after warm-up, median of ``torch.utils.benchmark``
@@ -11,11 +11,18 @@ blocks over at least ``--min-time`` seconds), and the paper's figures beside
 them (FLOPs, params, V100 img/s at batch 128, top-1 of the DeiT-recipe or distilled weights).
 With ``--data`` and ``--weights`` it adds top-1/top-5 on an ImageNet-layout folder with the
 paper's eval transform (resize 256 bicubic, centre crop 224; ``--crop-pct`` scales it).
+
+``--out DIR`` makes a run folder (``common.run.open_run``): ``results.json`` (rows written as they come)
+and ``report.md`` (the table); running again with the same settings reuses the models already measured
+there and measures the rest; other settings are refused (``--overwrite`` starts over). ``--json PATH``
+writes the rows alone to one file.
 """
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -28,9 +35,15 @@ from classification.evaluate import evaluate_topk, imagenet_val_loader
 from common.options import non_negative_int, positive_float, positive_int, unit_fraction
 from common.autocast import autocast
 from common.distributed import default_device
-from common.io import atomic_write_json
-from common.rundir import check_out_file
+from common.io import atomic_write_json, atomic_write_text
+from common.run import Run, open_run, say_resumed
+from common.rundir import announce, check_out_file
+from common.tables import fmt, markdown_table
 from common.timing import time_call
+from common.vocabulary import add_shared_flags, default_workers
+
+KIND = "bench"
+RESULTS, REPORT = "results.json", "report.md"
 
 PAPER_MODELS = (
     "deit_tiny_patch16_224", "pit_ti", "pit_xs", "deit_small_patch16_224", "pit_s", "deit_base_patch16_224", "pit_b",
@@ -57,17 +70,12 @@ PAPER = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     models = parser.add_argument_group("models")
-    models.add_argument("--models", nargs="+", default=list(PAPER_MODELS), metavar="NAME",
-                        help="PiT names (pit_s, pit_b_distilled, ...) or any timm name; default: the paper's seven")
+    add_shared_flags(models, "models", models=list(PAPER_MODELS))
     models.add_argument("--weights", nargs="+", default=None, metavar="PATH",
                         help="one checkpoint per --models entry, same order (needed for --data)")
-    speed = parser.add_argument_group("throughput")
-    speed.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    speed.add_argument("--batch-size", type=positive_int, default=None,
-                       help="images per forward (default: 128 on GPU as in the paper, 8 on CPU)")
+    speed = parser.add_argument_group("throughput (--batch-size default: 128 on GPU as in the paper, 8 on CPU)")
+    add_shared_flags(speed, "device", "batch_size", "amp")
     speed.add_argument("--img-size", type=positive_int, default=224, help="square input side in pixels")
-    speed.add_argument("--amp", action="store_true",
-                       help="mixed precision with the suite's policy (bf16; fp16 on GPUs without bf16)")
     speed.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     speed.add_argument("--warmup", type=non_negative_int, default=2, help="untimed forward passes first")
     speed.add_argument("--min-time", type=positive_float, default=1.0, metavar="SECONDS",
@@ -77,8 +85,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="ImageNet val layout folder (DIR/<wnid>/*.JPEG) for top-1/top-5")
     accuracy.add_argument("--crop-pct", type=unit_fraction, default=0.875,
                           help="centre-crop fraction in (0, 1]: resize to img-size/crop-pct first (0.875: 256 -> 224)")
-    accuracy.add_argument("--workers", type=non_negative_int, default=2, help="data-loading processes")
-    parser.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
+    add_shared_flags(accuracy, "workers", "progress")
+    output = parser.add_argument_group("output")
+    add_shared_flags(output, "out", "resume", "overwrite",
+                     out_help="run folder: results.json, report.md; run again, it reuses the models measured there")
+    output.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON to this file")
 
 
 def measure_throughput(
@@ -131,7 +142,8 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, weigh
         "paper": PAPER.get(name),
     }
     if loader is not None:
-        row.update(evaluate_topk(model, loader, device, args.amp, args.channels_last, desc=name))
+        row.update(evaluate_topk(model, loader, device, args.amp, args.channels_last, desc=name,
+                                 progress=getattr(args, "progress", True)))
     return row
 
 
@@ -152,6 +164,10 @@ def _check_inputs(args: argparse.Namespace) -> None:
         raise ValueError("top-1 on --data needs trained weights: pass --weights PATH (one per model)")
     if args.json:
         check_out_file(args.json, flag="--json")
+    if (args.resume or args.overwrite) and not args.out:
+        raise ValueError(f"{'--resume' if args.resume else '--overwrite'} acts on a run folder: add --out DIR")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: pass one of them")
 
 
 def _accuracy_loader(args: argparse.Namespace, device: torch.device) -> DataLoader | None:
@@ -159,7 +175,8 @@ def _accuracy_loader(args: argparse.Namespace, device: torch.device) -> DataLoad
     if not args.data:
         return None
     try:
-        return imagenet_val_loader(args.data, args.img_size, args.crop_pct, args.batch_size, args.workers, device)
+        return imagenet_val_loader(args.data, args.img_size, args.crop_pct, args.batch_size,
+                                   default_workers(args.workers), device)
     except UnknownClassFolders as err:
         raise ValueError(f"--data {args.data}: class folders {err.folders[:3]} are not ImageNet wnids; bench scores "
                          "1000-class ImageNet models, so --data must be an ImageNet val layout DIR/<wnid>/*.JPEG "
@@ -167,22 +184,53 @@ def _accuracy_loader(args: argparse.Namespace, device: torch.device) -> DataLoad
 
 
 def format_table(rows: list[dict], settings: str) -> str:
-    """The rows as a fixed-width text table, measured columns first, the paper's after ``|``."""
+    """The rows as a markdown table (the terminal's and the report's), measured columns first, the paper's after."""
     has_acc = any("top1" in r for r in rows)
-    head = f"{'model':<34}{'params':>12}{'GMACs':>8}{'img/s':>10}"
-    head += f"{'top-1':>8}{'top-5':>8}" if has_acc else ""
-    head += f"  | paper: {'GMACs':>6}{'params':>8}{'img/s':>7}{'top-1':>7}"
-    lines = [settings, head, "-" * len(head)]
+    header = ["model", "params", "GMACs", "img/s"] + (["top-1", "top-5"] if has_acc else [])
+    header += ["paper GMACs", "paper params", "paper img/s", "paper top-1"]
+    body = []
     for r in rows:
-        line = f"{r['model']:<34}{r['params']:>12,}{r['gmacs']:>8.2f}{r['img_s']:>10.1f}"
+        cells: list[Any] = [r["model"], f"{r['params']:,}", fmt(r["gmacs"], 2), fmt(r["img_s"], 1)]
         if has_acc:
-            line += f"{r['top1']:>8.2f}{r['top5']:>8.2f}" if "top1" in r else f"{'':>16}"
-        p = r["paper"]
-        line += (f"  |        {p['gmacs']:>6}{p['params_m']:>7}M{p['img_s']:>7}{p['top1']:>7}" if p
-                 else "  |        (not in the paper)")
-        lines.append(line)
-    lines.append("paper img/s: one V100, batch 128; paper top-1: DeiT recipe (distilled variants: +distillation).")
-    return "\n".join(lines)
+            cells += [fmt(r.get("top1"), 2), fmt(r.get("top5"), 2)]
+        p = r["paper"] or {}
+        cells += [str(p.get("gmacs", "–")), f"{p['params_m']}M" if p else "–", str(p.get("img_s", "–")),
+                  str(p.get("top1", "–"))]
+        body.append(cells)
+    return "\n".join([settings, "", markdown_table(header, body), "",
+                      "paper img/s: one V100, batch 128; paper top-1: DeiT recipe (distilled variants: +distillation); "
+                      "– : not in the paper."])
+
+
+def _settings(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """What the measured numbers depend on: the run folder's options."""
+    return {"device": str(device), "batch_size": args.batch_size, "img_size": args.img_size, "amp": args.amp,
+            "channels_last": args.channels_last, "warmup": args.warmup, "min_time": args.min_time,
+            "data": str(Path(args.data).resolve()) if args.data else None, "crop_pct": args.crop_pct}
+
+
+def _open(args: argparse.Namespace, device: torch.device, weights: list) -> tuple[Run | None, dict[tuple, dict]]:
+    """The ``--out`` run folder (or None) and the rows it already holds, keyed by (model, weights)."""
+    if not args.out:
+        return None, {}
+    # The models are cells: any list resumes, reusing the rows of the ones measured with these settings.
+    run = open_run(args.out, KIND, _settings(args, device), files=(RESULTS, REPORT), resume=args.resume,
+                   overwrite=args.overwrite)
+    announce(run.path)
+    done: dict[tuple, dict] = {}
+    if run.resumed and (run.path / RESULTS).is_file():
+        done = {(r["model"], r.get("weights")): r for r in json.loads((run.path / RESULTS).read_text())["rows"]}
+        wanted = sum((m, w) in done for m, w in zip(args.models, weights))
+        say_resumed(run, f"{wanted} of {len(args.models)} models already measured")
+    return run, done
+
+
+def _write(args: argparse.Namespace, run: Run | None, settings: str, rows: list[dict]) -> None:
+    """Rows as they come (a long run keeps what it measured): ``--json`` and the run folder's results.json."""
+    if args.json:
+        atomic_write_json(args.json, {"settings": settings, "rows": rows})
+    if run is not None:
+        atomic_write_json(run.path / RESULTS, {"settings": settings, "rows": rows})
 
 
 def main(args: argparse.Namespace) -> int:
@@ -190,18 +238,22 @@ def main(args: argparse.Namespace) -> int:
     if args.batch_size is None:
         args.batch_size = 128 if device.type == "cuda" else 8
     _check_inputs(args)
-    loader = _accuracy_loader(args, device)
     weights = args.weights or [None] * len(args.models)
+    run, done = _open(args, device, weights)
+    loader = _accuracy_loader(args, device)
     settings = (f"device={device} batch={args.batch_size} img={args.img_size} amp={args.amp} "
                 f"channels_last={args.channels_last} torch={torch.__version__} threads={torch.get_num_threads()}")
     rows = []
     for name, path in zip(args.models, weights):
-        rows.append(bench_model(name, args, device, path, loader))
-        if args.json:  # results as they come: a long run keeps what it measured
-            atomic_write_json(args.json, {"settings": settings, "rows": rows})
-    print(format_table(rows, settings))
+        rows.append(done.get((name, path)) or {**bench_model(name, args, device, path, loader), "weights": path})
+        _write(args, run, settings, rows)
+    table = format_table(rows, settings)
+    print(table)
     if args.json:
         print(f"wrote {args.json}")
+    if run is not None:
+        atomic_write_text(run.path / REPORT, "# bench: parameters, GMACs and throughput\n\n" + table + "\n")
+        announce(run.path, finished=True)
     return 0
 
 

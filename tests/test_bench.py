@@ -110,3 +110,32 @@ def test_throughput_is_batch_over_the_median_of_time_call(monkeypatch):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
     assert bench.measure_throughput(model, 6, 8, torch.device("cpu"), warmup=3, min_time=0.5) == pytest.approx(24.0)
     assert calls == [(0.5, 3)]
+
+
+def test_bench_out_writes_a_run_folder_and_a_rerun_reuses_the_measured_models(tmp_path, capsys, monkeypatch):
+    import classification.bench as bench
+
+    out = tmp_path / "run"
+    argv = ["bench", "--model", "pit_ti", "test_vit", "--img-size", "32", "--batch-size", "1", "--warmup", "0",
+            "--min-time", "0.01", "--device", "cpu", "--out", str(out)]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["pit_ti", "test_vit"]
+    report = (out / "report.md").read_text()
+    for row in rows:  # the terminal and the report show the same table
+        line = next(ln for ln in report.splitlines() if ln.startswith(f"| {row['model']} |"))
+        assert line in printed and f"| {row['img_s']:.1f} |" in line and f"| {row['params']:,} |" in line
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a measured model was measured again")
+
+    monkeypatch.setattr(bench, "time_call", no_timing)
+    assert cli.main(argv[:3] + argv[4:]) == 0  # pit_ti alone: already measured
+    assert f"resuming {out}: 1 of 1 models already measured" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text())["rows"] == rows[:1]
+    monkeypatch.undo()
+    assert cli.main(argv[:-2] + ["--img-size", "48", "--out", str(out)]) == 2
+    assert "img_size differ" in capsys.readouterr().err and json.loads((out / "results.json").read_text())["rows"] == rows[:1]
+    assert cli.main(argv + ["--overwrite"]) == 0
+    assert [r["model"] for r in json.loads((out / "results.json").read_text())["rows"]] == ["pit_ti", "test_vit"]
