@@ -13,6 +13,7 @@ import torch
 
 import pit
 from common.synthetic_backgrounds import BackgroundsSpec, make_in9_style
+from common.tables import fmt, markdown_table
 from robustness.background import evaluate_in9, in9_summary
 
 DEMO_VARIANTS = ("original", "only_fg", "only_bg_t", "mixed_same", "mixed_rand")  # the table's, and the challenge's
@@ -44,16 +45,14 @@ def background_rows(classifiers: dict[str, dict], models: tuple, *, num_classes:
 
 def report_lines(rows: list[dict[str, Any]], per_class: int) -> list[str]:
     """The report section: a table (top-1 %, BG-gap in points) and what the columns mean."""
-    def cell(v: float | None) -> str:
-        return "–" if v is None else f"{v:.1f}"
     n = 9 * per_class
-    lines = ["## Background Challenge (IN-9 style, top-1 %)", "",
-             "| Model | " + " | ".join(t for t, _ in VARIANT_COLUMNS) + " | Forward passes (authors' loop) |",
-             "|---" * (len(VARIANT_COLUMNS) + 2) + "|"]
+    header = ["Model"] + [t for t, _ in VARIANT_COLUMNS] + ["Forward passes (authors' loop)"]
+    body = []
     for r in rows:
         lo, hi = r["reference_passes"]
-        lines.append(f"| {r['model']} | " + " | ".join(cell(r[k]) for _, k in VARIANT_COLUMNS)
-                     + f" | {r['forward_passes']} ({lo}{'' if lo == hi else f'–{hi}'}) |")
+        body.append([r["model"]] + [fmt(r[k]) for _, k in VARIANT_COLUMNS]
+                    + [f"{r['forward_passes']} ({lo}{'' if lo == hi else f'–{hi}'})"])
+    lines = ["## Background Challenge (IN-9 style, top-1 %)", "", *markdown_table(header, body).splitlines()]
     lines += ["", f"A generated set in the ImageNet-9 layout ({n} images per variant, masks known exactly): each "
               "object pasted on its own background (Original), on black (Only-FG), on a background of its class "
               "(Mixed-Same) or of a random image (Mixed-Rand); BG-gap = Mixed-Same − Mixed-Rand. **BGC**: share of "

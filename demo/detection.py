@@ -90,8 +90,9 @@ class DetectionRecipe:
 
 def train_demo_detector(recipe: DetectionRecipe, data_root: str | Path, img_size: int, out: str | Path, *,
                         backbone: str, backbone_weights: str | None, seed: int, device: str, num_workers: int = 1,
-                        progress: bool = True) -> dict[str, Any]:
-    """Train and evaluate one detector of ``recipe`` on the set at ``data_root``; resumes a stopped run.
+                        progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Train and evaluate one detector of ``recipe`` on the set at ``data_root``; resumes a stopped run
+    (``overwrite``: starts over).
 
     Returns COCO AP/AR in percent (``None`` where COCOeval gives -1), ``fps``, the run's
     ``checkpoint`` path and its per-epoch ``curve`` (epoch, train loss, AP/AP50 in percent or None).
@@ -103,7 +104,7 @@ def train_demo_detector(recipe: DetectionRecipe, data_root: str | Path, img_size
 
     out = Path(out)
     config = DetectionTrainConfig(backbone=backbone, backbone_weights=backbone_weights, out=str(out), seed=seed,
-                                  device=device, num_workers=num_workers, progress=progress,
+                                  device=device, num_workers=num_workers, progress=progress, overwrite=overwrite,
                                   **coco_paths(data_root), **recipe.train_kwargs(img_size, device))
     stats = train_detector(config)  # a folder holding this run's checkpoint resumes it (detection.resume)
     result = {k: _percent(stats[k]) for k in STAT_NAMES}

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from common.tables import fmt, markdown_table
 from demo.detection import RECIPE_WHY, STATS, DetectionRecipe, seed_summary
 
 SCORE_THRESHOLD = 0.3  # predictions drawn in the example figure (Deformable DETR's sigmoid scores)
@@ -28,8 +29,8 @@ def _pyplot():
 def _cell(stat: dict[str, float | None]) -> str:
     """``mean ± half-range`` over seeds ("–" where COCOeval had no object of that size)."""
     if stat["mean"] is None:
-        return "–"
-    return f"{stat['mean']:.1f}" + (f" ± {stat['spread'] / 2:.1f}" if stat["spread"] else "")
+        return fmt(None)
+    return fmt(stat["mean"]) + (f" ± {fmt(stat['spread'] / 2)}" if stat["spread"] else "")
 
 
 def compare_backbones(summaries: dict[str, dict[str, dict]], seeds: int) -> str:
@@ -141,10 +142,6 @@ def plot_detection_examples(examples: dict[str, list[dict[str, Any]]], path: Pat
     return path
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-
-
 def detection_summary(runs: dict[str, list[dict]]) -> dict[str, Any]:
     """Machine-readable detection results: per backbone ``seeds`` (per-seed stats) and ``over_seeds`` (mean/min/max/spread)."""
     return {label: {"seeds": {str(r["seed"]): {**{k: r.get(k) for k in (*STATS, "fps")}, "curve": r["curve"]} for r in seed_runs},
@@ -158,9 +155,10 @@ def detection_section(runs: dict[str, list[dict]], recipe: DetectionRecipe, spec
     seeds = min(len(r) for r in runs.values())
     summaries = {label: seed_summary(seed_runs) for label, seed_runs in runs.items()}
     lines = ["## 3. Detection (paper Table 5 style, COCO AP %)", "", RECIPE_WHY, ""]
-    lines += _table(["Backbone"] + list(STATS) + ["FPS"],
-                    [[label] + [_cell(summaries[label][k]) for k in STATS]
-                     + [f"{sum(r['fps'] for r in seed_runs) / len(seed_runs):.1f}"] for label, seed_runs in runs.items()])
+    lines += markdown_table(["Backbone"] + list(STATS) + ["FPS"],
+                            [[label] + [_cell(summaries[label][k]) for k in STATS]
+                             + [fmt(sum(r["fps"] for r in seed_runs) / len(seed_runs))]
+                             for label, seed_runs in runs.items()]).splitlines()
     seed_note = (f"mean ± half the range over {seeds} seeds (per-seed numbers below)" if seeds > 1 else
                  "one seed per backbone (the budget allowed no second one): no spread measured")
     lines += ["", f"AP in percent from pycocotools' COCOeval on the {spec.num_val} val images, held out from "
@@ -170,9 +168,9 @@ def detection_section(runs: dict[str, list[dict]], recipe: DetectionRecipe, spec
     if quick:
         lines += ["*--quick: the detectors trained for a fraction of the recipe; these numbers are a smoke test.*", ""]
     lines += ["Per seed:", ""]
-    lines += _table(["Backbone", "Seed"] + list(STATS),
-                    [[label, str(r["seed"])] + ["–" if r.get(k) is None else f"{r[k]:.1f}" for k in STATS]
-                     for label, seed_runs in runs.items() for r in seed_runs])
+    lines += markdown_table(["Backbone", "Seed"] + list(STATS),
+                            [[label, str(r["seed"])] + [fmt(r.get(k)) for k in STATS]
+                             for label, seed_runs in runs.items() for r in seed_runs]).splitlines()
     lines += ["", "![detection curves](plots/detection_curves.png)", ""]
     plot_detection_curves(runs, plots / "detection_curves.png")
     examples = {label: predict_examples(seed_runs[0]["checkpoint"], data_root, spec.img_size, 4)

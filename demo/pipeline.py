@@ -1,7 +1,9 @@
 """``python eval.py demo``: the whole suite end to end on generated data, PiT against DeiT, with a report.
 
 Stages (each prints a progress line and is skipped on a re-run once finished; the trainers and the
-robustness runner also resume inside a stage):
+robustness runner also resume inside a stage). The output folder is opened by ``common.run.open_run``:
+the same command again resumes it stage by stage (saying which stages were done); other settings are
+refused unless ``--overwrite`` (start over: every stage and the runs inside them are redone).
 
 1. generate the synthetic classification ImageFolder and COCO-format detection set (cached);
 2. train two tiny classifiers of matched cost, PiT-Ti and DeiT-Ti, at a small image size;
@@ -30,7 +32,9 @@ import torch
 
 from common import synthetic
 from common.io import atomic_write_json
-from common.rundir import claim
+from common.run import Run, open_run, say_resumed
+from common.tables import fmt
+from common.vocabulary import add_shared_flags
 from demo.background import background_rows
 from demo.detection import DetectionRecipe
 
@@ -83,16 +87,15 @@ def _say(message: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-class StageLog:
-    """``OUT/stages.json``: the result and duration of every finished stage, keyed by the config hash."""
+STAGES = "stages.json"
 
-    def __init__(self, path: Path, config_hash: str) -> None:
-        self.path = path
-        self.config_hash = config_hash
-        saved = json.loads(path.read_text()) if path.exists() else {}
-        if saved.get("stages") and saved.get("config") != config_hash:
-            raise ValueError(f"{path.parent} holds a demo run with other settings (--quick, --device or another "
-                             "version of the demo): use another --out folder, or delete it to start over")
+
+class StageLog:
+    """``OUT/stages.json``: the result and duration of every finished stage of the run opened in ``run``."""
+
+    def __init__(self, run: Run) -> None:
+        self.path = run.path / STAGES
+        saved = json.loads(self.path.read_text()) if run.resumed and self.path.exists() else {}
         self.stages: dict[str, dict] = saved.get("stages", {})
 
     def run(self, name: str, fn: Callable[[], Any]) -> Any:
@@ -105,7 +108,7 @@ class StageLog:
         result = fn()
         seconds = time.perf_counter() - started
         self.stages[name] = {"result": result, "seconds": seconds}
-        atomic_write_json(self.path, {"config": self.config_hash, "stages": self.stages})
+        atomic_write_json(self.path, {"stages": self.stages})
         _say(f"{name}: done in {seconds:.0f} s")
         return result
 
@@ -119,37 +122,58 @@ def _config_hash(config: DemoConfig, device: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
+def _open(out: str | Path, config: DemoConfig, device: str, quick: bool, resume: bool, overwrite: bool) -> Run:
+    """The demo's run folder (``common.run.open_run``), keyed by the preset, the device and the config's hash."""
+    preset = "custom" if config not in (QUICK_CONFIG, DEFAULT_CONFIG) else "quick" if quick else "default"
+    options = {"preset": preset, "device": device, "config": _config_hash(config, device)}
+    return open_run(out, "demo", options, files=(STAGES, "report.md", "summary.json"), resume=resume,
+                    overwrite=overwrite)
+
+
+def _stage_count(config: DemoConfig) -> int:
+    """data, a classifier per model, robustness, background challenge, a detector per model and seed, COCO-C."""
+    return 4 + len(DEMO_MODELS) * (1 + len(config.detector.seeds))
+
+
 def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, device: str | None = None,
-             cache: str | Path | None = None, config: DemoConfig | None = None, progress: bool = True) -> Path:
+             cache: str | Path | None = None, config: DemoConfig | None = None, progress: bool = True,
+             resume: bool = False, overwrite: bool = False, workers: int | None = None) -> Path:
     """Run every stage into ``out`` and return the path of ``out/report.md``.
 
     ``config`` overrides the preset chosen by ``quick``; ``cache`` is the synthetic-data cache
-    (default ``$PIT_SUITE_CACHE`` or ``.cache/pit-suite``).
+    (default ``$PIT_SUITE_CACHE`` or ``.cache/pit-suite``); ``workers`` replaces the config's DataLoader
+    workers; ``resume`` / ``overwrite`` as in ``common.run.open_run`` (``overwrite`` redoes every stage).
     """
     from common.distributed import default_device
 
     config = config or (QUICK_CONFIG if quick else DEFAULT_CONFIG)
+    if workers is not None:
+        config = replace(config, num_workers=workers)
     device = str(torch.device(device) if device is not None else default_device())
-    out = claim(out, "demo")  # writable, and not another command's run folder, before any work
-    stages = StageLog(out / "stages.json", _config_hash(config, device))
+    run = _open(out, config, device, quick, resume, overwrite)  # before any work
+    out = run.path
+    stages = StageLog(run)
+    say_resumed(run, f"{len(stages.stages)} of {_stage_count(config)} stages finished")
     started = time.perf_counter()
 
+    env = _Env(device, progress, overwrite)
     data = stages.run("data", lambda: {
         "classification": str(synthetic.make_classification(cache, config.classification)),
         "detection": str(synthetic.make_detection(cache, config.detection)),
     })
     classifiers = {label: stages.run(f"train {label}", lambda label=label, name=name, kwargs=kwargs: _train(
-        config, data["classification"], out / "classifiers" / label, name, kwargs, device, progress))
+        config, data["classification"], out / "classifiers" / label, name, kwargs, env))
         for label, name, kwargs in DEMO_MODELS}
     robustness = stages.run("robustness", lambda: _robustness(config, data["classification"], classifiers,
-                                                              out / "robustness", device, progress))
+                                                              out / "robustness", env))
     backgrounds = stages.run("background challenge", lambda: background_rows(
         classifiers, DEMO_MODELS, num_classes=config.classification.num_classes, img_size=config.img_size,
         per_class=config.in9_per_class, out=out / "backgrounds", cache=cache, device=device))
     detection = {label: [stages.run(f"detection {label} seed {seed}", lambda label=label, name=name, seed=seed: _detect(
         config, data["detection"], classifiers[label]["checkpoint"], out / "detection" / f"{label}-seed{seed}", name,
-        seed, device, progress)) for seed in config.detector.seeds] for label, name, _ in DEMO_MODELS}
-    coco_c = stages.run("coco-c", lambda: _coco_c(config, data["detection"], detection, out / "coco_c", device, progress))
+        seed, env)) for seed in config.detector.seeds] for label, name, _ in DEMO_MODELS}
+    coco_c = stages.run("coco-c", lambda: _coco_c(config, data["detection"], detection, out / "coco_c", env))
+    _say_numbers(classifiers, detection, coco_c)
 
     from demo.report import write_demo_report
 
@@ -161,30 +185,51 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, device: str 
     return report
 
 
-def _train(config: DemoConfig, data: str, out: Path, name: str, kwargs: dict, device: str, progress: bool) -> dict:
+@dataclass(frozen=True)
+class _Env:
+    """Where and how the stages run: device, progress bars, and whether they start their runs over."""
+
+    device: str
+    progress: bool
+    overwrite: bool
+
+
+def _say_numbers(classifiers: dict[str, dict], detection: dict[str, list[dict]], coco_c: dict[str, dict]) -> None:
+    """The report's headline numbers, formatted as the report formats them (``common.tables.fmt``)."""
+    from demo.detection import STATS
+
+    for label, result in classifiers.items():
+        _say(f"{label}: val top-1 {fmt(result['top1'])}  top-5 {fmt(result['top5'])}")
+    for label, runs in detection.items():
+        for r in runs:
+            _say(f"{label} detector seed {r['seed']}: " + "  ".join(f"{k} {fmt(r.get(k))}" for k in STATS))
+    for label, r in coco_c.items():
+        rpc = None if r["rpc"] is None else 100 * r["rpc"]
+        _say(f"{label} COCO-C: clean AP {fmt(100 * r['clean_ap'])}  mPC {fmt(100 * r['mpc'])}  rPC {fmt(rpc)} %")
+
+
+def _train(config: DemoConfig, data: str, out: Path, name: str, kwargs: dict, env: _Env) -> dict:
     from classification.train import ClassifierTrainConfig, train_classifier
 
     result = train_classifier(ClassifierTrainConfig(
         model=name, data=data, out=str(out), epochs=config.epochs, batch_size=config.batch_size,
         img_size=config.img_size, lr=config.lr, warmup_epochs=min(1.0, config.epochs / 4), model_kwargs=kwargs,
-        workers=config.num_workers, device=device, progress=progress))
+        workers=config.num_workers, device=env.device, progress=env.progress, overwrite=env.overwrite))
     return {k: result[k] for k in ("top1", "top5", "checkpoint")}
 
 
-def _coco_c(config: DemoConfig, root: str, detection: dict[str, list[dict]], out: Path, device: str,
-            progress: bool) -> dict:
+def _coco_c(config: DemoConfig, root: str, detection: dict[str, list[dict]], out: Path, env: _Env) -> dict:
     """COCO-C (clean AP, mPC, rPC) of each backbone's first-seed detector on the detection val split."""
     from detection.coco_c import run_coco_c
 
     checkpoints = [runs[0]["checkpoint"] for runs in detection.values()]
     result = run_coco_c(checkpoints, root, str(out), corruptions=list(config.coco_c_corruptions),
-                        severities=list(config.coco_c_severities), seed=0, device=device, batch_size=8,
-                        num_workers=0, progress=progress)
+                        severities=list(config.coco_c_severities), seed=0, device=env.device, batch_size=8,
+                        num_workers=0, progress=env.progress)
     return {label: result["runs"][tag] for label, tag in zip(detection, result["runs"])}
 
 
-def _robustness(config: DemoConfig, data: str, classifiers: dict[str, dict], out: Path, device: str,
-                progress: bool) -> dict:
+def _robustness(config: DemoConfig, data: str, classifiers: dict[str, dict], out: Path, env: _Env) -> dict:
     from robustness.runner import ModelSpec, run_robustness
 
     num_classes = config.classification.num_classes
@@ -194,33 +239,36 @@ def _robustness(config: DemoConfig, data: str, classifiers: dict[str, dict], out
     result = run_robustness(specs, str(Path(data) / "val"), str(out), class_map="folder", img_size=config.img_size,
                             crop_pct=1.0, corrupt_on_the_fly=True, corruptions="all", severities=config.severities,
                             attacks=("fgsm", "pgd"), eps=config.eps, steps=config.pgd_steps, occlusion=True,
-                            limit=config.robustness_limit, batch_size=100, device=device,
-                            num_workers=config.num_workers, progress=progress)
+                            limit=config.robustness_limit, batch_size=100, device=env.device,
+                            num_workers=config.num_workers, progress=env.progress, overwrite=env.overwrite)
     return {"summary": result["summary"], "records": result["records"], "report": result["report"]}
 
 
-def _detect(config: DemoConfig, root: str, backbone_weights: str, out: Path, name: str, seed: int, device: str,
-            progress: bool) -> dict:
+def _detect(config: DemoConfig, root: str, backbone_weights: str, out: Path, name: str, seed: int, env: _Env) -> dict:
     """Train and evaluate one detector of the demo's recipe (``demo.detection``); COCO AP in percent, curve, FPS."""
     from demo.detection import train_demo_detector
 
     result = train_demo_detector(config.detector, root, config.detection.img_size, out, backbone=name,
-                                 backbone_weights=backbone_weights, seed=seed, device=device,
-                                 num_workers=config.num_workers, progress=progress)
+                                 backbone_weights=backbone_weights, seed=seed, device=env.device,
+                                 num_workers=config.num_workers, progress=env.progress, overwrite=env.overwrite)
     return {**result, "seed": seed}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="runs/demo", help="output folder (report.md, plots, checkpoints, results)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+    add_shared_flags(parser, "out", out="runs/demo",
+                     out_help="run folder: report.md, plots, checkpoints, results (default: runs/demo)")
+    add_shared_flags(parser, "device")
     parser.add_argument("--quick", action="store_true",
                         help="tiny run (~3 min on 2 CPU cores): fewer images and epochs, same stages")
     parser.add_argument("--cache", default=None,
                         help="synthetic-data cache folder (default: $PIT_SUITE_CACHE or .cache/pit-suite)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (stage messages stay)")
+    add_shared_flags(parser, "workers", "resume", "overwrite", "progress")
 
 
 def main(args: argparse.Namespace) -> int:
-    report = run_demo(args.out, quick=args.quick, device=args.device, cache=args.cache, progress=not args.no_progress)
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: pass one of them")
+    report = run_demo(args.out, quick=args.quick, device=args.device, cache=args.cache, progress=args.progress,
+                      resume=args.resume, overwrite=args.overwrite, workers=args.workers)
     print(f"\nDemo report: {report}\n(open it in a Markdown viewer; plots are next to it)")
     return 0

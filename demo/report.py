@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from common.io import atomic_write_text, read_jsonl
+from common.tables import fmt, markdown_table
 from demo.background import report_lines
 from demo.detection import DetectionRecipe
 from demo.detection_report import detection_section, detection_summary
@@ -25,12 +26,9 @@ ROBUSTNESS_COLUMNS = (("Clean", "clean_top1"), ("Occlusion (centre)", "occlusion
                       ("mCE (AlexNet-norm.)", "mCE"), ("Relative mCE", "relative_mCE"))
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """``common.tables.markdown_table`` as report lines."""
+    return markdown_table(header, rows).splitlines()
 
 
 def model_cost(name: str, kwargs: dict, num_classes: int, img_size: int) -> tuple[int, int]:
@@ -161,7 +159,7 @@ def _models_section(config, models, classifiers: dict[str, dict], plots: Path) -
     for label, name, kwargs in models:
         c = classifiers[label]
         params, macs = model_cost(name, kwargs, cls_spec.num_classes, config.img_size)
-        rows.append([label, f"`{name}`", f"{params / 1e6:.2f}M", f"{macs / 1e6:.1f}M", _fmt(c["top1"]), _fmt(c["top5"])])
+        rows.append([label, f"`{name}`", f"{params / 1e6:.2f}M", f"{macs / 1e6:.1f}M", fmt(c["top1"]), fmt(c["top5"])])
     plot_training_curves(classifiers, plots / "training_curves.png")
     return (["## 1. Models (paper Table 1 style)", ""]
             + _table(["Model", "Name", "Params", f"MACs @{config.img_size}px", "Val top-1", "Val top-5"], rows)
@@ -173,7 +171,7 @@ def _robustness_section(config, labels: list[str], robustness: dict, plots: Path
     summary = robustness["summary"]
     lines = ["## 2. Robustness (paper Table 6 style, top-1 %)", ""]
     lines += _table(["Model"] + [n for n, _ in ROBUSTNESS_COLUMNS],
-                    [[label] + [_fmt(summary[label].get(k)) for _, k in ROBUSTNESS_COLUMNS] for label in labels])
+                    [[label] + [fmt(summary[label].get(k)) for _, k in ROBUSTNESS_COLUMNS] for label in labels])
     if len(config.severities) < 5:
         lines += ["", f"Only severities {list(config.severities)} were run (--quick): the mCE columns average fewer "
                   "severities than ImageNet-C's protocol."]
@@ -191,7 +189,7 @@ def _robustness_section(config, labels: list[str], robustness: dict, plots: Path
 def _coco_c_section(config, coco_c: dict[str, dict]) -> list[str]:
     """Detection under corruption: clean AP, mPC and rPC of each backbone's detector (seed 0)."""
     cells = len(config.coco_c_corruptions) * len(config.coco_c_severities)
-    rows = [[label, _fmt(100 * r["clean_ap"]), _fmt(100 * r["mpc"]), _fmt(100 * r["rpc"] if r["rpc"] is not None else None)]
+    rows = [[label, fmt(100 * r["clean_ap"]), fmt(100 * r["mpc"]), fmt(100 * r["rpc"] if r["rpc"] is not None else None)]
             for label, r in coco_c.items()]
     return (["## Detection under corruption (COCO-C style)", ""]
             + _table(["Backbone", "Clean AP", "mPC", "rPC %"], rows)

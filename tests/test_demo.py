@@ -22,7 +22,7 @@ def _tables(report: str) -> dict[str, list[dict[str, str]]]:
             heading, header = line[3:], None
         elif line.startswith("|") and header is None:
             header = [c.strip() for c in line.strip("|").split("|")]
-        elif line.startswith("|---"):
+        elif re.fullmatch(r"\|[-:|]+\|", line):  # the alignment row
             continue
         elif line.startswith("|"):
             tables.setdefault(heading, []).append(dict(zip(header, (c.strip() for c in line.strip("|").split("|")))))
@@ -96,14 +96,16 @@ def test_rerun_reuses_finished_stages(demo_run, capsys):
     before = (out / "stages.json").read_text()
     assert eval_cli.main(argv) == 0
     printed = capsys.readouterr().out
-    assert printed.count("already done") == len(json.loads(before)["stages"])
+    stages = len(json.loads(before)["stages"])
+    assert printed.count("already done") == stages and f"resuming {out}: {stages} of {stages} stages finished" in printed
     assert str(out / "report.md") in printed
     assert json.loads((out / "stages.json").read_text()) == json.loads(before)
 
 
-def test_output_folder_of_another_configuration_is_refused(tmp_path):
-    from demo.pipeline import run_demo
-
-    (tmp_path / "stages.json").write_text(json.dumps({"config": "other", "stages": {"data": {"result": {}, "seconds": 1}}}))
-    with pytest.raises(ValueError, match="other settings"):
-        run_demo(tmp_path, quick=True, device="cpu", cache=tmp_path / "cache", progress=False)
+def test_output_folder_of_another_configuration_is_refused(demo_run, capsys):
+    out, argv = demo_run
+    before = (out / "stages.json").read_text()
+    assert eval_cli.main([a for a in argv if a != "--quick"]) == 2  # the default preset into the --quick run's folder
+    err = capsys.readouterr().err
+    assert "holds a demo run with other options (config, preset differ)" in err and "--overwrite" in err
+    assert (out / "stages.json").read_text() == before
