@@ -1,4 +1,4 @@
-"""Bad input to `train-classifier` and `bench`: exit 2 (1 for runtime faults), one `error:` line, no traceback.
+"""Bad input to `train-classifier`, `bench` and `demo`: exit 2 (1 for runtime faults), one `error:` line, no traceback.
 
 Each case builds its own broken input on tiny generated data; the table names what it checks.
 """
@@ -141,6 +141,31 @@ CASES: list[Case] = [
                                                            str(_unreadable_wnid_folder(t))], 2, ("no readable image",)),
     ("bench-json-is-a-folder", lambda d, w, t: BENCH + ["--json", str(t)], 2, ("--json", "is a folder")),
 ]
+DEMO = ["demo", "--quick", "--device", "cpu", "--no-progress"]
+# Both spellings of the shared flags that have two (--model/--models, --workers/--num-workers), in every command here.
+SPELLINGS: list[Case] = [
+    *[(f"train-{flag}-unknown-model", lambda d, w, t, flag=flag: TRAIN + ["--data", str(d), "--out", str(t / "o"), flag,
+                                                                          "pit_tiny"], 2, ("unknown model", "pit_ti"))
+      for flag in ("--model", "--models")],
+    *[(f"bench-{flag}-unknown-model", lambda d, w, t, flag=flag: BENCH + [flag, "pit_tiny"], 2, ("unknown model",))
+      for flag in ("--model", "--models")],
+    *[(f"{cmd[0]}-{flag}-negative", lambda d, w, t, cmd=cmd, flag=flag: cmd + [flag, "-1"], 2,
+       ("--workers/--num-workers", "0 or more"))
+      for cmd in (TRAIN, BENCH, DEMO) for flag in ("--workers", "--num-workers")],
+    ("train-two-models", lambda d, w, t: TRAIN + ["--models", "test_vit", "pit_ti"], 2, ("one model",)),
+    ("train-resume-nothing", lambda d, w, t: TRAIN + ["--data", str(d), "--out", str(t / "empty"), "--resume"], 2,
+     ("--resume", "holds no train-classifier run", "drop --resume")),
+    ("bench-resume-without-out", lambda d, w, t: BENCH + ["--resume"], 2, ("--resume", "--out")),
+    ("bench-resume-nothing", lambda d, w, t: BENCH + ["--out", str(t / "empty"), "--resume"], 2,
+     ("holds no bench run",)),
+    ("demo-resume-nothing", lambda d, w, t: DEMO + ["--out", str(t / "empty"), "--resume"], 2, ("holds no demo run",)),
+    ("demo-resume-and-overwrite", lambda d, w, t: DEMO + ["--out", str(t / "o"), "--resume", "--overwrite"], 2,
+     ("--resume", "--overwrite")),
+    ("demo-out-of-another-kind", lambda d, w, t: DEMO + ["--out", str(_marked(t, "bench"))], 2, ("bench run",)),
+    ("demo-batch-size-is-not-a-demo-flag", lambda d, w, t: DEMO + ["--batch-sise", "4"], 2,
+     ("unrecognized arguments: --batch-sise",)),
+    ("train-near-miss", lambda d, w, t: TRAIN + ["--epoch", "3", "--modles", "x"], 2, ("did you mean", "--models")),
+]
 READ_ONLY: list[Case] = [  # --out / --json in a folder that cannot be written
     ("out-read-only", lambda d, w, t: TRAIN + ["--data", str(d), "--out", str(_read_only(t / "ro") / "run")], 2,
      ("--out", "cannot be written")),
@@ -149,7 +174,7 @@ READ_ONLY: list[Case] = [  # --out / --json in a folder that cannot be written
 ]
 
 
-@pytest.mark.parametrize("case", CASES + READ_ONLY, ids=lambda c: c[0])
+@pytest.mark.parametrize("case", CASES + SPELLINGS + READ_ONLY, ids=lambda c: c[0])
 def test_bad_input_gives_one_line(case: Case, data, pit_ti_weights, tmp_path, recwarn):
     _, argv, code, needles = case
     line = assert_one_line_error(argv(data, pit_ti_weights, tmp_path), code, *needles)
