@@ -91,19 +91,22 @@ STAGES = "stages.json"
 
 
 class StageLog:
-    """``OUT/stages.json``: the result and duration of every finished stage of the run opened in ``run``."""
+    """``OUT/stages.json``: the result and duration of every finished stage of the run opened in ``run``;
+    ``total`` stages in all (their messages say "stage k of total")."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, total: int) -> None:
         self.path = run.path / STAGES
         saved = json.loads(self.path.read_text()) if run.resumed and self.path.exists() else {}
         self.stages: dict[str, dict] = saved.get("stages", {})
+        self.total, self.count = total, 0
 
     def run(self, name: str, fn: Callable[[], Any]) -> Any:
         """Return the saved result of stage ``name``, or run ``fn`` and save what it returns (JSON-able)."""
+        self.count += 1
         if name in self.stages:
             _say(f"{name}: already done ({self.stages[name]['seconds']:.0f} s), reusing its results")
             return self.stages[name]["result"]
-        _say(f"{name}: starting")
+        _say(f"{name}: starting (stage {self.count} of {self.total})")
         started = time.perf_counter()
         result = fn()
         seconds = time.perf_counter() - started
@@ -152,8 +155,8 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, device: str 
     device = str(torch.device(device) if device is not None else default_device())
     run = _open(out, config, device, quick, resume, overwrite)  # before any work
     out = run.path
-    stages = StageLog(run)
-    say_resumed(run, f"{len(stages.stages)} of {_stage_count(config)} stages finished")
+    stages = StageLog(run, _stage_count(config))
+    say_resumed(run, f"{len(stages.stages)} of {stages.total} stages finished")
     started = time.perf_counter()
 
     env = _Env(device, progress, overwrite)
