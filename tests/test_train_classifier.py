@@ -81,14 +81,18 @@ def test_evaluation_between_epochs_does_not_change_training(uninterrupted):
         assert torch.equal(value, uninterrupted[99][key]), key
 
 
-def _killing(real, at: int):
+def _interrupting(real, at: int, how: str):
+    """``real`` that, on its ``at``-th call, raises KeyboardInterrupt at once (``how="raise"``: the process is
+    killed there) or sends this process a SIGINT and then runs (``how="signal"``: a Ctrl-C during the call)."""
     calls = {"n": 0}
 
     @functools.wraps(real)
     def wrapper(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == at:
+        if calls["n"] == at and how == "raise":
             raise KeyboardInterrupt
+        if calls["n"] == at:
+            os.kill(os.getpid(), signal.SIGINT)
         return real(*args, **kwargs)
 
     return wrapper
@@ -104,7 +108,7 @@ def test_kill_anywhere_then_rerun_gives_bitwise_equal_weights(data, tmp_path, mo
                                                              target, at):
     """Killed mid-run, the same command run again resumes from the last checkpoint and ends bitwise equal."""
     cfg = config(data, tmp_path, epochs=3, eval_every=eval_every, mixup=0.2)
-    monkeypatch.setattr(tc, target, _killing(getattr(tc, target), at))
+    monkeypatch.setattr(tc, target, _interrupting(getattr(tc, target), at, "raise"))
     with pytest.raises(KeyboardInterrupt):
         train_classifier(cfg)
     monkeypatch.undo()
@@ -115,20 +119,6 @@ def test_kill_anywhere_then_rerun_gives_bitwise_equal_weights(data, tmp_path, mo
         assert torch.equal(value, state["model"][key]), key
 
 
-def _signalling(real, at: int):
-    """``real`` that sends this process a SIGINT (a Ctrl-C) during its ``at``-th call."""
-    calls = {"n": 0}
-
-    @functools.wraps(real)
-    def wrapper(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == at:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(*args, **kwargs)
-
-    return wrapper
-
-
 @pytest.mark.parametrize("workers, at", [(0, 6), (0, 1), (0, 4), (2, 7)])
 def test_ctrl_c_saves_the_partial_epoch_and_the_rerun_ends_bitwise_equal(data, tmp_path, monkeypatch, capsys,
                                                                         uninterrupted, workers, at):
@@ -137,7 +127,7 @@ def test_ctrl_c_saves_the_partial_epoch_and_the_rerun_ends_bitwise_equal(data, t
     cfg = config(data, tmp_path / "run", epochs=3, mixup=0.2, workers=workers)
     reference = uninterrupted[1] if workers == 0 else _weights(train_classifier(
         config(data, tmp_path / "ref", epochs=3, mixup=0.2, workers=workers)))
-    monkeypatch.setattr(tc, "_train_step", _signalling(tc._train_step, at))
+    monkeypatch.setattr(tc, "_train_step", _interrupting(tc._train_step, at, "signal"))
     with pytest.raises(KeyboardInterrupt):
         train_classifier(cfg)
     monkeypatch.undo()
