@@ -36,6 +36,7 @@ from common.options import non_negative_int, positive_float, positive_int, unit_
 from common.autocast import autocast
 from common.distributed import default_device
 from common.io import atomic_write_json, atomic_write_text
+from common.progress import Progress
 from common.run import Run, open_run, say_resumed
 from common.rundir import announce, check_out_file
 from common.tables import fmt, markdown_table
@@ -244,9 +245,17 @@ def main(args: argparse.Namespace) -> int:
     settings = (f"device={device} batch={args.batch_size} img={args.img_size} amp={args.amp} "
                 f"channels_last={args.channels_last} torch={torch.__version__} threads={torch.get_num_threads()}")
     rows = []
+    reused = sum((name, path) in done for name, path in zip(args.models, weights))
+    progress = Progress(len(args.models), unit="model", done=reused, enabled=args.progress, desc="bench")
     for name, path in zip(args.models, weights):
-        rows.append(done.get((name, path)) or {**bench_model(name, args, device, path, loader), "weights": path})
+        if (name, path) in done:
+            rows.append(done[(name, path)])
+            continue
+        rows.append({**bench_model(name, args, device, path, loader), "weights": path})
         _write(args, run, settings, rows)
+        progress.update(1, label=name)
+    progress.close()
+    _write(args, run, settings, rows)
     table = format_table(rows, settings)
     print(table)
     if args.json:
