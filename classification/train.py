@@ -45,12 +45,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from timm.data import Mixup
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
-from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
@@ -60,6 +57,7 @@ from classification.data import ImageFolderSet, UnknownClassFolders, build_class
 from classification.data import skip_none_collate, to_float
 from classification.evaluate import evaluate_topk
 from classification.interrupt import StopRequest, ignore_sigint, rng_state, set_rng_state
+from classification.recipe import build_objective
 from common import synthetic
 from common.autocast import autocast
 from common.checkpoint import safe_load
@@ -212,47 +210,6 @@ def build_loaders(config: ClassifierTrainConfig) -> tuple[DataLoader, DataLoader
     return train_loader, val_loader, train_set.folders
 
 
-class DistillationLoss(nn.Module):
-    """DeiT hard distillation: ½·base(cls_logits, targets) + ½·CE(dist_logits, argmax teacher(images))."""
-
-    def __init__(self, base: nn.Module, teacher: nn.Module) -> None:
-        super().__init__()
-        self.base = base
-        self.teacher = teacher.eval().requires_grad_(False)
-
-    def forward(self, images: torch.Tensor, outputs, targets: torch.Tensor) -> torch.Tensor:
-        if not isinstance(outputs, tuple):
-            raise ValueError("distillation needs a two-head model (e.g. pit_ti_distilled, deit_tiny_distilled_patch16_224)")
-        cls_logits, dist_logits = outputs
-        with torch.no_grad():
-            teacher_labels = self.teacher(images).argmax(dim=1)
-        return 0.5 * self.base(cls_logits, targets) + 0.5 * F.cross_entropy(dist_logits, teacher_labels)
-
-
-def _objective(config: ClassifierTrainConfig, num_classes: int, device: torch.device):
-    """(loss(images, outputs, targets), Mixup or None) for the recipe in ``config``."""
-    mixup = None
-    if config.mixup > 0 or config.cutmix > 0:
-        mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, label_smoothing=config.label_smoothing,
-                      num_classes=num_classes)
-        base: nn.Module = SoftTargetCrossEntropy()
-    elif config.label_smoothing > 0:
-        base = LabelSmoothingCrossEntropy(smoothing=config.label_smoothing)
-    else:
-        base = nn.CrossEntropyLoss()
-    if config.teacher is not None:
-        teacher = pit.create_pixel_model(config.teacher, weights=config.teacher_weights, num_classes=num_classes,
-                                         img_size=config.img_size, **config.teacher_kwargs)
-        return DistillationLoss(base, teacher.to(device)), mixup
-
-    def loss(images: torch.Tensor, outputs, targets: torch.Tensor) -> torch.Tensor:
-        if isinstance(outputs, tuple):  # a two-head model trained without a teacher: both heads on the labels
-            return sum(base(o, targets) for o in outputs) / len(outputs)
-        return base(outputs, targets)
-
-    return loss, mixup
-
-
 def _build_session(config: ClassifierTrainConfig, state: dict[str, Any] | None) -> _Session:
     """Model, data, optimiser, schedule, EMA and loss for ``config``, continued from ``state`` when given."""
     device = torch.device(config.device) if config.device else default_device()
@@ -265,7 +222,10 @@ def _build_session(config: ClassifierTrainConfig, state: dict[str, Any] | None) 
     if hasattr(inner, "set_distilled_training"):
         inner.set_distilled_training(True)
     net = pit.NormalizedModel(inner).to(device).train()
-    loss, mixup = _objective(config, len(classes), device)
+    loss, mixup = build_objective(len(classes), device, mixup=config.mixup, cutmix=config.cutmix,
+                                  label_smoothing=config.label_smoothing, teacher=config.teacher,
+                                  teacher_weights=config.teacher_weights, teacher_kwargs=config.teacher_kwargs,
+                                  img_size=config.img_size)
     optimizer = create_optimizer_v2(inner, opt="adamw", lr=config.lr, weight_decay=config.weight_decay)
     steps = len(train_loader)
     # The LR at update n is a pure function of n (t_in_epochs=False), so a resumed run rebuilds the same schedule.

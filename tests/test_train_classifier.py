@@ -18,7 +18,8 @@ from torchvision.datasets import ImageFolder
 
 import classification.train as tc
 import pit
-from classification.train import ClassifierTrainConfig, DistillationLoss, train_classifier
+from classification.recipe import DistillationLoss
+from classification.train import ClassifierTrainConfig, train_classifier
 from common import synthetic
 from common.rundir import OutputError
 from tests.cli_helpers import run_cli
