@@ -42,16 +42,21 @@ def files(tmp_path_factory):
         (broken / name / "0.png").write_bytes(b"not an image")
     bad_run = root / "bad_run"
     bad_run.mkdir()
+    (bad_run / ".pit-suite-run.json").write_text(json.dumps({"kind": "robustness", "options": {}}))
     (bad_run / "run.json").write_text("{not json")
+    unmarked = root / "unmarked"
+    unmarked.mkdir()
+    (unmarked / "cells.jsonl").write_text("")
     return {k: str(v) for k, v in dict(root=root, val=root / "val", a=root / "a", a_extra=root / "a_extra",
                                         c=root / "c", empty=root / "empty", det=det, broken=broken,
-                                        bad_run=bad_run).items()}
+                                        bad_run=bad_run, unmarked=unmarked).items()}
 
 
 def base(files, out, *extra, data=True):
+    """A clean-only run (``--attacks`` with no name selects no other evaluation) of a tiny model on ``files``."""
     argv = ["robustness", "--model", "test_convnext", "--num-classes", "3", "--class-map", "folder",
             "--img-size", "32", "--workers", "0", "--no-progress", "--device", "cpu", "--weights", "none",
-            "--out", str(out)]
+            "--attacks", "--out", str(out)]
     if data:
         argv += ["--data", files["val"]]
     return argv + list(extra)
@@ -66,16 +71,19 @@ CASES = [
     (["--alpha=-1/255"], 2, ["--alpha"]),
     (["--crop-pct", "0"], 2, ["--crop-pct", "(0, 1]"]),
     (["--crop-pct", "1.5"], 2, ["--crop-pct"]),
-    (["--num-classes", "0"], 2, ["--num-classes", ">= 1"]),
+    (["--num-classes", "0"], 2, ["--num-classes", "positive integer"]),
     (["--img-size", "0"], 2, ["--img-size"]),
     (["--steps", "0"], 2, ["--steps"]),
     (["--limit", "0"], 2, ["--limit"]),
     (["--batch-size", "0"], 2, ["--batch-size"]),
     (["--workers=-1"], 2, ["--workers"]),
+    (["--num-workers=-1"], 2, ["--workers"]),
     (["--severities", "0-3"], 2, ["--severities", "1..5"]),
+    (["--severities", "1", "x"], 2, ["--severities", "1,3,5"]),
+    (["--severities", "1,6"], 2, ["--severities", "1..5"]),
     (["--imagenet-c", "{c}", "--corrupt-on-the-fly"], 2, ["exclude each other"]),
-    (["--corruptions", "fog"], 2, ["--corruptions needs --imagenet-c"]),
-    (["--corrupt-on-the-fly", "--corruptions", "fgo"], 2, ["unknown corruption 'fgo'", "--corruptions"]),
+    (["--corrupt-on-the-fly", "--corruptions", "fgo"], 2, ["unknown corruption 'fgo'", "--corruptions", "did you mean 'fog'"]),
+    (["--corruptions", "fog,jpg_compression"], 2, ["unknown corruption 'jpg_compression'", "jpeg_compression"]),
     (["--imagenet-c", "{c}", "--corruptions", "snow"], 2, ["missing", "snow", "fog"]),
     (["--weights", "a.pth", "b.pth"], 2, ["one path per --model"]),
     (["--weights", "{root}/missing.pth"], 2, ["--weights", "missing.pth", "does not exist"]),
@@ -135,6 +143,7 @@ def test_out_folder_errors(files, tmp_path):
     assert_one_line_error(base(files, files["det"], "--overwrite"), 2, "detection run", "nothing was changed")
     assert sorted(os.listdir(files["det"])) == before and Path(files["det"], "checkpoint.pth").read_bytes() == b"keep me"
     assert_one_line_error(base(files, files["bad_run"]), 2, "run.json", "corrupt")
+    assert_one_line_error(base(files, files["unmarked"]), 2, "cells.jsonl", "unmarked run", "--overwrite")
     if os.geteuid() != 0:  # root writes anywhere
         ro = tmp_path / "ro"
         ro.mkdir()
@@ -179,7 +188,7 @@ def test_new_cells_only_and_weights_fix_keeps_other_models(files, tmp_path, monk
     computed = []
     real = runner._evaluate_pass
     monkeypatch.setattr(runner, "_evaluate_pass",
-                        lambda p, cells, *a, **k: (computed.extend(c.key for c in cells), real(p, cells, *a, **k))[1])
+                        lambda p, cells, *a, **k: (computed.extend(map(str, cells)), real(p, cells, *a, **k))[1])
     out = tmp_path / "o"
     assert run_cli(base(files, out))[0] == 0
     clean = _cells(out)
@@ -217,7 +226,7 @@ def test_default_run_writes_under_runs_and_resumes(files, tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     code, out, err = run_cli(["robustness", "--model", "pit_ti", "--limit", "8", "--no-progress"])
     assert code == 0, err
-    assert "note: no --data given" in out and "--data DIR" in out and "note: pit_ti:" in out
+    assert "note: no dataset given" in out and "--data DIR" in out and "note: pit_ti:" in out
     assert "writing to runs/robustness-pit_ti" in out and "results in runs/robustness-pit_ti" in out
     report = (tmp_path / "runs" / "robustness-pit_ti" / "report.md").read_text()
     assert "**Data:** built-in generated classification set" in report.split("Accuracies")[0]
