@@ -28,6 +28,11 @@ def files(tmp_path_factory):
     write_folder(root / "a", names=A_WNIDS, per_class=1)
     write_folder(root / "a_extra", names=[*A_WNIDS, "n01440764"], per_class=1)  # n01440764 is not in IN-A
     write_folder(root / "c" / "fog" / "1")
+    r_wnids = __import__("robustness.datasets", fromlist=["x"]).subset_wnids("imagenet-r")[:2]
+    write_folder(root / "r", names=r_wnids, per_class=1)
+    for c in ("fog", "jpeg_compression"):
+        for s in (1, 3):
+            write_folder(root / "c_wnid" / c / str(s), names=A_WNIDS, per_class=1)
     (root / "empty").mkdir()
     (root / "empty.pth").write_bytes(b"")
     (root / "garbage.pth").write_bytes(os.urandom(256))
@@ -47,7 +52,8 @@ def files(tmp_path_factory):
     unmarked = root / "unmarked"
     unmarked.mkdir()
     (unmarked / "cells.jsonl").write_text("")
-    return {k: str(v) for k, v in dict(root=root, val=root / "val", a=root / "a", a_extra=root / "a_extra",
+    return {k: str(v) for k, v in dict(root=root, val=root / "val", a=root / "a", a_extra=root / "a_extra", r=root / "r",
+                                        c_wnid=root / "c_wnid",
                                         c=root / "c", empty=root / "empty", det=det, broken=broken,
                                         bad_run=bad_run, unmarked=unmarked).items()}
 
@@ -244,6 +250,62 @@ def test_default_run_writes_under_runs_and_resumes(files, tmp_path, monkeypatch,
     code, out, err = run_cli(["robustness", "--model", "pit_ti", "--limit", "4", "--no-progress", "--workers", "0"])
     assert code == 0, err
     assert "writing to runs/robustness-pit_ti-2" in out
+
+
+def alone(files, out, flag, *extra):
+    """A run of a 1000-class model on one dataset given alone (no --data)."""
+    return ["robustness", "--model", "test_convnext", "--img-size", "32", "--workers", "0", "--no-progress",
+            "--device", "cpu", "--weights", "none", "--out", str(out), flag,
+            files[{"--imagenet-a": "a", "--imagenet-r": "r", "--imagenet-c": "c_wnid"}[flag]], *extra]
+
+
+@pytest.mark.parametrize("flag,extra,dataset", [
+    ("--imagenet-a", [], "imagenet-a"),
+    ("--imagenet-r", [], "imagenet-r"),
+    ("--imagenet-c", ["--corruptions", "fog,jpeg_compression", "--severities", "1,3"], "imagenet-c"),
+])
+def test_a_dataset_given_alone_is_the_dataset_evaluated(files, tmp_path, flag, extra, dataset):
+    code, out, err = run_cli(alone(files, tmp_path / "o", flag, *extra))
+    assert code == 0, err
+    assert "generated" not in out and ("no evaluation selected" in out) == (not extra)
+    results = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert {r["dataset"] for r in results["records"]} == {dataset}
+    assert len(results["records"]) == (4 if extra else 1) and all(r["n"] == 2 for r in results["records"])
+    assert "clean_top1" in results["not_run"] and results["summary"]["test_convnext"]["clean_top1"] is None
+    table = next(line for line in (tmp_path / "o" / "report.md").read_text().splitlines()
+                 if line.startswith("| test_convnext |"))
+    assert table.count("not run") >= 2
+
+
+def test_cells_that_need_clean_images_are_refused_without_them(files, tmp_path):
+    for selection in (["--attacks", "fgsm"], ["--occlusion"], ["--corrupt-on-the-fly"]):
+        assert_one_line_error(alone(files, tmp_path / "o", "--imagenet-a", *selection), 2, selection[0],
+                              "needs clean images", "--data")
+    assert_one_line_error(alone(files, tmp_path / "o", "--imagenet-a", "--corruptions", "fog"), 2,
+                          "--corruptions needs --imagenet-c")
+    assert not (tmp_path / "o" / "cells.jsonl").exists()
+
+
+def test_both_spellings_of_shared_flags_make_the_same_run(files, tmp_path):
+    """--model/--models, --workers/--num-workers, comma- or space-separated corruptions, 1,3 / 1 3 / 1-3."""
+    out = tmp_path / "o"
+    first = ["robustness", "--models", "test_convnext", "--num-classes", "3", "--class-map", "folder",
+             "--img-size", "32", "--num-workers", "0", "--no-progress", "--device", "cpu", "--weights", "none",
+             "--data", files["val"], "--out", str(out), "--corruptions", "fog,jpeg_compression", "--severities", "1,3"]
+    code, stdout, err = run_cli(first)
+    assert code == 0, err
+    assert "clean, 2 corruption(s) × 2 severities on the fly: 5 cell(s) per model × 1 model(s) = 5 cells" in stdout
+    cells = _cells(out)
+    assert sorted(cells) == sorted(["test_convnext|imagenet|None|None|clean"] + [
+        f"test_convnext|imagenet-c|{c}|{s}|clean" for c in ("fog", "jpeg_compression") for s in (1, 3)])
+    second = base(files, out, "--corruptions", "fog", "jpeg_compression", "--severities", "1", "3")
+    second.remove("--attacks")
+    code, stdout, err = run_cli(second)
+    assert code == 0, err
+    assert f"resuming {out}: 5 of 5 cells done" in stdout and _cells(out) == cells
+    code, stdout, err = run_cli([*second[:-2], "1-3"])  # severity 2 added: only its two cells are new
+    assert code == 0, err
+    assert f"resuming {out}: 5 of 7 cells done" in stdout and {k: v for k, v in _cells(out).items() if k in cells} == cells
 
 
 CHEAP = ["gaussian_noise", "shot_noise", "impulse_noise", "brightness", "contrast", "jpeg_compression"]
