@@ -318,8 +318,9 @@ def _command(data: str, out: Path) -> list[str]:
             "--no-progress", "--device", "cpu", "--out", str(out)]
 
 
-@pytest.mark.slow
-def test_ctrl_c_stops_with_cells_saved_and_rerun_finishes(tmp_path):
+def _interrupt_then_finish(tmp_path: Path) -> None:
+    """Ctrl-C once two cells are saved: exit 130, one "interrupted" line and no traceback from any process
+    (the DataLoader workers included); the same command then finishes, keeping the cells saved before."""
     data = write_folder(tmp_path / "val", per_class=6)
     out = tmp_path / "o"
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
@@ -327,18 +328,34 @@ def test_ctrl_c_stops_with_cells_saved_and_rerun_finishes(tmp_path):
     proc = subprocess.Popen(_command(str(data), out), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     cells = out / "cells.jsonl"
-    deadline = time.time() + 120
-    while not (cells.exists() and cells.read_text().count("\n") >= 2) and proc.poll() is None and time.time() < deadline:
+    while not (cells.exists() and cells.read_text().count("\n") >= 2) and proc.poll() is None:
         time.sleep(0.02)
     assert proc.poll() is None, f"the run ended before it could be interrupted: {proc.communicate()}"
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert "interrupted" in err and "Traceback" not in err, err
     saved = [json.loads(line) for line in cells.read_text().splitlines()]
     assert 2 <= len(saved) < 1 + len(CHEAP) * 5
-    done = subprocess.run(_command(str(data), out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(_command(str(data), out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     final = {r["key"]: r for r in json.loads((out / "results.json").read_text())["records"]}
     assert len(final) == 1 + len(CHEAP) * 5
     assert all(final[r["key"]] == r for r in saved)  # cells finished before Ctrl-C are kept as they were
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_with_cells_saved_and_rerun_finishes(tmp_path):
+    _interrupt_then_finish(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("repetition", range(3))
+def test_ctrl_c_is_quiet_under_a_cpu_hog(tmp_path, repetition):
+    """The same interruption while another process keeps a core busy (workers lag behind the main process)."""
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        _interrupt_then_finish(tmp_path)
+    finally:
+        hog.kill()
+        hog.wait()
