@@ -131,7 +131,8 @@ def model_specs(names: list[str], weights: list[str] | None, num_classes: int | 
 
 
 def generated_data(class_map: str | None, num_classes: int | None) -> tuple[str, int, str]:
-    """The built-in generated classification set (built and cached on first use): (val folder, classes, note)."""
+    """The built-in generated classification set (built and cached on first use): (val folder, classes, note).
+    It is evaluated at its own image size (no resize, no crop) on ``GENERATED_LIMIT`` images unless told otherwise."""
     spec = synthetic.ClassificationSpec()
     if class_map == "imagenet":
         raise ValueError("--class-map imagenet needs --data DIR (the generated set's folders are not ImageNet wnids)")
@@ -140,7 +141,8 @@ def generated_data(class_map: str | None, num_classes: int | None) -> tuple[str,
                          f"{spec.num_classes} classes")
     root = synthetic.make_classification(None, spec) / "val"
     text = (f"built-in generated classification set ({spec.num_classes} shape×texture classes, "
-            f"{spec.num_classes * spec.val_per_class} images of {spec.img_size} px, {root}), not ImageNet")
+            f"{spec.num_classes * spec.val_per_class} images of {spec.img_size} px, {root}), not ImageNet; "
+            f"by default {GENERATED_LIMIT} of them at {spec.img_size} px (--limit, --img-size)")
     rundir.note(f"no dataset given: evaluating on the {text}; for ImageNet pass --data DIR (e.g. --data /data/imagenet/val)")
     return str(root), spec.num_classes, text
 
@@ -161,13 +163,14 @@ def evaluations(args: argparse.Namespace, has_clean: bool) -> dict:
 def build_config(args: argparse.Namespace) -> dict:
     """The run's ``run_robustness`` keywords from the parsed arguments (defaults: data, weights, --out folder)."""
     data, num_classes, data_note, limit = args.data, args.num_classes, None, args.limit
-    class_map = args.class_map or "imagenet"
+    class_map, img_size, crop_pct = args.class_map or "imagenet", args.img_size, args.crop_pct
     if not (data or args.imagenet_c or args.imagenet_a or args.imagenet_r or args.in9):
         data, num_classes, data_note = generated_data(args.class_map, args.num_classes)
         class_map, limit = "folder", limit or GENERATED_LIMIT
+        img_size, crop_pct = img_size or synthetic.ClassificationSpec().img_size, crop_pct or 1.0
     fields = dict(
         models=model_specs(args.models, args.weights, num_classes), data=data, out=args.out or "",
-        class_map=class_map, img_size=args.img_size, crop_pct=args.crop_pct, imagenet_c=args.imagenet_c,
+        class_map=class_map, img_size=img_size, crop_pct=crop_pct, imagenet_c=args.imagenet_c,
         imagenet_a=args.imagenet_a, imagenet_r=args.imagenet_r, in9=args.in9,
         in9_challenge_limit=args.in9_challenge_limit, severities=parse_severities(args.severities),
         eps=args.eps, alpha=args.alpha, steps=args.steps, limit=limit, batch_size=args.batch_size,
