@@ -75,11 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "published weights when available offline, else random init (a banner says which)")
     g.add_argument("--num-classes", type=positive_int, default=None, help="classifier outputs (default: the model's)")
     _add_data_arguments(parser.add_argument_group("data (each set given is evaluated)"))
-    g = parser.add_argument_group("evaluations (none given: the paper's table; any given: only those)")
+    g = parser.add_argument_group(f"evaluations (none of {', '.join(SELECTIONS)} given: the paper's table on the "
+                                  "data given; any given: only those, besides clean)")
     add_shared_flags(g, "corruptions", "severities")
     g.add_argument("--corrupt-on-the-fly", action="store_true", default=None,
                    help="corrupt the clean --data batches on the device (the default source without --imagenet-c)")
-    g.add_argument("--attacks", nargs="*", default=None, choices=ATTACKS, help="adversarial attacks (L∞)")
+    g.add_argument("--attacks", nargs="*", default=None, choices=ATTACKS, help="adversarial attacks (L∞); --attacks with no name: no evaluation but clean")
     g.add_argument("--eps", type=eps_value, default=default("eps"), help="attack radius in [0,1] pixels, e.g. 1/255")
     g.add_argument("--alpha", type=step_value, default=default("alpha"), help="PGD step size (default 2.5*eps/steps)")
     g.add_argument("--steps", type=positive_int, default=default("steps"), help="PGD steps")
@@ -105,7 +106,7 @@ def _add_data_arguments(g: argparse._ArgumentGroup) -> None:
                    "DIR/fg_mask/val/<class>/*.npy): variant accuracies, BG-gap and the Background Challenge")
     g.add_argument("--in9-challenge-limit", type=positive_int, default=default("in9_challenge_limit"), metavar="N",
                    help="Background Challenge on the first N foregrounds per class only (a quick estimate)")
-    g.add_argument("--img-size", type=positive_int, default=default("img_size"), help="eval image size (default: the model's)")
+    g.add_argument("--img-size", type=positive_int, default=default("img_size"), help="eval image size (default: the model's; the generated set's own 64 px for it)")
     g.add_argument("--crop-pct", type=crop_value, default=default("crop_pct"), help="centre-crop fraction in (0, 1] (default: the model's)")
     g.add_argument("--limit", type=positive_int, default=default("limit"),
                    help=f"evaluate an evenly spread subset of N images per set (generated set: {GENERATED_LIMIT} by default)")
