@@ -196,6 +196,8 @@ def main(args: argparse.Namespace) -> int:
         for label, s in result["summary"].items():
             shown = ", ".join(f"{k} {fmt(v, 2)}" for k, v in s.items() if isinstance(v, float))
             print(f"{label}: {shown}")
+        for reason in sorted(set(result["not_run"].values())):
+            print(f"{', '.join(k for k, v in result['not_run'].items() if v == reason)}: {reason}")
         print(f"report: {result['report']}")
         rundir.announce(fields["out"], finished=True)
     return 0

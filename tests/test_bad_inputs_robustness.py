@@ -72,6 +72,7 @@ def base(files, out, *extra, data=True):
 # (extra arguments, exit code, needles in the error line); "{key}" is replaced by files[key].
 CASES = [
     (["--eps", "1e400"], 2, ["--eps", "finite"]),
+    (["--resume"], 2, ["--resume", "holds no robustness run", "drop --resume"]),
     (["--eps=-0.5"], 2, ["--eps"]),
     (["--eps", "2"], 2, ["--eps", "[0, 1]"]),
     (["--alpha", "0"], 2, ["--alpha", "(0, 1]"]),
@@ -276,6 +277,7 @@ def test_a_dataset_given_alone_is_the_dataset_evaluated(files, tmp_path, flag, e
     table = next(line for line in (tmp_path / "o" / "report.md").read_text().splitlines()
                  if line.startswith("| test_convnext |"))
     assert table.count("not run") >= 2
+    assert "clean_top1, clean_top5" in out and "not run: needs clean images (--data DIR)" in out
 
 
 def test_cells_that_need_clean_images_are_refused_without_them(files, tmp_path):
