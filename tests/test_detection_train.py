@@ -14,7 +14,9 @@ import torch
 from detection.compare import compare_runs
 from detection.config import DetectionTrainConfig
 from detection.engine import RESUME_FIELDS, evaluate_checkpoint, load_checkpoint, train_detector
-from tests.coco_fixtures import make_tiny_coco, one_thread  # noqa: F401  (one_thread: autouse)
+from tests.coco_fixtures import make_tiny_coco
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(hidden_dim=32, nheads=4, enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=6)
