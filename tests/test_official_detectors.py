@@ -11,11 +11,10 @@ import argparse
 import pytest
 import torch
 
+from detection.official import load_detector, suite_checkpoint
+from detection.official_keys import hf_to_official
+
 transformers = pytest.importorskip("transformers")
-
-
-from detection.official import load_detector, suite_checkpoint  # noqa: E402
-from detection.official_keys import hf_to_official  # noqa: E402
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
