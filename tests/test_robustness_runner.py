@@ -75,7 +75,6 @@ def test_end_to_end_resume_and_options_guard(data, tmp_path, monkeypatch):
 
 
 def test_imagenet_c_on_disk_gives_mce(data, tmp_path):
-    pytest.importorskip("corruptions")
     import shutil
 
     for sev in range(1, 6):  # "corrupted" copies identical to the clean images: CE = clean error / AlexNet's
@@ -94,7 +93,6 @@ def test_imagenet_c_on_disk_gives_mce(data, tmp_path):
 
 
 def test_corrupt_on_the_fly_is_deterministic(data, tmp_path):
-    pytest.importorskip("corruptions")
     kwargs = dict(FAST, corrupt_on_the_fly=True, corruptions=["gaussian_noise", "contrast"], severities=[1, 5])
     a = run_robustness([MODEL], data["val"], str(tmp_path / "a"), **kwargs)
     b = run_robustness([MODEL], data["val"], str(tmp_path / "b"), **kwargs)
