@@ -1,6 +1,6 @@
 """``eval.py robustness`` under bad input and faults: one ``error:`` line, the right exit code, no
 traceback; resume that keeps finished cells and recomputes only what changed; Ctrl-C (exit 130) with
-finished cells saved; the default run (no --data / --weights / --out) of issue 16."""
+finished cells saved; the default run (no --data / --weights / --out)."""
 from __future__ import annotations
 
 import json

@@ -271,7 +271,7 @@ def test_transformer_layers_equal_torch_layers_with_the_same_weights(pre_norm):
 
 def test_resnet_backbone_is_frozen_as_the_official_one():
     """Official DETR: every BatchNorm frozen, stem + layer1 not trained — 222,400 parameters
-    (conv1 9,408 + layer1 213,000)."""
+    (conv1 9,408 + layer1 212,992 convolution weights)."""
     from torchvision.ops import FrozenBatchNorm2d
 
     body = build_backbone("resnet50").body

@@ -221,7 +221,7 @@ def test_full_disk_ends_in_one_line_and_keeps_the_previous_checkpoint(tmp_path, 
 
 @pytest.mark.slow
 def test_the_command_as_typed_runs_on_the_builtin_set_and_resumes(tmp_path, monkeypatch):
-    """`eval.py detection train --backbone pit_ti --epochs 1` with nothing else (issue 16): a smaller
+    """`eval.py detection train --backbone pit_ti --epochs 1` with nothing else: a smaller
     built-in set keeps the test fast; the command, the folder choice and the banners are the real ones."""
     from common import synthetic
     from detection import cli

@@ -109,7 +109,7 @@ def test_official_pth_gives_the_reference_outputs(reference, tmp_path):
 
 
 def test_official_key_layout_has_the_official_key_counts():
-    """The official checkpoints hold 458 (DETR-R50) and 561 (Deformable DETR) keys (issue 13's count)."""
+    """The official checkpoints hold 458 (DETR-R50) and 561 (Deformable DETR) keys."""
     with torch.device("meta"):
         detr = transformers.DetrForObjectDetection(transformers.DetrConfig(use_pretrained_backbone=False, num_labels=91))
         deformable = transformers.DeformableDetrForObjectDetection(
