@@ -1,6 +1,6 @@
 """The house has floors: a package imports only packages on floors below it.
 
-    pit → common → {classification, detection, robustness} → demo → eval.py
+    {pit, corruptions} → common → {classification, detection, robustness} → demo → eval.py
 
 ``detection`` and ``robustness`` never import each other; the one sideways arrow on the suites' floor
 is ``robustness`` → ``classification`` (robustness reads its ImageFolder sets through the classification
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FLOOR = {"pit": 0, "common": 1, "corruptions": 1, "classification": 2, "detection": 2, "robustness": 2, "demo": 3, "eval": 4}
+FLOOR = {"pit": 0, "common": 1, "corruptions": 0, "classification": 2, "detection": 2, "robustness": 2, "demo": 3, "eval": 4}
 NEVER = {("detection", "robustness"), ("robustness", "detection"), ("classification", "robustness"),
          ("classification", "detection"), ("detection", "classification")}
 SIDEWAYS = {("robustness", "classification")}
