@@ -25,13 +25,7 @@ CPU = torch.device("cpu")
 MAPPING_FILE = Path(__file__).resolve().parents[1] / "robustness" / "background" / "in_to_in9.json"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and does not fight the other test processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread is fastest
 
 
 @pytest.fixture(scope="module")

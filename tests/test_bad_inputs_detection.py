@@ -18,7 +18,9 @@ import pytest
 import torch
 
 from tests.cli_helpers import assert_one_line_error, run_cli
-from tests.coco_fixtures import make_tiny_coco, one_thread  # noqa: F401  (one_thread: autouse)
+from tests.coco_fixtures import make_tiny_coco
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = '{"hidden_dim": 32, "nheads": 4, "enc_layers": 1, "dec_layers": 1, "dim_feedforward": 64, "num_queries": 4}'
 FAST = ["--scales", "48", "--max-size", "96", "--test-size", "64", "--num-workers", "0", "--no-progress",

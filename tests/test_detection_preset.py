@@ -155,9 +155,9 @@ def test_loss_kwargs_replace_only_the_named_preset_numbers():
     assert criterion.weight_dict["loss_bbox"] == 5.0
 
 
-def test_runs_without_loss_kwargs_keep_the_options_of_earlier_versions():
-    """A run that keeps the preset's loss numbers records the same options as before ``loss_kwargs`` existed, so a
-    long run started by an earlier version still resumes; a run that changes them records the change."""
+def test_loss_kwargs_are_recorded_in_the_options_only_when_given():
+    """A run that keeps the preset's loss numbers records no ``loss_kwargs`` in its options (runs recorded
+    without the field resume with the same options); a run that changes them records the change."""
     paths = dict(train_ann="a.json", train_images="a", val_ann="b.json", val_images="b", out="o")
     assert "loss_kwargs" not in DetectionTrainConfig(backbone="pit_ti", **paths).options()
     changed = DetectionTrainConfig(backbone="pit_ti", **paths, loss_kwargs={"cls_loss_coef": 5.0}).options()

@@ -14,7 +14,9 @@ import torch
 from detection.compare import compare_runs
 from detection.config import DetectionTrainConfig
 from detection.engine import RESUME_FIELDS, evaluate_checkpoint, load_checkpoint, train_detector
-from tests.coco_fixtures import make_tiny_coco, one_thread  # noqa: F401  (one_thread: autouse)
+from tests.coco_fixtures import make_tiny_coco
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(hidden_dim=32, nheads=4, enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=6)
@@ -219,7 +221,7 @@ def test_full_disk_ends_in_one_line_and_keeps_the_previous_checkpoint(tmp_path, 
 
 @pytest.mark.slow
 def test_the_command_as_typed_runs_on_the_builtin_set_and_resumes(tmp_path, monkeypatch):
-    """`eval.py detection train --backbone pit_ti --epochs 1` with nothing else (issue 16): a smaller
+    """`eval.py detection train --backbone pit_ti --epochs 1` with nothing else: a smaller
     built-in set keeps the test fast; the command, the folder choice and the banners are the real ones."""
     from common import synthetic
     from detection import cli

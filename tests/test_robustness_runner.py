@@ -77,7 +77,6 @@ def test_end_to_end_resume_and_options_guard(data, tmp_path, monkeypatch):
 
 
 def test_imagenet_c_on_disk_gives_mce(data, tmp_path):
-    pytest.importorskip("corruptions")
     import shutil
 
     for sev in range(1, 6):  # "corrupted" copies identical to the clean images: CE = clean error / AlexNet's
@@ -96,7 +95,6 @@ def test_imagenet_c_on_disk_gives_mce(data, tmp_path):
 
 
 def test_corrupt_on_the_fly_is_deterministic(data, tmp_path):
-    pytest.importorskip("corruptions")
     kwargs = dict(FAST, corrupt_on_the_fly=True, corruptions=["gaussian_noise", "contrast"], severities=[1, 5])
     a = run_robustness([MODEL], data["val"], str(tmp_path / "a"), **kwargs)
     b = run_robustness([MODEL], data["val"], str(tmp_path / "b"), **kwargs)
@@ -149,7 +147,6 @@ def test_random_draws_are_per_image_not_per_batch(cell):
 
 
 def test_random_cells_do_not_depend_on_the_batch_size(data, tmp_path):
-    pytest.importorskip("corruptions")
     kwargs = dict(FAST, occlusion=True, attacks=["pgd"], corrupt_on_the_fly=True, corruptions=["gaussian_noise"],
                   severities=[5], steps=2, eps=8 / 255)
     two = run_robustness([MODEL], data["val"], str(tmp_path / "two"), **dict(kwargs, batch_size=2))
