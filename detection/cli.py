@@ -258,7 +258,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(compare_runs(args.runs, args.out))
         return 0
     if args.action == "convert":
-        from detection.official import convert_detector
+        from detection.load import convert_detector
 
         print(convert_detector(args.src, args.dst))
         return 0

@@ -35,7 +35,7 @@ from detection.coco_c_report import comparison_table, write_report
 from detection.coco_eval import CocoEvaluator
 from detection.data import CocoDetection, coco_paths, collate, make_transforms
 from detection.engine import evaluate
-from detection.official import LoadedDetector, load_detector
+from detection.load import LoadedDetector, load_detector
 
 CLEAN = "clean"
 KIND = "detection-coco-c"  # the run-folder marker kind (common.rundir)

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torchvision.ops import MLP
 
 from detection.backbones import Backbone, build_backbone
+from detection.build import check_detector_args
 from detection.position_encoding import detr_position_embedding
 from detection.transformer import Transformer
 
@@ -16,16 +17,6 @@ from detection.transformer import Transformer
 def box_mlp(hidden: int) -> MLP:
     """DETR's 3-layer box head (hidden → hidden → hidden → 4, ReLU between); linears at indices 0, 3, 6."""
     return MLP(hidden, [hidden, hidden, 4], activation_layer=nn.ReLU, inplace=False)
-
-
-def check_detector_args(num_classes: int, hidden_dim: int, nheads: int, num_queries: int) -> None:
-    """The argument checks shared by every detector builder."""
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be ≥ 1, got {num_classes}")
-    if num_queries < 1:
-        raise ValueError(f"num_queries must be ≥ 1, got {num_queries}")
-    if hidden_dim % 2 or hidden_dim % nheads:
-        raise ValueError(f"hidden_dim ({hidden_dim}) must be even and divisible by nheads ({nheads})")
 
 
 class DETR(nn.Module):

@@ -45,10 +45,6 @@ MODEL_FIELDS = ("model", "arch", "backbone", "num_classes", "cat_ids")  # what e
 RESUME_FIELDS = (*MODEL_FIELDS, "optimizer", "scheduler", "epoch", "rng")  # what exact resumption needs
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def _forward(model: nn.Module, images: Tensor, mask: Tensor, device: torch.device, amp: bool) -> dict:
     """The detector on one padded batch ([0, 1] pixels, mask True = padding) under the suite's autocast policy."""
     with autocast(device, amp):
@@ -238,7 +234,7 @@ def load_checkpoint(path: str, *, fields: tuple[str, ...] = MODEL_FIELDS) -> dic
 
 def _finetune_state(path: str, arch: str, backbone: str) -> dict[str, Tensor]:
     """The weights of any detector ``load_detector`` reads (suite, official, Hugging Face), checked to be ``arch`` over ``backbone``."""
-    from detection.official import load_detector
+    from detection.load import load_detector
 
     loaded = load_detector(path)
     config = loaded.config
@@ -440,7 +436,7 @@ def evaluate_checkpoint(checkpoint: str, val_ann: str, val_images: str, out: str
     """Evaluate a detector (any ``detection.load_detector`` format: suite, official DETR / Deformable DETR .pth,
     Hugging Face folder) on a COCO-format set; writes ``eval.json`` (+ ``vis/*.png``) under ``out`` (checked
     before the evaluation starts)."""
-    from detection.official import load_detector
+    from detection.load import load_detector
     from detection.resume import claim_eval_out
 
     out_dir = claim_eval_out(out, checkpoint)

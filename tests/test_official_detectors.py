@@ -14,7 +14,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 
-from detection.official import load_detector, suite_checkpoint  # noqa: E402
+from detection.load import load_detector, suite_checkpoint  # noqa: E402
 from detection.official_keys import hf_to_official  # noqa: E402
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)

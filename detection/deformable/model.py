@@ -169,7 +169,7 @@ def build_deformable_detector(
     stride-2 convs). Defaults are the paper's (hidden 256, 8 heads, 6+6 layers, FFN 1024,
     4 levels × 4 points, 300 queries); every size is a keyword so tests can build tiny models."""
     from detection.backbones import build_backbone
-    from detection.detr import check_detector_args
+    from detection.build import check_detector_args
     from detection.position_encoding import deformable_position_embedding
 
     check_detector_args(num_classes, hidden_dim, nheads, num_queries)
