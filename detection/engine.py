@@ -420,6 +420,8 @@ def _train_epochs(run: _Run, start_epoch: int, position: EpochPosition | None, s
     for epoch in range(start_epoch, config.epochs):
         seeded.set_epoch(epoch)
         train_loader.sampler.set_epoch(epoch, start=position.step * config.batch_size if position else 0)
+        if position is None:  # the global RNG's one draw per epoch where a loader without a generator takes its
+            torch.empty((), dtype=torch.int64).random_()  # worker seed: the dropout stream of every run stays as it was
         try:
             train_stats = train_one_epoch(
                 train_model, run.criterion, train_loader, run.optimizer, run.device, epoch=epoch,
