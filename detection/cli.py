@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from pathlib import Path
 from typing import Callable
 
 from common.options import non_negative_float, non_negative_int, positive_float, positive_int

@@ -42,7 +42,7 @@ from detection.coco_c_cells import CLEAN, CellKey, cell_keys, summarize_cells
 from detection.coco_c_report import comparison_table, write_report
 from detection.coco_eval import CocoEvaluator
 from detection.data import CocoDetection, coco_paths, collate, make_transforms
-from detection.engine import evaluate
+from detection.epoch import evaluate
 from detection.load import LoadedDetector, load_detector
 
 KIND = "detection-coco-c"  # the run-folder marker kind (common.rundir)
@@ -78,7 +78,7 @@ def corrupt_native(images: Sequence[Tensor], corruption: str, severity: int, see
 
 
 class CellBatches:
-    """Batches of one cell for ``engine.evaluate``: native uint8 images → corrupted on ``device`` →
+    """Batches of one cell for ``detection.epoch.evaluate``: native uint8 images → corrupted on ``device`` →
     uint8 → float → the detector's test resize → zero-padded batch + mask (``data.collate``).
 
     ``corrupt_seconds`` accumulates the time spent corrupting (device-synchronised)."""

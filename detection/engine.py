@@ -1,23 +1,24 @@
-"""Training and evaluation of COCO detectors, architecture-agnostic (``detection.build``).
+"""Training runs and checkpoint evaluation of COCO detectors, architecture-agnostic (``detection.build``).
 
-Recipes (image sizes, loss/matcher numbers, detections kept) come from ``detection.presets``;
-AdamW, grad-norm clip, StepLR ×0.1 at ``lr_drop``. Multi-GPU / multi-process: ``torchrun --nproc_per_node N eval.py detection
+The recipe (image sizes, loss/matcher numbers, detections kept, schedule) is the resolved
+:class:`detection.config.DetectionTrainConfig`; AdamW, grad-norm clip, StepLR ×0.1 at ``lr_drop``; one
+epoch's loop is ``detection.epoch``. Multi-GPU / multi-process: ``torchrun --nproc_per_node N eval.py detection
 train ...`` (DDP, DistributedSampler; gloo on CPU); the batch size is per process.
 
 A run folder ``out`` holds ``run.json`` (data, weights, arch, backbone, params, GFLOPs, config),
 ``log.jsonl`` (a header line naming data and weights, then one line per epoch: mean losses, lr, eval
 stats), ``checkpoint.pth`` (written atomically every epoch on the main process; resume-complete; plain
-tensors and data only, read back with ``weights_only=True``) and ``eval.json``. The same command run
-again on the same folder resumes from ``checkpoint.pth`` (see :func:`detection.resume.resume_source`).
+tensors and data only, read back with ``weights_only=True``) and ``eval.json``. The folder is opened with
+``common.run.open_run``: the same command run again resumes from ``checkpoint.pth``; ``--resume`` also
+continues it with more epochs. Ctrl-C saves the epoch so far (``detection.interrupt``) and the run resumes
+from that step exactly (``detection.sampling``).
 """
 from __future__ import annotations
 
 import json
-import math
 import random
-import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +26,11 @@ import torch
 from timm.models import clean_state_dict
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from common.autocast import autocast, grad_scaler
+from common.autocast import grad_scaler
 from common.checkpoint import CheckpointError, safe_load
-from common.distributed import (all_gather_objects, all_reduce_sum, get_rank, get_world_size, init_distributed,
-                                is_distributed, is_main_process)
+from common.distributed import (all_gather_objects, get_rank, get_world_size, init_distributed, is_distributed,
+                                is_main_process)
 from common.io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_jsonl
 from common.progress import Progress
 from common.run import Run, open_run, say_resumed
@@ -40,6 +40,7 @@ from detection.build import build_criterion, build_detector, build_postprocessor
 from detection.coco_eval import CocoEvaluator
 from detection.config import DetectionTrainConfig, more_epochs, same_run
 from detection.data import CocoDetection, collate, make_transforms
+from detection.epoch import EpochPosition, Stopped, agree, evaluate, train_one_epoch
 from detection.interrupt import StopRequest
 from detection.sampling import EpochSeeded, ResumableSampler
 
@@ -48,12 +49,6 @@ MODEL_FIELDS = ("model", "arch", "backbone", "num_classes", "cat_ids")  # what e
 RESUME_FIELDS = (*MODEL_FIELDS, "optimizer", "scheduler", "epoch", "rng")  # what exact resumption needs
 TRAIN_KIND, EVAL_KIND = "detection-train", "detection-eval"  # run-folder kinds (common.run)
 TRAIN_FILES = ("checkpoint.pth", "log.jsonl", "eval.json", "run.json")  # what a training run writes
-
-
-def _forward(model: nn.Module, images: Tensor, mask: Tensor, device: torch.device, amp: bool) -> dict:
-    """The detector on one padded batch ([0, 1] pixels, mask True = padding) under the suite's autocast policy."""
-    with autocast(device, amp):
-        return model(images, mask)
 
 
 def param_groups(model: nn.Module, lr: float, lr_backbone: float, weight_decay: float) -> list[dict]:
@@ -89,146 +84,6 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
-
-
-def _to_device(targets: list[dict], device: torch.device) -> list[dict]:
-    return [{k: v.to(device) if isinstance(v, Tensor) else v for k, v in t.items()} for t in targets]
-
-
-def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                    clip_max_norm: float) -> None:
-    scaler.unscale_(optimizer)
-    if clip_max_norm > 0:
-        nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def _agree(empty: bool, stop: bool, device: torch.device) -> tuple[bool, bool]:
-    """(skip, stop) agreed by every process: skip this step when any process's batch had no readable image
-    (so no process waits for another's gradients); stop when any process was asked to (Ctrl-C)."""
-    flags = all_reduce_sum(torch.tensor([float(empty), float(stop)], device=device))
-    return bool(flags[0] > 0), bool(flags[1] > 0)
-
-
-@dataclass
-class EpochPosition:
-    """Where an epoch stands: ``step`` batches taken, the loss sums over the ``counted`` of them that were
-    not skipped (for the epoch's mean)."""
-
-    step: int = 0
-    counted: int = 0
-    sums: dict[str, Tensor] = field(default_factory=dict)
-
-    def state(self) -> dict:
-        return {"step": self.step, "counted": self.counted, "sums": {k: v.item() for k, v in self.sums.items()}}
-
-    @classmethod
-    def from_state(cls, state: dict, device: torch.device) -> "EpochPosition":
-        sums = {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in state["sums"].items()}
-        return cls(state["step"], state["counted"], sums)
-
-
-class Stopped(Exception):
-    """Raised by :func:`train_one_epoch` when asked to stop: ``position`` is where the epoch stands."""
-
-    def __init__(self, position: EpochPosition) -> None:
-        super().__init__(f"stopped at step {position.step}")
-        self.position = position
-
-
-def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    device: torch.device, *, epoch: int, clip_max_norm: float = 0.1, accum_steps: int = 1,
-                    amp: bool = False, scaler: torch.amp.GradScaler | None = None, progress: bool = True,
-                    position: EpochPosition | None = None, stop: StopRequest | None = None,
-                    desc: str = "") -> dict[str, float]:
-    """One pass over ``loader`` (which starts at ``position.step`` when resuming part-way); returns mean
-    weighted ``loss`` and every unweighted component (all processes). Batches whose images were all
-    unreadable are skipped (on every process together); an epoch with none readable is an error. When
-    ``stop.requested`` on any process, raises :class:`Stopped` at the next optimizer-step boundary."""
-    model.train()
-    criterion.train()
-    scaler = scaler or grad_scaler(device, False)
-    at = position or EpochPosition()
-    total = at.step + len(loader)
-    bar = tqdm(loader, desc=desc or f"epoch {epoch + 1}", total=total, initial=at.step, dynamic_ncols=True,
-               disable=not (progress and is_main_process()))
-    optimizer.zero_grad(set_to_none=True)
-    for batch in bar:
-        skip, stopping = _agree(batch is None, bool(stop and stop.requested), device)
-        if stopping and at.step % accum_steps == 0:
-            bar.close()
-            raise Stopped(at)
-        at.step += 1
-        if skip:
-            continue
-        record = _train_step(model, criterion, batch, device, amp, scaler, accum_steps, epoch, at.step)
-        if at.step % accum_steps == 0 or at.step == total:
-            _optimizer_step(model, optimizer, scaler, clip_max_norm)
-        for k, v in record.items():
-            at.sums[k] = at.sums.get(k, 0) + v.float()
-        at.counted += 1
-        bar.set_postfix({k: f"{v.item():.3f}" for k, v in record.items() if k in ("loss", "loss_ce", "loss_bbox", "loss_giou")})
-    return _epoch_means(at, epoch, device)
-
-
-def _train_step(model: nn.Module, criterion: nn.Module, batch: tuple, device: torch.device, amp: bool,
-                scaler: torch.amp.GradScaler, accum_steps: int, epoch: int, step: int) -> dict[str, Tensor]:
-    """Forward, loss and backward of one batch; returns the weighted ``loss`` and the unweighted components."""
-    images, mask, targets = batch
-    outputs = _forward(model, images.to(device, non_blocking=True), mask.to(device, non_blocking=True), device, amp)
-    losses = criterion(outputs, _to_device(targets, device))
-    loss = sum(losses[k] * criterion.weight_dict[k] for k in losses if k in criterion.weight_dict)
-    if not math.isfinite(loss.item()):
-        raise RuntimeError(f"loss is {loss.item()} at epoch {epoch + 1} step {step}: lower the lr or disable AMP")
-    scaler.scale(loss / accum_steps).backward()
-    return {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items() if not k[-1].isdigit()}}
-
-
-def _epoch_means(at: EpochPosition, epoch: int, device: torch.device) -> dict[str, float]:
-    keys = sorted(at.sums)
-    totals = all_reduce_sum(torch.stack([at.sums[k] for k in keys] + [torch.tensor(float(at.counted), device=device)])
-                            if keys else torch.zeros(1, device=device))
-    if totals[-1] == 0:
-        raise ValueError(f"every training image was unreadable in epoch {epoch + 1} (see the warnings above): "
-                         "check the image folder")
-    return {k: (totals[i] / totals[-1]).item() for i, k in enumerate(keys)}
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, postprocessor: nn.Module, loader: DataLoader, evaluator: CocoEvaluator,
-             device: torch.device, *, amp: bool = False, progress: bool = True) -> tuple[dict, dict[int, dict]]:
-    """COCO bbox metrics over ``loader`` (gathered across processes) plus ``fps``/``latency_ms`` of the
-    whole detector (forward + post-processing, per image). Returns (stats, this process's predictions).
-    Unreadable images are left out of the score; a set with none readable is an error."""
-    model.eval()
-    predictions: dict[int, dict] = {}
-    seconds, images_seen = 0.0, 0
-    for batch in tqdm(loader, desc="eval", disable=not (progress and is_main_process()), dynamic_ncols=True):
-        if batch is None:
-            continue
-        images, mask, targets = batch
-        images, mask = images.to(device), mask.to(device)
-        sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        results = postprocessor(_forward(model, images, mask, device, amp), sizes)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds += time.perf_counter() - start
-        images_seen += len(images)
-        batch_predictions = {t["image_id"]: {k: v.cpu() for k, v in r.items()} for t, r in zip(targets, results)}
-        evaluator.update(batch_predictions)
-        predictions.update(batch_predictions)
-    evaluator.synchronize()
-    if not evaluator.image_ids:
-        raise ValueError("every evaluation image was unreadable (see the warnings above): nothing to score")
-    stats = evaluator.summarize()
-    fps = images_seen / seconds if seconds > 0 else 0.0
-    stats.update(fps=fps, latency_ms=1000.0 / fps if fps else 0.0)
-    return stats, predictions
 
 
 def _loader(dataset: CocoDetection | EpochSeeded, batch_size: int, num_workers: int, train: bool, seed: int) -> DataLoader:
@@ -439,7 +294,7 @@ def _train_epochs(run: _Run, start_epoch: int, position: EpochPosition | None, s
             record.update({k: stats[k] for k in PRINTED}, fps=stats["fps"])
         _save(run, run.checkpoint(epoch), record)
         epochs.update(label=f"loss {train_stats['loss']:.3f}" + (f", AP {fmt(100 * stats['AP'])}" if "AP" in record else ""))
-        if _agree(False, stop.requested, run.device)[1] and epoch + 1 < config.epochs:
+        if agree(False, stop.requested, run.device)[1] and epoch + 1 < config.epochs:
             epochs.close()
             raise KeyboardInterrupt
     epochs.close()

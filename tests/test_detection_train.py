@@ -157,8 +157,8 @@ def _dies_on_call(function, call: int):
 
 # (engine function, the call on which the run dies): mid-epoch (2 optimizer steps per epoch: call 3 is the
 # first step of epoch 1), during the evaluation after epoch 1, while writing epoch 1's checkpoint.
-KILL_POINTS = {"mid-epoch": ("_optimizer_step", 3), "in evaluation": ("evaluate", -1),
-               "writing the checkpoint": ("atomic_torch_save", 2)}
+KILL_POINTS = {"mid-epoch": ("epoch", "_optimizer_step", 3), "in evaluation": ("engine", "evaluate", -1),
+               "writing the checkpoint": ("engine", "atomic_torch_save", 2)}
 KILLS = [("mid-epoch", 1), ("in evaluation", 1), ("mid-epoch", 100), ("writing the checkpoint", 100)]
 _STRAIGHT: dict[int, dict] = {}
 
@@ -169,7 +169,7 @@ def test_killed_anywhere_then_run_again_gives_bitwise_equal_weights(tmp_path_fac
     """CPU, fixed seed: a run killed at any point and started again with the same command ends with exactly
     the weights and optimizer state of a run that was never interrupted (with and without evaluation
     between epochs: evaluation has its own RNG and does not move the training stream)."""
-    from detection import engine
+    from detection import engine, epoch
 
     data = tmp_path_factory.mktemp("kill_data")
     paths = make_tiny_coco(data, num_images=2, size=(48, 64), seed=3, max_objects=2)
@@ -179,11 +179,12 @@ def test_killed_anywhere_then_run_again_gives_bitwise_equal_weights(tmp_path_fac
     if eval_every not in _STRAIGHT:
         train(**config, out=str(data / "straight"))
         _STRAIGHT[eval_every] = _state(data / "straight" / "checkpoint.pth")
-    name, call = KILL_POINTS[kill]
+    module, name, call = KILL_POINTS[kill]
+    module = {"engine": engine, "epoch": epoch}[module]
     evaluations = 2 if eval_every == 1 else 1
     out = str(tmp_path_factory.mktemp("killed"))
     with monkeypatch.context() as patch:
-        patch.setattr(engine, name, _dies_on_call(getattr(engine, name), evaluations if call == -1 else call))
+        patch.setattr(module, name, _dies_on_call(getattr(module, name), evaluations if call == -1 else call))
         with pytest.raises(Killed):
             train(**config, out=out)
     train(**config, out=out)  # the same command again: resumes from the last checkpoint by itself
@@ -278,7 +279,7 @@ def test_ctrl_c_mid_epoch_saves_the_steps_taken_and_the_run_resumes_exactly(tmp_
     """Ctrl-C after some optimizer steps of an epoch: the checkpoint holds those steps and where the epoch stands;
     the same command again ends with bitwise the weights, Adam moments and log of an uninterrupted run (random
     augmentation on, DataLoader workers or not: every sample draws from its own seed)."""
-    from detection import engine
+    from detection import epoch
 
     paths = make_tiny_coco(tmp_path / "data", num_images=6, size=(48, 64), seed=3, max_objects=2)
     paths.pop("root")
@@ -288,7 +289,7 @@ def test_ctrl_c_mid_epoch_saves_the_steps_taken_and_the_run_resumes_exactly(tmp_
     train(**config, out=str(tmp_path / "straight"))
     out = tmp_path / "stopped"
     with monkeypatch.context() as patch:
-        patch.setattr(engine, "_optimizer_step", _sigint_after(engine._optimizer_step, call))
+        patch.setattr(epoch, "_optimizer_step", _sigint_after(epoch._optimizer_step, call))
         with pytest.raises(KeyboardInterrupt):
             train(**config, out=str(out))
     saved = _state(out / "checkpoint.pth")
