@@ -346,3 +346,23 @@ def test_ctrl_c_under_load_stops_quietly_with_code_130_and_the_run_resumes(tmp_p
     assert done.returncode == 0, done.stderr
     assert "resuming" in done.stdout
     assert [r["epoch"] for r in _log(out)] == [0, 1, 2]
+
+
+def test_train_says_its_recipe_and_counts_epochs_of_the_total(tmp_path):
+    """At start: the folder, the recipe it chose and where from; progress: "epoch i of N" (per step) and the
+    overall "epoch k of N" with an ETA; run again with more epochs and --resume: what was already done."""
+    from tests.cli_helpers import run_cli
+
+    paths = _paths(tmp_path / "data")
+    argv = ["detection", "train", "--backbone", "pit_ti", "--train-ann",
+            paths["train_ann"], "--train-images", paths["train_images"], "--val-ann", paths["val_ann"], "--val-images",
+            paths["val_images"], "--out", str(tmp_path / "run"), "--scales", "48", "--max-size", "96",
+            "--test-size", "64", "--workers", "0", "--eval-every", "5", "--model-kwargs", json.dumps(TINY)]
+    code, out, err = run_cli([*argv, "--epochs", "2"])
+    assert code == 0, err
+    assert "note: no --preset given: the official recipe of --arch detr, detr-r50" in out
+    assert "recipe detr-r50: detr, 2 epochs, no lr drop, lr 0.0001 (backbone 1e-05), batch 2 per process" in out
+    assert "epoch 1 of 2" in err and "epoch 2 of 2" in err and "ETA" in err
+    code, out, err = run_cli([*argv, "--epochs", "3", "--resume"])
+    assert code == 0, err
+    assert "2 of 3 epochs done" in out and "epoch 3 of 3" in err and "epoch 1 of 3" not in err
