@@ -52,6 +52,8 @@ def preset_values(read: Callable[[Preset], object]) -> str:
     for name, preset in PRESETS.items():
         value = read(preset)
         groups.setdefault(f"{value:g}" if isinstance(value, float) else str(value), []).append(name)
+    if len(groups) == 1:
+        return f"{next(iter(groups))} (every preset)"
     return "; ".join(f"{value} ({', '.join(names)})" for value, names in groups.items())
 
 
