@@ -3,7 +3,7 @@
     python eval.py detection train --backbone pit_s --backbone-weights pit_s_809.pth --coco /data/coco \
         --epochs 50 --batch-size 2 --out runs/pit_s
     torchrun --nproc_per_node 8 eval.py detection train ...      # DDP, batch size per process
-    python eval.py detection eval --checkpoint runs/pit_s/checkpoint.pth --coco /data/coco --out runs/pit_s
+    python eval.py detection eval --checkpoint runs/pit_s/checkpoint.pth --coco /data/coco --out runs/pit_s-eval
     python eval.py detection eval --checkpoint detr-r50-e632da11.pth --coco /data/coco --out runs/detr_r50
     python eval.py detection convert r50_deformable_detr-checkpoint.pth deformable_suite.pth
     python eval.py detection compare --runs runs/pit_s runs/deit_s runs/r50 --out runs/compare
