@@ -11,7 +11,7 @@ import argparse
 import pytest
 import torch
 
-from detection.official import load_detector, suite_checkpoint
+from detection.load import load_detector, suite_checkpoint
 from detection.official_keys import hf_to_official
 
 transformers = pytest.importorskip("transformers")
