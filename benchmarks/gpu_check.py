@@ -178,7 +178,7 @@ def check_detection_train(device: torch.device, quick: bool, work: Path, timeout
     args = ["detection", "train", "--backbone", "pit_ti", "--arch", arch, "--epochs", "1", "--batch-size", "4",
             "--amp", "--device", str(device), "--out", str(out), "--no-progress"]
     if quick:
-        args += [*_tiny_detection_data(work), "--scales", "48", "--max-size", "96", "--test-size", "64",
+        args += [*_tiny_detection_data(work), "--scales", "96", "--max-size", "128", "--test-size", "96",
                  "--model-kwargs", json.dumps(TINY_DETECTOR)]
     else:
         args += ["--img-scale", "0.4"]
