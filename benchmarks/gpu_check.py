@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -37,8 +38,14 @@ DETERMINISTIC_MEAN_TOL = 1 / 255  # mean |device - cpu| allowed for a determinis
 TINY_DETECTOR = {"hidden_dim": 32, "nheads": 4, "enc_layers": 1, "dec_layers": 2, "dim_feedforward": 64,
              "num_queries": 6}
 PEAK_TAG = "gpu_check peak bytes"
-# runs eval.py in a child process and prints its peak GPU memory on exit
-_CHILD = ("import atexit, runpy, sys, torch\n"
+FP16_ENV = "GPU_CHECK_FP16"
+# runs eval.py in a child process and prints its peak GPU memory on exit; with GPU_CHECK_FP16 set, the
+# suite's mixed-precision policy is made to pick float16 (and so a GradScaler) on CUDA
+_CHILD = ("import atexit, os, runpy, sys, torch\n"
+          f"if os.environ.get({FP16_ENV!r}):\n"
+          "    import common.autocast as policy\n"
+          "    base = policy.amp_dtype\n"
+          "    policy.amp_dtype = lambda d: torch.float16 if torch.device(d).type == 'cuda' else base(d)\n"
           f"atexit.register(lambda: torch.cuda.is_available() and print({PEAK_TAG!r}, "
           "torch.cuda.max_memory_allocated(), flush=True))\n"
           "sys.argv = ['eval.py', *sys.argv[1:]]\n"
@@ -129,18 +136,24 @@ def check_corruptions(device: torch.device, quick: bool) -> dict:
 
 # ---- (2)-(4) the commands, in child processes ----------------------------------------------------------
 
-def run_eval(args: list[str], timeout: float) -> dict:
-    """``python eval.py *args`` in a child process; raises with its stderr tail when it fails."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+def run_eval(args: list[str], timeout: float, fp16: bool = False) -> dict:
+    """``python eval.py *args`` in a child process (``fp16``: autocast in float16 on CUDA); raises with its
+    stderr tail when it fails."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", FP16_ENV: "1" if fp16 else ""}
     cmd = [sys.executable, "-c", _CHILD, *args]
+    # its own process group, so that a timeout also ends its DataLoader workers
+    child = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
     try:
-        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        stdout, stderr = child.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
         raise TimeoutError(f"`eval.py {' '.join(args)}` ran past {timeout:.0f} s") from exc
-    if done.returncode != 0:
-        raise RuntimeError(f"`eval.py {' '.join(args)}` exited {done.returncode}: {done.stderr.strip()[-1500:]}")
-    peak = [line.split()[-1] for line in done.stdout.splitlines() if line.startswith(PEAK_TAG)]
-    return {"command": "python eval.py " + " ".join(args), "stdout_tail": done.stdout.strip()[-600:],
+    if child.returncode != 0:
+        raise RuntimeError(f"`eval.py {' '.join(args)}` exited {child.returncode}: {stderr.strip()[-1500:]}")
+    peak = [line.split()[-1] for line in stdout.splitlines() if line.startswith(PEAK_TAG)]
+    return {"command": "python eval.py " + " ".join(args), "stdout_tail": stdout.strip()[-600:],
             "child_peak_gpu_mib": int(peak[-1]) / 2**20 if peak else None}
 
 
@@ -172,9 +185,13 @@ def _tiny_detection_data(work: Path) -> list[str]:
             "--val-ann", paths["val_ann"], "--val-images", paths["val_images"]]
 
 
-def check_detection_train(device: torch.device, quick: bool, work: Path, timeout: float, arch: str) -> dict:
-    """One epoch of ``detection train --amp`` (pit_ti backbone) on the built-in set, or a tiny one with --quick."""
-    out = work / f"train-{arch}"
+def check_detection_train(device: torch.device, quick: bool, work: Path, timeout: float, arch: str,
+                          fp16: bool = False) -> dict:
+    """One epoch of ``detection train --amp`` (pit_ti backbone) on the built-in set, or a tiny one with --quick;
+    ``fp16``: float16 autocast with a GradScaler instead of the policy's bfloat16 (CUDA only)."""
+    if fp16 and device.type != "cuda":
+        raise Skipped("float16 autocast with a GradScaler is a CUDA path")
+    out = work / f"train-{arch}{'-fp16' if fp16 else ''}"
     args = ["detection", "train", "--backbone", "pit_ti", "--arch", arch, "--epochs", "1", "--batch-size", "4",
             "--amp", "--device", str(device), "--out", str(out), "--no-progress"]
     if quick:
@@ -182,7 +199,7 @@ def check_detection_train(device: torch.device, quick: bool, work: Path, timeout
                  "--model-kwargs", json.dumps(TINY_DETECTOR)]
     else:
         args += ["--img-scale", "0.4"]
-    record = run_eval(args, timeout)
+    record = run_eval(args, timeout, fp16)
     record["eval"] = _numbers(json.loads((out / "eval.json").read_text()))
     return record
 
@@ -265,8 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda", help="cuda (default), cuda:1, or cpu for a smoke test")
     p.add_argument("--quick", action="store_true", help="tiny sizes and sets: every section starts, in a few minutes")
     p.add_argument("--out", type=Path, default=Path("runs/gpu_check.json"), help="the JSON written")
-    p.add_argument("--timeout", type=float, default=150, help="seconds allowed to each eval.py child process")
+    p.add_argument("--timeout", type=float, default=120, help="seconds allowed to each eval.py child process")
+    p.add_argument("--budget", type=float, help="seconds for the whole check: sections that would start later are "
+                   "skipped and child processes end by then (default 230; 900 with --quick)")
     args = p.parse_args(argv)
+    budget = args.budget or (900 if args.quick else 230)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print(f"error: --device {args.device} but CUDA is not available here; use --device cpu --quick",
@@ -274,18 +294,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     report: dict[str, Any] = {"environment": _environment(device), "quick": args.quick, "sections": {}}
     start = time.perf_counter()
+
+    def timeout() -> float:
+        return max(1.0, min(args.timeout, budget - (time.perf_counter() - start)))
+
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
         work = Path(tmp)
         sections: dict[str, Callable[[], dict]] = {
             "corruptions_vs_cpu": lambda: check_corruptions(device, args.quick),
-            "robustness_cli": lambda: check_robustness(device, args.quick, work, args.timeout),
-            "detection_train_detr": lambda: check_detection_train(device, args.quick, work, args.timeout, "detr"),
+            "robustness_cli": lambda: check_robustness(device, args.quick, work, timeout()),
+            "detection_train_detr": lambda: check_detection_train(device, args.quick, work, timeout(), "detr"),
+            "detection_train_detr_fp16":
+                lambda: check_detection_train(device, args.quick, work, timeout(), "detr", fp16=True),
             "detection_train_deformable":
-                lambda: check_detection_train(device, args.quick, work, args.timeout, "deformable"),
-            "coco_c_cells": lambda: check_coco_c(device, args.quick, work, args.timeout),
+                lambda: check_detection_train(device, args.quick, work, timeout(), "deformable"),
+            "coco_c_cells": lambda: check_coco_c(device, args.quick, work, timeout()),
             "throughput": lambda: check_throughput(device, args.quick),
         }
         for name, fn in sections.items():
+            if time.perf_counter() - start > budget:
+                fn = _over_budget(budget)
             report["sections"][name] = run_section(name, fn, device)
     report["seconds"] = round(time.perf_counter() - start, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -293,6 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     _print_summary(report)
     print(f"wrote {args.out}")
     return 1 if any(s["status"] == "failed" for s in report["sections"].values()) else 0
+
+
+def _over_budget(budget: float) -> Callable[[], dict]:
+    def skip() -> dict:
+        raise Skipped(f"the {budget:.0f} s budget was spent before this section (--budget)")
+    return skip
 
 
 def _print_summary(report: dict) -> None:
