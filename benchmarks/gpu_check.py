@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -112,7 +113,27 @@ def _compare_one(x: torch.Tensor, name: str, severities: list[int], device: torc
         worst_max, worst_mean = max(worst_max, diff.max().item()), max(worst_mean, diff.mean().item())
     g = torch.Generator(device).manual_seed(0)
     seconds = time_call(lambda: corrupt(x_dev, name, 3, g), min_run_time=0.2, warmup=1)
-    return {"max_abs_diff": worst_max, "mean_abs_diff": worst_mean, "ms_per_image": 1e3 * seconds / len(x)}
+    half = corrupt(x_dev.bfloat16(), name, 3, torch.Generator(device).manual_seed(3))
+    if half.dtype != torch.bfloat16 or not bool(torch.isfinite(half).all()):
+        raise FloatingPointError(f"bfloat16 input gave {half.dtype} output or non-finite pixels")
+    full = corrupt(x_dev.bfloat16().float(), name, 3, torch.Generator(device).manual_seed(3))
+    return {"max_abs_diff": worst_max, "mean_abs_diff": worst_mean, "ms_per_image": 1e3 * seconds / len(x),
+            "bf16_mean_abs_diff_vs_fp32": (half.float() - full).abs().mean().item(),
+            "host_syncs": _host_syncs(lambda: corrupt(x_dev, name, 3, g), device)}
+
+
+def _host_syncs(fn: Callable[[], Any], device: torch.device) -> int | None:
+    """How many device-to-host synchronisations ``fn()`` makes (CUDA's sync debug mode), None off CUDA."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def check_corruptions(device: torch.device, quick: bool) -> dict:
@@ -241,10 +262,10 @@ def check_throughput(device: torch.device, quick: bool) -> dict:
     min_time = 0.1 if quick else 2.0
     h, w = (128, 160) if quick else (800, 1333)
     models = {
-        "pit_s_224_b64": (lambda: create_model("pit_s"), (torch.rand(2 if quick else 64, 3, 224, 224),)),
-        "detr_r50_800x1333_b1": (lambda: build_detector("detr", backbone="resnet50", num_classes=91),
+        "pit_s": (lambda: create_model("pit_s"), (torch.rand(2 if quick else 64, 3, 224, 224),)),
+        "detr_r50": (lambda: build_detector("detr", backbone="resnet50", num_classes=91),
                                  (torch.rand(1, 3, h, w), torch.zeros(1, h, w, dtype=torch.bool))),
-        "deformable_r50_800x1333_b1": (lambda: build_detector("deformable", backbone="resnet50", num_classes=91),
+        "deformable_detr_r50": (lambda: build_detector("deformable", backbone="resnet50", num_classes=91),
                                        (torch.rand(1, 3, h, w), torch.zeros(1, h, w, dtype=torch.bool))),
     }
     results, failures = {}, []
@@ -340,10 +361,11 @@ def _print_summary(report: dict) -> None:
         if "error" not in r:
             kind = "det" if name in DETERMINISTIC else "rnd"
             print(f"    {name:18s} {kind} max {r['max_abs_diff'] * 255:7.2f}/255 mean {r['mean_abs_diff'] * 255:6.3f}/255"
-                  f" {r['ms_per_image']:8.3f} ms/img")
+                  f" {r['ms_per_image']:8.3f} ms/img  host syncs {r['host_syncs']}")
     for name, r in report["sections"]["throughput"].get("results", {}).items():
         if isinstance(r, dict) and "fp32" in r:
-            print(f"    {name:28s} fp32 {r['fp32']:9.1f} img/s  bf16 {r['bf16']:9.1f} img/s")
+            print(f"    {name:20s} {'x'.join(map(str, r['input'])):16s} fp32 {r['fp32']:9.1f} img/s  "
+                  f"bf16 {r['bf16']:9.1f} img/s")
 
 
 if __name__ == "__main__":
