@@ -360,8 +360,9 @@ def _print_summary(report: dict) -> None:
     for name, r in corr.items():
         if "error" not in r:
             kind = "det" if name in DETERMINISTIC else "rnd"
-            print(f"    {name:18s} {kind} max {r['max_abs_diff'] * 255:7.2f}/255 mean {r['mean_abs_diff'] * 255:6.3f}/255"
-                  f" {r['ms_per_image']:8.3f} ms/img  host syncs {r['host_syncs']}")
+            print(f"    {name:18s} {kind} max {r['max_abs_diff'] * 255:7.2f}/255 "
+                  f"mean {r['mean_abs_diff'] * 255:6.3f}/255 {r['ms_per_image']:8.3f} ms/img  "
+                  f"host syncs {r['host_syncs']}")
     for name, r in report["sections"]["throughput"].get("results", {}).items():
         if isinstance(r, dict) and "fp32" in r:
             print(f"    {name:20s} {'x'.join(map(str, r['input'])):16s} fp32 {r['fp32']:9.1f} img/s  "
