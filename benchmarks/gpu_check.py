@@ -73,16 +73,17 @@ def run_section(name: str, fn: Callable[[], dict], device: torch.device) -> dict
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     try:
-        record: dict[str, Any] = {"status": "ok", "results": fn()}
+        results = fn()
+        _sync(device)
+        # a command section reports its child process's peak; the others this process's
+        peak = results.pop("child_peak_gpu_mib") if "child_peak_gpu_mib" in results else _peak_mib(device)
+        record: dict[str, Any] = {"status": "ok", "results": results, "peak_gpu_mib": peak}
     except Skipped as exc:
-        record = {"status": "skipped", "error": str(exc)}
+        record = {"status": "skipped", "error": str(exc), "peak_gpu_mib": None}
     except Exception as exc:  # every failure is recorded, the other sections still run
-        record = {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
+        record = {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "peak_gpu_mib": None,
                   "traceback": traceback.format_exc()[-3000:]}
-    _sync(device)
     record["seconds"] = round(time.perf_counter() - start, 2)
-    child_peak = record.get("results", {}).pop("child_peak_gpu_mib", None) if "results" in record else None
-    record["peak_gpu_mib"] = child_peak if child_peak is not None else _peak_mib(device)
     if record["status"] == "ok" and record["results"].get("failures"):
         record["status"] = "failed"
         record["error"] = "; ".join(record["results"]["failures"])
@@ -261,12 +262,12 @@ def check_throughput(device: torch.device, quick: bool) -> dict:
 
     min_time = 0.1 if quick else 2.0
     h, w = (128, 160) if quick else (800, 1333)
+    detector_inputs = (torch.rand(1, 3, h, w), torch.zeros(1, h, w, dtype=torch.bool))  # mask True = padding
     models = {
         "pit_s": (lambda: create_model("pit_s"), (torch.rand(2 if quick else 64, 3, 224, 224),)),
-        "detr_r50": (lambda: build_detector("detr", backbone="resnet50", num_classes=91),
-                                 (torch.rand(1, 3, h, w), torch.zeros(1, h, w, dtype=torch.bool))),
+        "detr_r50": (lambda: build_detector("detr", backbone="resnet50", num_classes=91), detector_inputs),
         "deformable_detr_r50": (lambda: build_detector("deformable", backbone="resnet50", num_classes=91),
-                                       (torch.rand(1, 3, h, w), torch.zeros(1, h, w, dtype=torch.bool))),
+                                detector_inputs),
     }
     results, failures = {}, []
     for name, (build, inputs) in models.items():
@@ -295,6 +296,7 @@ def _environment(device: torch.device) -> dict:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["bf16_native"] = torch.cuda.is_bf16_supported(including_emulation=False)
+        info["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
     return info
 
 
