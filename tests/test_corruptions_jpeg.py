@@ -26,7 +26,7 @@ def _pil_bytes(image: np.ndarray, quality: int) -> bytes:
 
 
 def _pil_pixels(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return np.array(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 @pytest.mark.parametrize("quality", QUALITY)
