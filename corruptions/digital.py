@@ -92,8 +92,9 @@ def jpeg_bytes(images: torch.Tensor, quality: int) -> list[bytes]:
 
 
 def jpeg_decode(files: list[bytes]) -> torch.Tensor:
-    """Decode same-sized JPEG files with PIL (libjpeg) into a (B, 3, H, W) uint8 CPU tensor."""
-    return torch.from_numpy(np.stack(_map(_decode, files))).permute(0, 3, 1, 2)
+    """Decode same-sized JPEG files with PIL (libjpeg) into a (B, H, W, 3) uint8 CPU tensor (channels last,
+    as decoded)."""
+    return torch.from_numpy(np.stack(_map(_decode, files)))
 
 
 def _encode(image: np.ndarray, quality: int) -> bytes:
@@ -125,9 +126,10 @@ def jpeg_compression(x: torch.Tensor, severity: int, generator: torch.Generator 
     quality = [25, 18, 15, 10, 7][severity - 1]
     if x.shape[0] == 0:
         return x.clone()
-    u8 = (x.float() * 255).round().clamp(0, 255).to(torch.uint8)
-    decoded = jpeg_decode(jpeg_bytes(u8, quality))
-    return decoded.to(x.device).to(x.dtype) / 255
+    u8 = x.float().mul(255).round_().clamp_(0, 255).to(torch.uint8)
+    decoded = jpeg_decode(jpeg_bytes(u8, quality)).to(x.device)  # uint8 crosses to the device
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    return out.copy_(decoded.permute(0, 3, 1, 2)).div_(255)
 
 
 def elastic_transform(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> torch.Tensor:

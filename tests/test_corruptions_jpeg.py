@@ -40,9 +40,9 @@ def test_bytes_equal_pil_encoder(quality):
 def test_decode_equals_pil_decoder():
     files = [_pil_bytes(_photo(), q) for q in (25, 7)]
     decoded = jpeg_decode(files)
-    assert decoded.dtype == torch.uint8 and decoded.shape == (2, 3, 96, 72)
+    assert decoded.dtype == torch.uint8 and decoded.shape == (2, 96, 72, 3)
     for got, data in zip(decoded, files):
-        assert np.array_equal(got.permute(1, 2, 0).numpy(), _pil_pixels(data))
+        assert np.array_equal(got.numpy(), _pil_pixels(data))
 
 
 @pytest.mark.parametrize("severity", range(1, 6))
