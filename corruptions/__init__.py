@@ -1,4 +1,4 @@
-"""ImageNet-C corruptions as batched torch ops on the input's device.
+"""ImageNet-C corruptions as batched torch ops on the input's device (the JPEG codec runs on the CPU).
 
 ``corrupt(images, name, severity, generator=None)`` (one generator, or one per image) takes (B, 3, H, W) float images in [0, 1] and
 returns the corrupted batch with the same shape, dtype and device, clamped to [0, 1]. Parameters per

@@ -5,6 +5,7 @@ All functions take and return float tensors of shape (B, C, H, W) on the input's
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Sequence
 
@@ -30,9 +31,17 @@ def gaussian_blur(x: torch.Tensor, sigma: float | tuple[float, float], truncate:
     """
     sy, sx = (sigma, sigma) if isinstance(sigma, (int, float)) else sigma
     h, w = x.shape[-2:]
-    my = _band_matrix(gaussian_kernel1d(sy, truncate, x.device), h, mode).to(x.dtype)
-    mx = _band_matrix(gaussian_kernel1d(sx, truncate, x.device), w, mode).to(x.dtype)
+    my = _gaussian_band(float(sy), truncate, h, mode, x.device, x.dtype)
+    mx = _gaussian_band(float(sx), truncate, w, mode, x.device, x.dtype)
     return torch.matmul(my, torch.matmul(x, mx.T))
+
+
+@functools.lru_cache(maxsize=64)
+def _gaussian_band(sigma: float, truncate: float, n: int, mode: str, device: torch.device,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """The (n, n) blur matrix of :func:`_band_matrix`, built on the CPU (accumulating ``index_put_`` is
+    not bitwise reproducible on CUDA) and cached per size and device."""
+    return _band_matrix(gaussian_kernel1d(sigma, truncate, torch.device("cpu")), n, mode).to(device, dtype)
 
 
 def _band_matrix(kernel: torch.Tensor, n: int, mode: str) -> torch.Tensor:
@@ -106,7 +115,8 @@ def motion_blur(x: torch.Tensor, radius: int, sigma: float, angle: torch.Tensor)
     """
     b, c, h, w = x.shape
     width = 2 * radius + 1
-    t = torch.arange(width, device=x.device, dtype=torch.float32)
+    angle = angle.cpu()  # the taps are built on the CPU: one host sync, reproducible accumulation
+    t = torch.arange(width, dtype=torch.float32)
     kernel = torch.exp(-t ** 2 / (2 * sigma ** 2))
     kernel = kernel / kernel.sum()
     rad = torch.deg2rad(angle.float())
@@ -120,11 +130,11 @@ def motion_blur(x: torch.Tensor, radius: int, sigma: float, angle: torch.Tensor)
     top, bottom = max(int(dy.max()), 0), max(-int(dy.min()), 0)
     left, right = max(int(dx.max()), 0), max(-int(dx.min()), 0)
     xp = F.pad(x, (left, right, top, bottom), mode="replicate")
-    taps = torch.zeros(b, top + bottom + 1, left + right + 1, device=x.device, dtype=torch.float32)
+    taps = torch.zeros(b, top + bottom + 1, left + right + 1, dtype=torch.float32)
     weights = torch.where(active, kernel[:, None], torch.zeros_like(kernel[:, None]))
-    batch = torch.arange(b, device=x.device).expand(width, b)
+    batch = torch.arange(b).expand(width, b)
     taps.index_put_((batch, top - dy, left - dx), weights, accumulate=True)
-    return _correlate_valid(xp, taps[:, None].to(x.dtype), (h, w))
+    return _correlate_valid(xp, taps[:, None].to(x.device, x.dtype), (h, w))
 
 
 Generators = "torch.Generator | Sequence[torch.Generator] | None"

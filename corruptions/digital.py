@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import io
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, TypeVar
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from . import _filters
 from ._filters import uniform
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 def brightness(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -72,14 +81,55 @@ def pixelate(x: torch.Tensor, severity: int, generator: torch.Generator | None) 
     return F.interpolate(small, size=(h, w), mode="nearest-exact")
 
 
+def jpeg_bytes(images: torch.Tensor, quality: int) -> list[bytes]:
+    """PIL's JPEG encoding (libjpeg, baseline, 4:2:0 chroma) of a (B, 3, H, W) uint8 batch, one file per image.
+
+    Runs on the CPU for any input device: the same bytes everywhere, equal to ``Image.save(buf, "JPEG",
+    quality=quality)`` as used by ``imagecorruptions`` and the stored ImageNet-C.
+    """
+    hwc = images.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    return _map(lambda a: _encode(a, quality), list(hwc))
+
+
+def jpeg_decode(files: list[bytes]) -> torch.Tensor:
+    """Decode same-sized JPEG files with PIL (libjpeg) into a (B, H, W, 3) uint8 CPU tensor (channels last,
+    as decoded)."""
+    return torch.from_numpy(np.stack(_map(_decode, files)))
+
+
+def _encode(image: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _decode(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _map(fn: Callable[[_T], _R], items: list[_T]) -> list[_R]:
+    """``fn`` over ``items`` in up to ``torch.get_num_threads()`` threads (PIL's codec releases the GIL)."""
+    workers = min(torch.get_num_threads(), len(items))
+    if workers <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
+
+
 def jpeg_compression(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> torch.Tensor:
-    """JPEG at the reference's quality through torchvision.io (GPU codec for CUDA tensors)."""
-    from torchvision.io import decode_jpeg, encode_jpeg
+    """Round trip through PIL's JPEG codec at the reference's quality: pixels equal to ``imagecorruptions``.
+
+    The image is quantised to uint8 (round half to even of x * 255), encoded and decoded on the CPU, and
+    returned on ``x``'s device, so every device gets the same bytes and pixels.
+    """
     quality = [25, 18, 15, 10, 7][severity - 1]
-    u8 = (x * 255).round().clamp(0, 255).to(torch.uint8)
-    encoded = encode_jpeg(list(u8.unbind(0)), quality=quality)
-    decoded = decode_jpeg(encoded, device=x.device)
-    return torch.stack(decoded).to(x.dtype) / 255
+    if x.shape[0] == 0:
+        return x.clone()
+    u8 = x.float().mul(255).round_().clamp_(0, 255).to(torch.uint8)
+    decoded = jpeg_decode(jpeg_bytes(u8, quality)).to(x.device)  # uint8 crosses to the device
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    return out.copy_(decoded.permute(0, 3, 1, 2)).div_(255)
 
 
 def elastic_transform(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -89,13 +89,14 @@ def frost(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> 
     """Blend with a randomly chosen and cropped frost photo (one of the first five, like the reference)."""
     a, bw = [(1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75)][severity - 1]
     b, _, h, w = x.shape
-    choice = torch.floor(uniform((b,), 0, 5, x, generator)).long().clamp(max=4)
+    choice = torch.floor(uniform((b,), 0, 5, x, generator)).long().clamp(max=4).cpu()  # one host sync
     u = uniform((2, b), 0, 1, x, generator, 1)  # images along dim 1
     layer = torch.empty_like(x)
     for k in range(5):
         sel = (choice == k).nonzero().flatten()
         if sel.numel() == 0:
             continue
+        sel = sel.to(x.device)
         img = _frost_resized(k, h, w, x.device)
         nh, nw = img.shape[-2:]
         top = (u[0, sel] * (nh - h)).long()

@@ -47,6 +47,16 @@ def _deformable() -> Architecture:
                         ("dec_layers", "aux_loss", "two_stage"))
 
 
+def check_detector_args(num_classes: int, hidden_dim: int, nheads: int, num_queries: int) -> None:
+    """The argument checks shared by every detector builder (DETR and Deformable DETR)."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be ≥ 1, got {num_classes}")
+    if num_queries < 1:
+        raise ValueError(f"num_queries must be ≥ 1, got {num_queries}")
+    if hidden_dim % 2 or hidden_dim % nheads:
+        raise ValueError(f"hidden_dim ({hidden_dim}) must be even and divisible by nheads ({nheads})")
+
+
 ARCHS: dict[str, Callable[[], Architecture]] = {"detr": _detr, "deformable": _deformable}
 
 

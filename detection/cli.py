@@ -3,7 +3,7 @@
     python eval.py detection train --backbone pit_s --backbone-weights pit_s_809.pth --coco /data/coco \
         --epochs 50 --batch-size 2 --out runs/pit_s
     torchrun --nproc_per_node 8 eval.py detection train ...      # DDP, batch size per process
-    python eval.py detection eval --checkpoint runs/pit_s/checkpoint.pth --coco /data/coco --out runs/pit_s
+    python eval.py detection eval --checkpoint runs/pit_s/checkpoint.pth --coco /data/coco --out runs/pit_s-eval
     python eval.py detection eval --checkpoint detr-r50-e632da11.pth --coco /data/coco --out runs/detr_r50
     python eval.py detection convert r50_deformable_detr-checkpoint.pth deformable_suite.pth
     python eval.py detection compare --runs runs/pit_s runs/deit_s runs/r50 --out runs/compare
@@ -14,19 +14,26 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from pathlib import Path
+from typing import Callable
 
 from common.options import non_negative_float, non_negative_int, positive_float, positive_int
-from common.rundir import announce, default_out, note
+from common.rundir import default_out, note
 from common.synthetic import DetectionSpec
+from common.vocabulary import SHARED_FLAGS, add_shared_flags, parse_corruptions, parse_severities
 from pit import default_weights
 from pit.hub import cached_pretrained_file
 from detection.build import ARCHS
 from detection.config import DetectionTrainConfig
-from detection.presets import ARCH_DEFAULT, LABEL_SPACES, PRESETS, get_preset
+from detection.presets import ARCH_DEFAULT, LABEL_SPACES, PRESETS, Preset
 
-OPTIMISER_FIELDS = ("epochs", "batch_size", "lr", "lr_backbone", "weight_decay", "clip_max_norm", "lr_drop", "label_space")
+POSITIVE_INT, NON_NEGATIVE_INT = positive_int, non_negative_int
+POSITIVE, NON_NEGATIVE = positive_float, non_negative_float
+
 BUILTIN_DATA = DetectionSpec()  # the generated set used when no --coco / paths are given
+# Flags passed to DetectionTrainConfig under their own name when given (unset = the recipe's / the field default).
+CONFIG_FLAGS = ("arch", "preset", "label_space", "epochs", "batch_size", "lr", "lr_backbone", "weight_decay",
+                "clip_max_norm", "lr_drop", "scales", "max_size", "test_size", "img_scale", "accum_steps", "seed",
+                "eval_every", "device", "finetune")
 
 
 def _json_object(flag: str, text: str, example: str) -> dict:
@@ -39,25 +46,19 @@ def _json_object(flag: str, text: str, example: str) -> dict:
     return value
 
 
-def resolve_train_options(args: argparse.Namespace) -> tuple[dict, dict]:
-    """Training keywords and model keywords from the flags, then the ``--preset`` (default: the official
-    recipe of ``--arch``, DETR's without either), in that order."""
-    model_kwargs = _json_object("--model-kwargs", args.model_kwargs, '{"num_queries": 50}')
-    loss_kwargs = _json_object("--loss-kwargs", args.loss_kwargs, '{"cls_loss_coef": 5}')
-    name = args.preset or ARCH_DEFAULT[args.arch or "detr"]
-    preset = get_preset(name)
-    if args.arch not in (None, preset.arch):
-        raise ValueError(f"--preset {name} is a {preset.arch} recipe: drop --arch {args.arch} or use --arch {preset.arch}")
-    options = {"arch": preset.arch, "preset": name, "img_scale": 1.0,
-               **{k: getattr(preset, k) for k in OPTIMISER_FIELDS}}
-    for key in options:
-        if getattr(args, key, None) is not None:
-            options[key] = getattr(args, key)
-    return {**options, "loss_kwargs": loss_kwargs}, {**preset.model_kwargs, **model_kwargs}
+def preset_values(read: Callable[[Preset], object]) -> str:
+    """``read(preset)`` of every preset, equal values grouped: ``"300 (detr-r50); 50 (deformable, ...)"``."""
+    groups: dict[str, list[str]] = {}
+    for name, preset in PRESETS.items():
+        value = read(preset)
+        groups.setdefault(f"{value:g}" if isinstance(value, float) else str(value), []).append(name)
+    if len(groups) == 1:
+        return f"{next(iter(groups))} (every preset)"
+    return "; ".join(f"{value} ({', '.join(names)})" for value, names in groups.items())
 
 
-POSITIVE_INT, NON_NEGATIVE_INT = positive_int, non_negative_int
-POSITIVE, NON_NEGATIVE = positive_float, non_negative_float
+def _recipe_help(read: Callable[[Preset], object], what: str = "") -> str:
+    return f"{what}default: the preset's, " + preset_values(read)
 
 
 def _data_args(p: argparse.ArgumentParser, train: bool) -> None:
@@ -78,78 +79,92 @@ def _convert_args(sub) -> None:
 
 
 def _run_args(t: argparse.ArgumentParser) -> None:
-    """``detection train``'s run group: resume / overwrite / fine-tune, device, workers, seed, evaluation."""
+    """``detection train``'s run group: the shared flags, fine-tuning and evaluation."""
     r = t.add_argument_group("run")
-    r.add_argument("--resume", help="checkpoint to continue exactly (the same command on the same --out resumes by itself)")
-    r.add_argument("--overwrite", action="store_true", help="start the run in --out over, discarding its checkpoint")
+    add_shared_flags(r, "overwrite", "device", "workers", "progress")
+    add_shared_flags(r, "seed", seed=42)
+    r.add_argument("--resume", nargs="?", const=True, default=False, metavar="FILE",
+                   help=SHARED_FLAGS["--resume"] + "; with FILE: continue from that checkpoint")
     r.add_argument("--finetune", help="detector to start from (any --checkpoint format of eval, e.g. an official "
                                       "DETR .pth); a class head of another size is re-initialised with a warning")
-    r.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
-    r.add_argument("--num-workers", type=NON_NEGATIVE_INT)
-    r.add_argument("--seed", type=int)
     r.add_argument("--eval-every", type=POSITIVE_INT, help="evaluate every N epochs (and after the last; default 1)")
-    r.add_argument("--no-progress", action="store_true")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+def _optimisation_args(t: argparse.ArgumentParser) -> None:
+    o = t.add_argument_group("optimisation (unset = the preset's value)")
+    o.add_argument("--epochs", type=POSITIVE_INT, help=_recipe_help(lambda p: p.epochs))
+    o.add_argument("--batch-size", type=POSITIVE_INT, help=_recipe_help(lambda p: p.batch_size, "per process; "))
+    o.add_argument("--lr", type=POSITIVE, help=_recipe_help(lambda p: p.lr))
+    o.add_argument("--lr-backbone", type=NON_NEGATIVE, help=_recipe_help(lambda p: p.lr_backbone))
+    o.add_argument("--weight-decay", type=NON_NEGATIVE, help=_recipe_help(lambda p: p.weight_decay))
+    o.add_argument("--clip-max-norm", type=NON_NEGATIVE, help=_recipe_help(lambda p: p.clip_max_norm, "gradient-norm clip, 0 = off; "))
+    o.add_argument("--lr-drop", type=POSITIVE_INT,
+                   help=_recipe_help(lambda p: p.lr_drop, "epoch after which lr is multiplied by 0.1; "))
+    o.add_argument("--accum-steps", type=POSITIVE_INT, help="gradient accumulation steps (default 1)")
+    add_shared_flags(o, "amp")
+    s = t.add_argument_group("image sizes (unset = the preset's)")
+    s.add_argument("--scales", type=POSITIVE_INT, nargs="+",
+                   help=_recipe_help(lambda p: _span(p.sizes.train_scales), "training short sides; "))
+    s.add_argument("--max-size", type=POSITIVE_INT, help=_recipe_help(lambda p: p.sizes.max_size, "longest side; "))
+    s.add_argument("--test-size", type=POSITIVE_INT, help=_recipe_help(lambda p: p.sizes.test_size, "test short side; "))
+    s.add_argument("--img-scale", type=POSITIVE, help="multiply every size by this, e.g. 0.5 for small machines (default 1)")
+
+
+def _span(values: tuple[int, ...]) -> str:
+    return f"{min(values)}..{max(values)}" if len(values) > 1 else str(values[0])
+
+
+def _train_args(sub) -> None:
     t = sub.add_parser("train", help="train a detector (resumable; torchrun for DDP)")
     t.add_argument("--backbone", required=True, help="pit_s, deit_small_patch16_224, resnet50, or any timm name")
     t.add_argument("--backbone-weights", help="local backbone checkpoint (PiT .pth, timm, DeiT, safetensors)")
-    t.add_argument("--arch", choices=sorted(ARCHS), help="detector head (default: detr; deformable with --preset)")
+    t.add_argument("--arch", choices=sorted(ARCHS),
+                   help="detector head; default: the --preset's, else detr (recipe: "
+                        + ", ".join(f"--arch {a} = {p}" for a, p in ARCH_DEFAULT.items()) + ")")
     t.add_argument("--preset", choices=sorted(PRESETS),
-                   help="a published recipe (docs/detection.md): detr-r50, deformable, deformable-refine, "
-                        "deformable-two-stage, paper (the PiT paper's half-resolution Deformable DETR); default: "
-                        "the official recipe of --arch; flags given explicitly override it")
+                   help="a published recipe (docs/detection.md): " + ", ".join(PRESETS) + "; default: the official "
+                        "recipe of --arch; flags given explicitly override it")
     t.add_argument("--label-space", choices=LABEL_SPACES,
-                   help="head rows: coco-ids (row = category id, as the official heads; default of the official "
-                        "presets) or contiguous (0..K-1, for custom datasets)")
+                   help="head rows: coco-ids (row = category id, as the official heads) or contiguous (0..K-1); "
+                        + _recipe_help(lambda p: p.label_space))
     _data_args(t, train=True)
-    t.add_argument("--out", help="run folder (run.json, log.jsonl, checkpoint.pth, eval.json); default "
-                                 "runs/detection-train-BACKBONE, resumed when it holds the same run")
-    o = t.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=POSITIVE_INT, help="default: the preset's (DETR 300, Deformable DETR 50)")
-    o.add_argument("--batch-size", type=POSITIVE_INT, help="per process (default 2)")
-    o.add_argument("--lr", type=POSITIVE, help="default: the preset's (DETR 1e-4, Deformable DETR 2e-4)")
-    o.add_argument("--lr-backbone", type=NON_NEGATIVE, help="default: the preset's (DETR 1e-5, Deformable DETR 2e-5)")
-    o.add_argument("--weight-decay", type=NON_NEGATIVE, help="default 1e-4")
-    o.add_argument("--clip-max-norm", type=NON_NEGATIVE, help="gradient-norm clip, 0 = off (default 0.1)")
-    o.add_argument("--lr-drop", type=POSITIVE_INT,
-                   help="epoch at which lr is multiplied by 0.1 (default: the preset's, DETR 200, Deformable DETR 40)")
-    o.add_argument("--accum-steps", type=POSITIVE_INT, help="gradient accumulation steps (default 1)")
-    o.add_argument("--amp", action="store_true", help="mixed precision with the suite's policy (common.autocast)")
-    s = t.add_argument_group("image sizes")
-    s.add_argument("--scales", type=POSITIVE_INT, nargs="+", help="training short sides (default 480..800 step 32)")
-    s.add_argument("--max-size", type=POSITIVE_INT, help="longest side (default 1333)")
-    s.add_argument("--test-size", type=POSITIVE_INT, help="test short side (default 800)")
-    s.add_argument("--img-scale", type=POSITIVE, help="multiply every size by this, e.g. 0.5 for small machines (default 1)")
+    add_shared_flags(t, "out", out_help="run folder (run.json, log.jsonl, checkpoint.pth, eval.json); default "
+                                        "runs/detection-train-BACKBONE; the same command again resumes it")
+    _optimisation_args(t)
     m = t.add_argument_group("model")
-    m.add_argument("--model-kwargs", default="{}", help='JSON of model keywords, e.g. \'{"hidden_dim": 128, "num_queries": 50}\'')
+    m.add_argument("--model-kwargs", default="{}", help='JSON of model keywords replacing the preset\'s, e.g. '
+                                                        '\'{"hidden_dim": 128, "num_queries": 50}\'')
     m.add_argument("--loss-kwargs", default="{}",
                    help='JSON replacing some of the preset\'s matcher costs / loss weights, e.g. \'{"cls_loss_coef": 5}\'')
     _run_args(t)
 
+
+def _eval_args(sub) -> None:
     e = sub.add_parser("eval", help="COCO bbox mAP, FPS and visualisations of a checkpoint; COCO-C with --corruptions")
     e.add_argument("--checkpoint", required=True, nargs="+",
                    help="a suite checkpoint, an official DETR / Deformable DETR .pth, or a Hugging Face save_pretrained "
                         "folder (several with --corruptions: one mPC/rPC comparison table)")
+    e.add_argument("--label", nargs="+", metavar="NAME",
+                   help="a name per --checkpoint in tables and lines (default: its run folder's name, else its file stem)")
     _data_args(e, train=False)
-    e.add_argument("--out", help="folder for eval.json and vis/ (default runs/detection-eval-RUN)")
-    e.add_argument("--batch-size", type=POSITIVE_INT, default=2)
-    e.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=2)
-    e.add_argument("--device")
+    add_shared_flags(e, "out", out_help="folder for eval.json and vis/ (COCO-C: coco_c.json, report.md); default "
+                                        "runs/detection-eval-RUN; the same command again resumes it")
+    add_shared_flags(e, "overwrite", "resume", "device", "amp", "workers", "progress")
+    add_shared_flags(e, "batch_size", batch_size=2)
     e.add_argument("--save-vis", type=NON_NEGATIVE_INT, default=0, metavar="N",
                    help="draw predictions vs ground truth on N images")
-    e.add_argument("--no-progress", action="store_true")
     cc = e.add_argument_group("COCO-C (docs/detection.md): clean + every corruption x severity cell, mPC and rPC")
-    cc.add_argument("--corruptions", help="'all' (the 15 ImageNet-C corruptions) or names, e.g. fog,snow")
-    cc.add_argument("--severities", help="e.g. 1-5 (default) or 1,3,5")
-    cc.add_argument("--seed", type=int, help="corruption seed (per image and cell; default 0)")
+    add_shared_flags(cc, "corruptions", "severities", "seed")
 
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    _train_args(sub)
+    _eval_args(sub)
     _convert_args(sub)
     c = sub.add_parser("compare", help="markdown table + plot of several run folders")
     c.add_argument("--runs", nargs="+", required=True)
-    c.add_argument("--out", help="folder for compare.md and compare_ap.png")
+    add_shared_flags(c, "out", out_help="folder for compare.md and compare_ap.png")
 
 
 def _data(args: argparse.Namespace, train: bool) -> tuple[dict[str, str], str, int | None]:
@@ -195,48 +210,77 @@ def _backbone_weights(args: argparse.Namespace) -> tuple[str | None, str]:
     return (str(cached) if cached else None), banner
 
 
+def _resume(args: argparse.Namespace) -> dict:
+    """``--resume`` (continue the run in --out) or ``--resume FILE`` (continue from that checkpoint)."""
+    if isinstance(args.resume, str):
+        note(f"--resume {args.resume}: continuing from that checkpoint (the same command on the same --out "
+             "resumes by itself; plain --resume also allows more epochs)")
+        return {"resume_from": args.resume}
+    return {"resume": args.resume}
+
+
 def train_config(args: argparse.Namespace) -> DetectionTrainConfig:
-    """The typed config of ``detection train`` from its flags (preset, then flags; unset = field defaults)."""
-    options, model_kwargs = resolve_train_options(args)
+    """The typed config of ``detection train`` from the flags given (the config resolves the rest from
+    ``--preset``, default the official recipe of ``--arch``)."""
+    model_kwargs = _json_object("--model-kwargs", args.model_kwargs, '{"num_queries": 50}')
+    loss_kwargs = _json_object("--loss-kwargs", args.loss_kwargs, '{"cls_loss_coef": 5}')
+    given = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None}
     paths, data_note, builtin_size = _data(args, train=True)
-    sizes = {"scales": args.scales, "max_size": args.max_size, "test_size": args.test_size}
-    if builtin_size and not any(sizes.values()):  # the generated set's own size, not COCO's 800 px
-        sizes = {"scales": [builtin_size - 16, builtin_size, builtin_size + 16], "max_size": 2 * builtin_size,
-                 "test_size": builtin_size}
+    if builtin_size and not any(k in given for k in ("scales", "max_size", "test_size")):
+        given.update(scales=[builtin_size - 16, builtin_size, builtin_size + 16], max_size=2 * builtin_size,
+                     test_size=builtin_size)  # the generated set's own size, not COCO's 800 px
     weights, weights_note = _backbone_weights(args)
-    run = {k: getattr(args, k) for k in ("accum_steps", "num_workers", "seed", "eval_every") if getattr(args, k) is not None}
     config = DetectionTrainConfig(backbone=args.backbone, **paths, out=args.out or "", backbone_weights=weights,
-                                  **options, **sizes, **run, amp=args.amp, device=args.device, resume=args.resume,
-                                  overwrite=args.overwrite, progress=not args.no_progress, model_kwargs=model_kwargs,
-                                  finetune=args.finetune, data_note=data_note, weights_note=weights_note)
+                                  **given, **_resume(args), amp=args.amp, num_workers=args.workers,
+                                  overwrite=args.overwrite, progress=args.progress, model_kwargs=model_kwargs,
+                                  loss_kwargs=loss_kwargs, data_note=data_note, weights_note=weights_note)
+    if not args.preset:
+        note(f"no --preset given: the official recipe of --arch {config.arch}, {config.preset}")
     if not args.out:
-        from detection.resume import TRAIN_KIND
+        from detection.engine import TRAIN_KIND
 
         out = default_out("detection-train", [args.backbone], TRAIN_KIND, config.options())
         config = dataclasses.replace(config, out=str(out))
     return config
 
 
-def _eval_out(args: argparse.Namespace) -> str:
+def _eval_out(args: argparse.Namespace, options: dict) -> str:
     if args.out:
         return args.out
-    from detection.resume import EVAL_KIND
+    from detection.engine import EVAL_KIND
+    from detection.coco_c import run_name
 
-    checkpoint = Path(args.checkpoint[0])
-    return str(default_out("detection-eval", [checkpoint.parent.name or checkpoint.stem], EVAL_KIND,
-                           {"checkpoint": str(checkpoint.resolve())}))
+    return str(default_out("detection-eval", [run_name(args.checkpoint[0])], EVAL_KIND, options))
 
 
 def _coco_c(args: argparse.Namespace) -> int:
     """``detection eval --corruptions``: COCO-C of one or several checkpoints (``detection.coco_c``)."""
-    from detection.coco_c import KIND, parse_corruptions, parse_severities, run_coco_c
+    from detection.coco_c import KIND, coco_c_options, run_coco_c, run_names
 
-    names, severities, seed = parse_corruptions(args.corruptions), parse_severities(args.severities or "1-5"), args.seed or 0
+    names, severities = parse_corruptions(args.corruptions), parse_severities(args.severities)
+    seed = 0 if args.seed is None else args.seed
     paths, _, _ = _data(args, train=False)
-    out = args.out or str(default_out("detection-coco-c", [Path(c).parent.name or Path(c).stem for c in args.checkpoint],
-                                      KIND, {"checkpoints": [str(Path(c).resolve()) for c in args.checkpoint], "seed": seed}))
+    labels = run_names(args.checkpoint, args.label)
+    out = args.out or str(default_out("detection-coco-c", labels, KIND, coco_c_options(args.checkpoint, seed)))
     run_coco_c(args.checkpoint, None, out, names, severities, seed, args.device, **paths, batch_size=args.batch_size,
-               num_workers=args.num_workers, progress=not args.no_progress)
+               num_workers=args.workers, progress=args.progress, labels=labels, amp=args.amp,
+               resume=args.resume, overwrite=args.overwrite)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from detection.engine import evaluate_checkpoint, eval_options
+
+    if args.severities or args.seed is not None:
+        raise ValueError("--severities and --seed choose COCO-C cells: add --corruptions all (or names)")
+    if len(args.checkpoint) > 1:
+        raise ValueError("several --checkpoint values need --corruptions (a COCO-C comparison); "
+                         "to compare clean runs use: detection compare --runs")
+    paths, data_note, _ = _data(args, train=False)
+    out = _eval_out(args, eval_options(args.checkpoint[0], paths["val_ann"], paths["val_images"]))
+    evaluate_checkpoint(args.checkpoint[0], **paths, out=out, device=args.device, batch_size=args.batch_size,
+                        num_workers=args.workers, save_vis=args.save_vis, progress=args.progress, amp=args.amp,
+                        data_note=data_note, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -258,28 +302,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(compare_runs(args.runs, args.out))
         return 0
     if args.action == "convert":
-        from detection.official import convert_detector
+        from detection.load import convert_detector
 
         print(convert_detector(args.src, args.dst))
         return 0
-    from detection.engine import evaluate_checkpoint, train_detector
-
-    if args.action == "eval" and args.corruptions:
-        return _coco_c(args)
     if args.action == "eval":
-        if args.severities or args.seed is not None:
-            raise ValueError("--severities and --seed choose COCO-C cells: add --corruptions all (or names)")
-        if len(args.checkpoint) > 1:
-            raise ValueError("several --checkpoint values need --corruptions (a COCO-C comparison); "
-                             "to compare clean runs use: detection compare --runs")
-        out = _eval_out(args)
-        from detection.resume import claim_eval_out
+        if args.label and len(args.label) != len(args.checkpoint):
+            raise ValueError(f"--label gives {len(args.label)} names for {len(args.checkpoint)} --checkpoint values: "
+                             "give one per checkpoint")
+        return _coco_c(args) if args.corruptions else _evaluate(args)
+    from detection.engine import train_detector
 
-        announce(claim_eval_out(out, args.checkpoint[0]))
-        paths, data_note, _ = _data(args, train=False)
-        evaluate_checkpoint(args.checkpoint[0], **paths, out=out, device=args.device, batch_size=args.batch_size,
-                            num_workers=args.num_workers, save_vis=args.save_vis, progress=not args.no_progress,
-                            data_note=data_note)
-        return 0
     train_detector(train_config(args))
     return 0

@@ -7,15 +7,17 @@ Here each image is read at its native size as uint8, corrupted on the detector's
 result), then resized and padded exactly as ``detection eval`` does and scored with COCOeval.
 
 - mPC = mean AP over the corruption × severity cells; rPC = mPC / clean AP.
-- Reproducible: image ``i`` in cell (corruption, severity) is corrupted with its own generator seeded from
-  (seed, corruption, severity, image id), so batching and ``torchrun`` sharding do not change any pixel.
+- Reproducible: image ``i`` in cell (corruption, severity) is corrupted with its own generator seeded with
+  ``common.seeding.image_seed(seed, corruption, severity, image id)``, so batching and ``torchrun``
+  sharding do not change any pixel.
   Same-size images of a batch are corrupted in one call (``corrupt`` with one generator per image).
-- Resumable by cell: ``coco_c.json`` is rewritten atomically after every finished cell and a rerun with
-  the same checkpoint, data and seed skips the cells it holds.
+- Resumable by cell: ``--out`` is opened with ``common.run.open_run``; ``coco_c.json`` is rewritten
+  atomically after every finished cell and a rerun with the same checkpoint, data and seed skips the
+  cells it holds (new corruptions or severities add cells). Cells are typed (``detection.coco_c_cells``).
+- Detectors are named by their run (:func:`run_name`: the run folder's name, else the file stem) or ``labels``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -30,55 +32,21 @@ from torchvision.transforms.v2 import functional as TF
 import corruptions
 from common.distributed import all_gather_objects, get_rank, get_world_size, init_distributed, is_main_process
 from common.io import atomic_write_json, atomic_write_text
-from common.rundir import announce, claim
+from common.progress import Progress
+from common.run import open_run, say_resumed
+from common.rundir import announce, read_marker
+from common.seeding import image_seed
+from common.tables import fmt
+from common.vocabulary import default_workers, parse_corruptions, parse_severities
+from detection.coco_c_cells import CLEAN, CellKey, cell_keys, summarize_cells
 from detection.coco_c_report import comparison_table, write_report
 from detection.coco_eval import CocoEvaluator
 from detection.data import CocoDetection, coco_paths, collate, make_transforms
-from detection.engine import evaluate
-from detection.official import LoadedDetector, load_detector
+from detection.epoch import evaluate
+from detection.load import LoadedDetector, load_detector
 
-CLEAN = "clean"
 KIND = "detection-coco-c"  # the run-folder marker kind (common.rundir)
 RESULT_FILE = "coco_c.json"
-
-
-def parse_corruptions(spec: str | Sequence[str]) -> tuple[str, ...]:
-    """``"all"`` (the 15 ImageNet-C corruptions), or names separated by commas/spaces → validated names."""
-    parts = [spec] if isinstance(spec, str) else list(spec)
-    names = [n for part in parts for n in part.replace(",", " ").split()]
-    if names == ["all"]:
-        return corruptions.CORRUPTIONS
-    if not names:
-        raise ValueError("--corruptions is empty: give 'all' or names such as 'gaussian_noise,fog'")
-    unknown = [n for n in names if n not in corruptions.ALL_CORRUPTIONS]
-    if unknown:
-        raise ValueError(f"--corruptions: unknown name(s) {', '.join(unknown)}; valid: all or "
-                         f"{', '.join(corruptions.ALL_CORRUPTIONS)}")
-    return tuple(dict.fromkeys(names))
-
-
-def parse_severities(spec: str | Sequence[int]) -> tuple[int, ...]:
-    """``"1-5"``, ``"1,3,5"``, ``"3"`` or a list of ints → sorted severities in 1..5."""
-    if not isinstance(spec, str):
-        spec = ",".join(str(s) for s in spec)
-    values: list[int] = []
-    try:
-        for part in spec.replace(" ", ",").split(","):
-            if not part:
-                continue
-            lo, _, hi = part.partition("-")
-            values.extend(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
-        raise ValueError(f"--severities {spec!r} is not a list or range of integers: use e.g. 1-5 or 1,3,5") from None
-    if not values or any(not 1 <= v <= 5 for v in values):
-        raise ValueError(f"--severities {spec!r} must name severities in 1..5, e.g. 1-5 or 1,3,5")
-    return tuple(sorted(set(values)))
-
-
-def image_seed(seed: int, corruption: str, severity: int, image_id: int) -> int:
-    """A 63-bit seed for one image in one cell, independent of batching, sharding and run order."""
-    digest = hashlib.blake2b(f"{seed}/{corruption}/{severity}/{image_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 def _quantise(x: Tensor) -> Tensor:
@@ -110,7 +78,7 @@ def corrupt_native(images: Sequence[Tensor], corruption: str, severity: int, see
 
 
 class CellBatches:
-    """Batches of one cell for ``engine.evaluate``: native uint8 images → corrupted on ``device`` →
+    """Batches of one cell for ``detection.epoch.evaluate``: native uint8 images → corrupted on ``device`` →
     uint8 → float → the detector's test resize → zero-padded batch + mask (``data.collate``).
 
     ``corrupt_seconds`` accumulates the time spent corrupting (device-synchronised)."""
@@ -152,20 +120,6 @@ def native_loader(dataset: CocoDetection, batch_size: int, num_workers: int) -> 
                       collate_fn=_native_collate, pin_memory=torch.cuda.is_available())
 
 
-def summarize_cells(cells: Sequence[dict], names: Sequence[str], severities: Sequence[int]) -> dict:
-    """Clean AP, mPC (mean AP over the names × severities cells), rPC = mPC / clean AP and the mean AP
-    per corruption, from per-cell records ``{"corruption", "severity", "AP", ...}`` (AP in [0, 1])."""
-    ap = {(c["corruption"], c["severity"]): c["AP"] for c in cells}
-    clean = ap.get((CLEAN, 0))
-    grid = [(n, s) for n in names for s in severities]
-    if clean is None or any(cell not in ap for cell in grid):
-        return {"complete": False}
-    per = {n: sum(ap[(n, s)] for s in severities) / len(severities) for n in names}
-    mpc = sum(ap[cell] for cell in grid) / len(grid)
-    return {"complete": True, "clean_ap": clean, "mpc": mpc, "rpc": mpc / clean if clean > 0 else 0.0,
-            "corruption_ap": per, "cells_in_mpc": len(grid)}
-
-
 def load_for_eval(checkpoint: str, val_ann: str, val_images: str,
                   device: torch.device) -> tuple[LoadedDetector, CocoDetection, v2.Transform]:
     """(detector of any ``load_detector`` format on ``device``, the val set as native uint8 images in the
@@ -181,19 +135,20 @@ def load_for_eval(checkpoint: str, val_ann: str, val_images: str,
 
 
 def evaluate_cell(model: torch.nn.Module, postprocessor: torch.nn.Module, dataset: CocoDetection, loader: DataLoader,
-                  resize: v2.Transform, cat_ids: list[int], device: torch.device, corruption: str, severity: int,
-                  seed: int, progress: bool = True) -> dict:
+                  resize: v2.Transform, cat_ids: list[int], device: torch.device, cell: CellKey, seed: int,
+                  progress: bool = True, amp: bool = False) -> dict:
     """One cell → ``{"corruption", "severity", "AP", ..., "stats": [12], "images", "seconds",
     "corrupt_seconds", "inference_seconds"}`` (detections of every process gathered before COCOeval)."""
-    batches = CellBatches(loader, resize, device, corruption, severity, seed)
+    batches = CellBatches(loader, resize, device, cell.corruption, cell.severity, seed)
     start = time.perf_counter()
-    stats, _ = evaluate(model, postprocessor, batches, CocoEvaluator(dataset.coco, cat_ids), device, progress=progress)
+    stats, _ = evaluate(model, postprocessor, batches, CocoEvaluator(dataset.coco, cat_ids), device, amp=amp,
+                        progress=progress)
     seconds = time.perf_counter() - start
     timing = {"images": len(dataset), "seconds": seconds,
               "corrupt_seconds": sum(all_gather_objects(batches.corrupt_seconds)),
               "inference_seconds": sum(all_gather_objects(len(loader.sampler) / stats["fps"] if stats["fps"] else 0.0))}
     metrics = {k: v for k, v in stats.items() if k not in ("summary", "fps", "latency_ms")}
-    return {"corruption": corruption, "severity": severity, **metrics, **timing}
+    return {"corruption": cell.corruption, "severity": cell.severity, **metrics, **timing}
 
 
 def _read_previous(path: Path, options: dict) -> list[dict]:
@@ -203,10 +158,11 @@ def _read_previous(path: Path, options: dict) -> list[dict]:
     try:
         previous = json.loads(path.read_text())
     except ValueError:
-        raise ValueError(f"{path} is corrupt (not JSON): delete it to start this checkpoint's COCO-C over") from None
+        raise ValueError(f"{path} is corrupt (not JSON): --overwrite starts this checkpoint's COCO-C over") from None
     if previous.get("options") != options:
         raise ValueError(f"{path} holds COCO-C cells for other options {previous.get('options')} (now {options}): "
-                         "choose another --out, or rerun with the same --checkpoint, data and --seed to resume")
+                         "--overwrite to start over, choose another --out, or rerun with the same --checkpoint, data "
+                         "and --seed to resume")
     return list(previous.get("cells", []))
 
 
@@ -225,64 +181,82 @@ def _previous_cells(path: Path, options: dict) -> list[dict]:
     return cells
 
 
+def checkpoint_options(checkpoint: str, val_ann: str, seed: int) -> dict:
+    """What one checkpoint's COCO-C cells depend on (recorded in its ``coco_c.json``)."""
+    return {"checkpoint": str(Path(checkpoint).resolve()), "val_ann": str(Path(val_ann).resolve()), "seed": seed}
+
+
 def coco_c_checkpoint(checkpoint: str, val_ann: str, val_images: str, out: str | Path, names: Sequence[str],
                       severities: Sequence[int], *, seed: int = 0, device: torch.device | None = None,
-                      batch_size: int = 2, num_workers: int = 2, progress: bool = True) -> dict:
+                      batch_size: int = 2, num_workers: int | None = None, progress: bool = True,
+                      label: str | None = None, amp: bool = False, cells_progress: Progress | None = None) -> dict:
     """COCO-C of one checkpoint into ``out`` (``coco_c.json``, ``report.md``, ``coco_c_ap.png``); resumes
     from the cells already in ``coco_c.json``. Returns the written result (see :func:`summarize_cells`)."""
     device = device or init_distributed(None)
-    out = Path(out)
-    options = {"checkpoint": str(Path(checkpoint).resolve()), "val_ann": str(Path(val_ann).resolve()), "seed": seed}
+    out, label = Path(out), label or run_name(checkpoint)
+    options = checkpoint_options(checkpoint, val_ann, seed)
     loaded, dataset, resize = load_for_eval(checkpoint, val_ann, val_images, device)
-    model, postprocessor, cat_ids = loaded.model, loaded.postprocessor, loaded.cat_ids
     cells = _previous_cells(out / RESULT_FILE, options)
-    done = {(c["corruption"], c["severity"]) for c in cells}
-    loader = native_loader(dataset, batch_size, num_workers)
-    for corruption, severity in [(CLEAN, 0)] + [(n, s) for n in names for s in severities]:
-        if (corruption, severity) in done:
+    done = {CellKey.of(c) for c in cells}
+    loader = native_loader(dataset, batch_size, default_workers(num_workers))
+    for cell in cell_keys(names, severities):
+        if cell in done:
             continue
-        cells.append(evaluate_cell(model, postprocessor, dataset, loader, resize, cat_ids, device, corruption, severity,
-                                   seed, progress))
-        _write(out, checkpoint, options, cells, names, severities)
+        cells.append(evaluate_cell(loaded.model, loaded.postprocessor, dataset, loader, resize, loaded.cat_ids, device,
+                                   cell, seed, progress, amp))
+        _write(out, label, checkpoint, options, cells, names, severities)
         if is_main_process() and progress:
-            print(f"{Path(checkpoint).name} {corruption} {severity}: AP {100 * cells[-1]['AP']:.1f} "
-                  f"({cells[-1]['seconds']:.1f} s)", flush=True)
-    result = _write(out, checkpoint, options, cells, names, severities)
+            print(f"{label} {cell}: AP {fmt(100 * cells[-1]['AP'], missing_below=0)} ({cells[-1]['seconds']:.1f} s)",
+                  flush=True)
+        if cells_progress is not None:
+            cells_progress.update(label=f"{label} {cell}")
+    result = _write(out, label, checkpoint, options, cells, names, severities)
     if is_main_process():
         write_report(out, result, names, severities)
     return result
 
 
-def _write(out: Path, checkpoint: str, options: dict, cells: list[dict], names: Sequence[str],
+def _write(out: Path, label: str, checkpoint: str, options: dict, cells: list[dict], names: Sequence[str],
            severities: Sequence[int]) -> dict:
-    result = {"checkpoint": checkpoint, "options": options, "corruptions": list(names), "severities": list(severities),
-              **summarize_cells(cells, names, severities), "cells": cells}
+    result = {"label": label, "checkpoint": checkpoint, "options": options, "corruptions": list(names),
+              "severities": list(severities), **summarize_cells(cells, names, severities), "cells": cells}
     if is_main_process():
         atomic_write_json(out / RESULT_FILE, result)
     return result
 
 
-def _tags(checkpoints: Sequence[str]) -> list[str]:
-    """A short distinct name per checkpoint: its folder for ``.../run/checkpoint.pth``, else its file stem."""
-    tags: list[str] = []
-    for path in map(Path, checkpoints):
-        base = path.parent.name if path.stem == "checkpoint" and path.parent.name else path.stem
-        tag, k = base, 2
-        while tag in tags:
-            tag, k = f"{base}-{k}", k + 1
-        tags.append(tag)
-    return tags
+def run_name(checkpoint: str) -> str:
+    """A checkpoint's name in tables and lines: its run folder's name when it sits in one (a folder marked as a
+    run, or holding ``run.json``), else its file stem (a Hugging Face folder: the folder's name)."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        return path.name
+    folder = path.parent
+    try:
+        in_run = read_marker(folder) is not None or (folder / "run.json").is_file()
+    except ValueError:
+        in_run = False
+    return folder.resolve().name if in_run else path.stem
 
 
-def run_coco_c(checkpoints: Sequence[str], coco_root: str | None, out: str, corruptions: str | Sequence[str] = "all",
-               severities: str | Sequence[int] = "1-5", seed: int = 0, device: str | None = None, *,
-               val_ann: str | None = None, val_images: str | None = None, batch_size: int = 2, num_workers: int = 2,
-               progress: bool = True) -> dict:
-    """COCO-C of one or several checkpoints. One checkpoint writes ``out/coco_c.json``, ``out/report.md``
-    and ``out/coco_c_ap.png``; several write those under ``out/<name>/`` plus a comparison table
-    ``out/report.md``. Returns ``{"runs": {name: {"checkpoint", "clean_ap", "mpc", "rpc", "out"}}, "table": md}``
-    (AP values in [0, 1]). Names and severities are validated before any work (ValueError)."""
-    names, sevs = parse_corruptions(corruptions), parse_severities(severities)
+def run_names(checkpoints: Sequence[str], labels: Sequence[str] | None = None) -> list[str]:
+    """``labels``, else :func:`run_name` of each checkpoint, made distinct with ``-2``, ``-3``, ..."""
+    names: list[str] = []
+    for base in labels or [run_name(c) for c in checkpoints]:
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        names.append(name)
+    return names
+
+
+def coco_c_options(checkpoints: Sequence[str], seed: int) -> dict:
+    """The run-folder options of a COCO-C run (each checkpoint's ``coco_c.json`` checks its own cells)."""
+    return {"checkpoints": [str(Path(c).resolve()) for c in checkpoints], "seed": seed}
+
+
+def _check_inputs(checkpoints: Sequence[str], coco_root: str | None, val_ann: str | None,
+                  val_images: str | None) -> tuple[str, str]:
     if not checkpoints:
         raise ValueError("no --checkpoint given")
     missing = [c for c in checkpoints if not Path(c).exists()]
@@ -293,18 +267,43 @@ def run_coco_c(checkpoints: Sequence[str], coco_root: str | None, out: str, corr
         val_ann, val_images = paths["val_ann"], paths["val_images"]
     if not (val_ann and val_images):
         raise ValueError("no data given: pass --coco DIR or --val-ann and --val-images")
+    return val_ann, val_images
+
+
+def run_coco_c(checkpoints: Sequence[str], coco_root: str | None, out: str, corruptions: str | Sequence[str] = "all",
+               severities: str | Sequence[int] = "1-5", seed: int = 0, device: str | None = None, *,
+               val_ann: str | None = None, val_images: str | None = None, batch_size: int = 2,
+               num_workers: int | None = None, progress: bool = True, labels: Sequence[str] | None = None,
+               amp: bool = False, resume: bool = False, overwrite: bool = False) -> dict:
+    """COCO-C of one or several checkpoints. One checkpoint writes ``out/coco_c.json``, ``out/report.md``
+    and ``out/coco_c_ap.png``; several write those under ``out/<name>/`` plus a comparison table
+    ``out/report.md`` (names: ``labels``, else :func:`run_names`). Returns ``{"runs": {name: {"checkpoint",
+    "clean_ap", "mpc", "rpc", "out"}}, "table": md}`` (AP values in [0, 1]). Names and severities are
+    validated before any work (ValueError); the same command again keeps the finished cells."""
+    names, sevs = parse_corruptions(corruptions), parse_severities(severities)
+    val_ann, val_images = _check_inputs(checkpoints, coco_root, val_ann, val_images)
+    tags = run_names(checkpoints, labels)
     torch_device = init_distributed(device)
-    options = {"checkpoints": [str(Path(c).resolve()) for c in checkpoints], "seed": seed}
-    root = claim(out, KIND, options) if is_main_process() else Path(out)
+    folders = ["."] if len(checkpoints) == 1 else tags
+    opened = open_run(out, KIND, coco_c_options(checkpoints, seed), resume=resume, overwrite=overwrite,
+                      files=[f"{f}/{RESULT_FILE}" for f in folders] + ["report.md"], compatible=lambda old, new: True)
+    root = opened.path
+    grid = set(cell_keys(names, sevs))
+    done = sum(CellKey.of(cell) in grid for f, c in zip(folders, checkpoints)
+               for cell in _previous_cells(root / f / RESULT_FILE, checkpoint_options(c, val_ann, seed)))
+    total = len(checkpoints) * len(grid)
     if is_main_process():
         announce(root)
+    say_resumed(opened, f"{done} cells already done, kept")
+    bar = Progress(total, unit="cell", done=done, enabled=progress, desc="COCO-C")
     runs = {}
-    for tag, checkpoint in zip(_tags(checkpoints), checkpoints):
-        folder = root if len(checkpoints) == 1 else root / tag
-        result = coco_c_checkpoint(checkpoint, val_ann, val_images, folder, names, sevs, seed=seed, device=torch_device,
-                                   batch_size=batch_size, num_workers=num_workers, progress=progress)
-        runs[tag] = {"checkpoint": checkpoint, "out": str(folder),
+    for tag, folder, checkpoint in zip(tags, folders, checkpoints):
+        result = coco_c_checkpoint(checkpoint, val_ann, val_images, root / folder, names, sevs, seed=seed,
+                                   device=torch_device, batch_size=batch_size, num_workers=num_workers,
+                                   progress=progress, label=tag, amp=amp, cells_progress=bar)
+        runs[tag] = {"checkpoint": checkpoint, "out": str(root if folder == "." else root / folder),
                      **{k: result.get(k) for k in ("clean_ap", "mpc", "rpc", "corruption_ap")}}
+    bar.close()
     table = comparison_table(runs, names, sevs)
     if is_main_process():
         if len(checkpoints) > 1:

@@ -5,9 +5,11 @@ import json
 from pathlib import Path
 
 from common.io import atomic_write_text, read_jsonl
-from common.rundir import claim
+from common.run import open_run
+from common.tables import fmt, markdown_table
 
 COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+FILES = ("compare.md", "compare_ap.png")
 
 
 def _load(run_dir: Path) -> dict:
@@ -24,23 +26,24 @@ def _load(run_dir: Path) -> dict:
     return run
 
 
+def _row(path: Path, run: dict) -> list[str]:
+    ev = run["eval"]
+    size = "×".join(str(s) for s in run.get("gflops_size", []))
+    return [path.name, run["arch"], run["backbone"], fmt(run["params"] / 1e6), f"{fmt(run['gflops'], 2)} ({size})",
+            fmt(ev.get("fps")), *(fmt(100 * ev[k] if k in ev else None, missing_below=0) for k in COLUMNS)]
+
+
 def compare_runs(run_dirs: list[str], out: str | None = None) -> str:
     """Markdown table (arch, backbone, params, GFLOPs at the run's size, FPS, AP…) like the paper's;
-    with ``out``, writes ``out/compare.md`` and ``out/compare_ap.png`` (val AP per epoch)."""
+    with ``out``, writes ``out/compare.md`` and ``out/compare_ap.png`` (val AP per epoch), rewritten when
+    the command runs again."""
     if not run_dirs:
         raise ValueError("no run folders given")
-    out_dir = claim(out, "detection-compare", {"runs": [str(Path(d).resolve()) for d in run_dirs]}) if out else None
+    options = {"runs": [str(Path(d).resolve()) for d in run_dirs]}
+    out_dir = open_run(out, "detection-compare", options, files=FILES, compatible=lambda old, new: True).path if out else None
     runs = [(Path(d), _load(Path(d))) for d in run_dirs]
-    lines = ["| run | arch | backbone | params (M) | GFLOPs (size) | FPS | " + " | ".join(COLUMNS) + " |",
-             "|---|---|---|---|---|---|" + "---|" * len(COLUMNS)]
-    for path, run in runs:
-        ev = run["eval"]
-        metrics = " | ".join(f"{100 * ev[k]:.1f}" if ev.get(k, -1) >= 0 else "–" for k in COLUMNS)
-        size = "×".join(str(s) for s in run.get("gflops_size", []))
-        fps = f"{ev['fps']:.1f}" if "fps" in ev else "–"
-        lines.append(f"| {path.name} | {run['arch']} | {run['backbone']} | {run['params'] / 1e6:.1f} | "
-                     f"{run['gflops']:.2f} ({size}) | {fps} | {metrics} |")
-    table = "\n".join(lines) + "\n"
+    header = ["run", "arch", "backbone", "params (M)", "GFLOPs (size)", "FPS", *COLUMNS]
+    table = markdown_table(header, [_row(path, run) for path, run in runs], align="lll" + "r" * (len(header) - 3)) + "\n"
     if out_dir is not None:
         atomic_write_text(out_dir / "compare.md", table)
         import matplotlib

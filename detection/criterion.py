@@ -108,14 +108,20 @@ def _flat_indices(indices: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]
     return batch_idx, torch.cat([src for src, _ in indices])
 
 
-def build_set_criterion(*, num_classes: int, focal: bool, dec_layers: int = 6, aux_loss: bool = True,
-                        two_stage: bool = False, eos_coef: float = 0.1, set_cost_class: float = 1.0,
-                        set_cost_bbox: float = 5.0, set_cost_giou: float = 2.0, cls_loss_coef: float = 1.0,
-                        bbox_loss_coef: float = 5.0, giou_loss_coef: float = 2.0, focal_alpha: float = 0.25,
+def build_set_criterion(*, num_classes: int, focal: bool, set_cost_class: float, set_cost_bbox: float,
+                        set_cost_giou: float, cls_loss_coef: float, bbox_loss_coef: float, giou_loss_coef: float,
+                        dec_layers: int = 6, aux_loss: bool = True, two_stage: bool = False,
+                        eos_coef: float | None = None, focal_alpha: float | None = None,
                         focal_gamma: float = 2.0) -> SetCriterion:
-    """A :class:`SetCriterion` with its matcher; every number is a keyword (the presets in
-    ``detection.presets`` hold the official values)."""
+    """A :class:`SetCriterion` with its matcher from explicit numbers (``eos_coef``: the softmax loss's no-object
+    weight, required unless ``focal``; ``focal_alpha``/``focal_gamma``: the focal loss's, alpha required with
+    ``focal``); the per-arch builders below take them from the presets."""
     from detection.matcher import HungarianMatcher
+
+    needed = "focal_alpha" if focal else "eos_coef"
+    if {"focal_alpha": focal_alpha, "eos_coef": eos_coef}[needed] is None:
+        raise TypeError(f"build_set_criterion(focal={focal}) needs {needed}")
+    eos_coef, focal_alpha = eos_coef or 0.0, focal_alpha or 0.0
 
     matcher = HungarianMatcher(set_cost_class, set_cost_bbox, set_cost_giou, focal=focal,
                                focal_alpha=focal_alpha, focal_gamma=focal_gamma)
@@ -124,17 +130,23 @@ def build_set_criterion(*, num_classes: int, focal: bool, dec_layers: int = 6, a
                         focal_alpha=focal_alpha, focal_gamma=focal_gamma)
 
 
-def build_detr_criterion(*, num_classes: int, dec_layers: int = 6, aux_loss: bool = True, **loss_kw) -> SetCriterion:
-    """DETR's criterion: softmax CE (no-object weight 0.1), matcher costs 1/5/2, loss weights CE 1 / L1 5 / GIoU 2."""
-    return build_set_criterion(num_classes=num_classes, focal=False, dec_layers=dec_layers, aux_loss=aux_loss, **loss_kw)
+def _official_numbers(arch: str, loss_kw: dict[str, float]) -> dict[str, float]:
+    """The official recipe's matcher costs and loss weights (``detection.presets``), ``loss_kw`` replacing some."""
+    from detection.presets import ARCH_DEFAULT, PRESETS
+
+    return {**PRESETS[ARCH_DEFAULT[arch]].criterion_kwargs, **loss_kw}
+
+
+def build_detr_criterion(*, num_classes: int, dec_layers: int = 6, aux_loss: bool = True, **loss_kw: float) -> SetCriterion:
+    """DETR's criterion: softmax CE with a no-object weight; numbers of the ``detr-r50`` preset unless given."""
+    return build_set_criterion(num_classes=num_classes, focal=False, dec_layers=dec_layers, aux_loss=aux_loss,
+                               **_official_numbers("detr", loss_kw))
 
 
 def build_deformable_criterion(*, num_classes: int, dec_layers: int = 6, aux_loss: bool = True, two_stage: bool = False,
-                               set_cost_class: float = 2.0, set_cost_bbox: float = 5.0, set_cost_giou: float = 2.0,
-                               cls_loss_coef: float = 2.0, bbox_loss_coef: float = 5.0, giou_loss_coef: float = 2.0,
-                               focal_alpha: float = 0.25, focal_gamma: float = 2.0) -> SetCriterion:
-    """Deformable DETR's criterion: sigmoid focal loss, matcher costs 2/5/2, loss weights focal 2 / L1 5 / GIoU 2."""
+                               **loss_kw: float) -> SetCriterion:
+    """Deformable DETR's criterion: sigmoid focal loss; numbers of the ``deformable`` preset unless given."""
+    if "eos_coef" in loss_kw:
+        raise TypeError("Deformable DETR's focal loss has no eos_coef (no-object weight)")
     return build_set_criterion(num_classes=num_classes, focal=True, dec_layers=dec_layers, aux_loss=aux_loss,
-                               two_stage=two_stage, set_cost_class=set_cost_class, set_cost_bbox=set_cost_bbox,
-                               set_cost_giou=set_cost_giou, cls_loss_coef=cls_loss_coef, bbox_loss_coef=bbox_loss_coef,
-                               giou_loss_coef=giou_loss_coef, focal_alpha=focal_alpha, focal_gamma=focal_gamma)
+                               two_stage=two_stage, **_official_numbers("deformable", loss_kw))

@@ -9,6 +9,8 @@ from torch import Tensor, nn
 from torchvision.ops import MLP
 
 from detection.backbones import Backbone, build_backbone
+from detection.build import check_detector_args
+from detection.presets import ARCH_DEFAULT, PRESETS
 from detection.position_encoding import detr_position_embedding
 from detection.transformer import Transformer
 
@@ -16,16 +18,6 @@ from detection.transformer import Transformer
 def box_mlp(hidden: int) -> MLP:
     """DETR's 3-layer box head (hidden → hidden → hidden → 4, ReLU between); linears at indices 0, 3, 6."""
     return MLP(hidden, [hidden, hidden, 4], activation_layer=nn.ReLU, inplace=False)
-
-
-def check_detector_args(num_classes: int, hidden_dim: int, nheads: int, num_queries: int) -> None:
-    """The argument checks shared by every detector builder."""
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be ≥ 1, got {num_classes}")
-    if num_queries < 1:
-        raise ValueError(f"num_queries must be ≥ 1, got {num_queries}")
-    if hidden_dim % 2 or hidden_dim % nheads:
-        raise ValueError(f"hidden_dim ({hidden_dim}) must be even and divisible by nheads ({nheads})")
 
 
 class DETR(nn.Module):
@@ -57,11 +49,17 @@ class DETR(nn.Module):
         return out
 
 
+_OFFICIAL = PRESETS[ARCH_DEFAULT["detr"]].model_kwargs  # the defaults below are the official recipe's
+
+
 def build_detr(*, backbone: str, num_classes: int, backbone_weights: str | None = None, freeze_patch_embed: bool = False,
-               hidden_dim: int = 256, nheads: int = 8, enc_layers: int = 6, dec_layers: int = 6,
-               dim_feedforward: int = 2048, dropout: float = 0.1, pre_norm: bool = False, num_queries: int = 100,
+               hidden_dim: int = _OFFICIAL["hidden_dim"], nheads: int = _OFFICIAL["nheads"],
+               enc_layers: int = _OFFICIAL["enc_layers"], dec_layers: int = _OFFICIAL["dec_layers"],
+               dim_feedforward: int = _OFFICIAL["dim_feedforward"], dropout: float = _OFFICIAL["dropout"],
+               pre_norm: bool = _OFFICIAL["pre_norm"], num_queries: int = _OFFICIAL["num_queries"],
                aux_loss: bool = True, dilation: bool = False) -> DETR:
-    """DETR with the official DETR defaults (docs/detection.md); every size is a keyword so tests can build tiny models."""
+    """DETR with the official DETR defaults (the ``detr-r50`` preset's model keywords, docs/detection.md); every
+    size is a keyword so tests can build tiny models."""
     check_detector_args(num_classes, hidden_dim, nheads, num_queries)
     net = build_backbone(backbone, weights=backbone_weights, freeze_patch_embed=freeze_patch_embed, dilation=dilation)
     transformer = Transformer(hidden_dim, nheads, enc_layers, dec_layers, dim_feedforward, dropout, pre_norm)

@@ -1,21 +1,22 @@
-"""Training and evaluation of COCO detectors, architecture-agnostic (``detection.build``).
+"""Training runs and checkpoint evaluation of COCO detectors, architecture-agnostic (``detection.build``).
 
-Recipes (image sizes, loss/matcher numbers, detections kept) come from ``detection.presets``;
-AdamW, grad-norm clip, StepLR ×0.1 at ``lr_drop``. Multi-GPU / multi-process: ``torchrun --nproc_per_node N eval.py detection
+The recipe (image sizes, loss/matcher numbers, detections kept, schedule) is the resolved
+:class:`detection.config.DetectionTrainConfig`; AdamW, grad-norm clip, StepLR ×0.1 at ``lr_drop``; one
+epoch's loop is ``detection.epoch``. Multi-GPU / multi-process: ``torchrun --nproc_per_node N eval.py detection
 train ...`` (DDP, DistributedSampler; gloo on CPU); the batch size is per process.
 
 A run folder ``out`` holds ``run.json`` (data, weights, arch, backbone, params, GFLOPs, config),
 ``log.jsonl`` (a header line naming data and weights, then one line per epoch: mean losses, lr, eval
 stats), ``checkpoint.pth`` (written atomically every epoch on the main process; resume-complete; plain
-tensors and data only, read back with ``weights_only=True``) and ``eval.json``. The same command run
-again on the same folder resumes from ``checkpoint.pth`` (see :func:`detection.resume.resume_source`).
+tensors and data only, read back with ``weights_only=True``) and ``eval.json``. The folder is opened with
+``common.run.open_run``: the same command run again resumes from ``checkpoint.pth``; ``--resume`` also
+continues it with more epochs. Ctrl-C saves the epoch so far (``detection.interrupt``) and the run resumes
+from that step exactly (``detection.sampling``).
 """
 from __future__ import annotations
 
 import json
-import math
 import random
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,35 +25,30 @@ import numpy as np
 import torch
 from timm.models import clean_state_dict
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
+from torch.utils.data import DataLoader
 
-from common.autocast import autocast, grad_scaler
+from common.autocast import grad_scaler
 from common.checkpoint import CheckpointError, safe_load
-from common.distributed import (all_gather_objects, all_reduce_sum, get_rank, get_world_size, init_distributed,
-                                is_distributed, is_main_process)
+from common.distributed import (all_gather_objects, get_rank, get_world_size, init_distributed, is_distributed,
+                                is_main_process)
 from common.io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_jsonl
+from common.progress import Progress
+from common.run import Run, open_run, say_resumed
 from common.rundir import announce, note
+from common.tables import fmt
 from detection.build import build_criterion, build_detector, build_postprocessor
 from detection.coco_eval import CocoEvaluator
-from detection.config import DetectionTrainConfig
+from detection.config import DetectionTrainConfig, more_epochs, same_run
 from detection.data import CocoDetection, collate, make_transforms
-from detection.presets import ARCH_DEFAULT, get_preset
-from detection.resume import prepare_out
+from detection.epoch import EpochPosition, Stopped, agree, evaluate, train_one_epoch
+from detection.interrupt import StopRequest
+from detection.sampling import EpochSeeded, ResumableSampler
 
 PRINTED = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 MODEL_FIELDS = ("model", "arch", "backbone", "num_classes", "cat_ids")  # what evaluation needs
 RESUME_FIELDS = (*MODEL_FIELDS, "optimizer", "scheduler", "epoch", "rng")  # what exact resumption needs
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def _forward(model: nn.Module, images: Tensor, mask: Tensor, device: torch.device, amp: bool) -> dict:
-    """The detector on one padded batch ([0, 1] pixels, mask True = padding) under the suite's autocast policy."""
-    with autocast(device, amp):
-        return model(images, mask)
+TRAIN_KIND, EVAL_KIND = "detection-train", "detection-eval"  # run-folder kinds (common.run)
+TRAIN_FILES = ("checkpoint.pth", "log.jsonl", "eval.json", "run.json")  # what a training run writes
 
 
 def param_groups(model: nn.Module, lr: float, lr_backbone: float, weight_decay: float) -> list[dict]:
@@ -90,109 +86,14 @@ def _seed(seed: int) -> None:
     random.seed(seed)
 
 
-def _to_device(targets: list[dict], device: torch.device) -> list[dict]:
-    return [{k: v.to(device) if isinstance(v, Tensor) else v for k, v in t.items()} for t in targets]
-
-
-def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                    clip_max_norm: float) -> None:
-    scaler.unscale_(optimizer)
-    if clip_max_norm > 0:
-        nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def _skip_together(batch: tuple | None, device: torch.device) -> bool:
-    """True when this process's batch had no readable image, or (under DDP) any process's had none: every
-    process then skips the step, so no process waits for another's gradients."""
-    empty = torch.tensor(float(batch is None), device=device)
-    return bool(all_reduce_sum(empty) > 0)
-
-
-def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    device: torch.device, *, epoch: int, clip_max_norm: float = 0.1, accum_steps: int = 1,
-                    amp: bool = False, scaler: torch.amp.GradScaler | None = None, progress: bool = True) -> dict[str, float]:
-    """One pass over ``loader``; returns mean weighted ``loss`` and every unweighted component (all processes).
-    Batches whose images were all unreadable are skipped (on every process together); an epoch with none
-    readable is an error."""
-    model.train()
-    criterion.train()
-    scaler = scaler or grad_scaler(device, False)
-    sums: dict[str, Tensor] = {}
-    steps = 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not (progress and is_main_process()), dynamic_ncols=True)
-    optimizer.zero_grad(set_to_none=True)
-    for step, batch in enumerate(bar):
-        if _skip_together(batch, device):
-            continue
-        images, mask, targets = batch
-        outputs = _forward(model, images.to(device, non_blocking=True), mask.to(device, non_blocking=True), device, amp)
-        losses = criterion(outputs, _to_device(targets, device))
-        loss = sum(losses[k] * criterion.weight_dict[k] for k in losses if k in criterion.weight_dict)
-        if not math.isfinite(loss.item()):
-            raise RuntimeError(f"loss is {loss.item()} at epoch {epoch} step {step}: lower the lr or disable AMP")
-        scaler.scale(loss / accum_steps).backward()
-        if (step + 1) % accum_steps == 0 or step + 1 == len(loader):
-            _optimizer_step(model, optimizer, scaler, clip_max_norm)
-        record = {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items() if not k[-1].isdigit()}}
-        for k, v in record.items():
-            sums[k] = sums.get(k, 0) + v.float()
-        steps += 1
-        bar.set_postfix({k: f"{v.item():.3f}" for k, v in record.items() if k in ("loss", "loss_ce", "loss_bbox", "loss_giou")})
-    keys = sorted(sums)
-    totals = all_reduce_sum(torch.stack([sums[k] for k in keys] + [torch.tensor(float(steps), device=device)])
-                            if keys else torch.zeros(1, device=device))
-    if totals[-1] == 0:
-        raise ValueError(f"every training image was unreadable in epoch {epoch} (see the warnings above): "
-                         "check the image folder")
-    return {k: (totals[i] / totals[-1]).item() for i, k in enumerate(keys)}
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, postprocessor: nn.Module, loader: DataLoader, evaluator: CocoEvaluator,
-             device: torch.device, *, amp: bool = False, progress: bool = True) -> tuple[dict, dict[int, dict]]:
-    """COCO bbox metrics over ``loader`` (gathered across processes) plus ``fps``/``latency_ms`` of the
-    whole detector (forward + post-processing, per image). Returns (stats, this process's predictions).
-    Unreadable images are left out of the score; a set with none readable is an error."""
-    model.eval()
-    predictions: dict[int, dict] = {}
-    seconds, images_seen = 0.0, 0
-    for batch in tqdm(loader, desc="eval", disable=not (progress and is_main_process()), dynamic_ncols=True):
-        if batch is None:
-            continue
-        images, mask, targets = batch
-        images, mask = images.to(device), mask.to(device)
-        sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        results = postprocessor(_forward(model, images, mask, device, amp), sizes)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds += time.perf_counter() - start
-        images_seen += len(images)
-        batch_predictions = {t["image_id"]: {k: v.cpu() for k, v in r.items()} for t, r in zip(targets, results)}
-        evaluator.update(batch_predictions)
-        predictions.update(batch_predictions)
-    evaluator.synchronize()
-    if not evaluator.image_ids:
-        raise ValueError("every evaluation image was unreadable (see the warnings above): nothing to score")
-    stats = evaluator.summarize()
-    fps = images_seen / seconds if seconds > 0 else 0.0
-    stats.update(fps=fps, latency_ms=1000.0 / fps if fps else 0.0)
-    return stats, predictions
-
-
-def _loader(dataset: CocoDetection, batch_size: int, num_workers: int, train: bool, seed: int) -> DataLoader:
-    """Training loaders draw worker seeds from the global RNG (saved in checkpoints); evaluation loaders
-    use their own generator, so evaluating between epochs leaves the training RNG stream untouched."""
-    sampler = DistributedSampler(dataset, num_replicas=get_world_size(), rank=get_rank(), shuffle=train, seed=seed,
-                                 drop_last=False)
-    generator = None if train else torch.Generator().manual_seed(seed)
+def _loader(dataset: CocoDetection | EpochSeeded, batch_size: int, num_workers: int, train: bool, seed: int) -> DataLoader:
+    """A loader with its own generator (no draw from the global RNG, which checkpoints save for dropout):
+    training shuffles with a :class:`ResumableSampler` over an :class:`EpochSeeded` set; evaluation reads in order."""
+    sampler = ResumableSampler(dataset, num_replicas=get_world_size(), rank=get_rank(), shuffle=train, seed=seed,
+                               drop_last=False)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
-                      persistent_workers=False, pin_memory=torch.cuda.is_available(), generator=generator)
+                      persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                      generator=torch.Generator().manual_seed(seed))
 
 
 def count_gflops(model: nn.Module, size: tuple[int, int]) -> float:
@@ -238,7 +139,7 @@ def load_checkpoint(path: str, *, fields: tuple[str, ...] = MODEL_FIELDS) -> dic
 
 def _finetune_state(path: str, arch: str, backbone: str) -> dict[str, Tensor]:
     """The weights of any detector ``load_detector`` reads (suite, official, Hugging Face), checked to be ``arch`` over ``backbone``."""
-    from detection.official import load_detector
+    from detection.load import load_detector
 
     loaded = load_detector(path)
     config = loaded.config
@@ -296,30 +197,11 @@ class _Run:
                         progress=self.config.progress)[0]
 
 
-def _sizes(config: DetectionTrainConfig) -> dict:
-    """``make_transforms`` keywords: the recipe's image sizes, replaced by any size given explicitly."""
-    return dict(sizes=_recipe(config).sizes, scales=config.scales, max_size=config.max_size,
-                test_size=config.test_size, img_scale=config.img_scale)
-
-
-def _recipe(config: DetectionTrainConfig):
-    """The ``detection.presets`` recipe of the run: ``config.preset``, else the official one of its arch."""
-    recipe = get_preset(config.preset or ARCH_DEFAULT[config.arch])
-    if recipe.arch != config.arch:
-        raise ValueError(f"--preset {config.preset} is a {recipe.arch} recipe, not {config.arch}")
-    return recipe
-
-
-def _loss_kwargs(config: DetectionTrainConfig, recipe) -> dict[str, float]:
-    """The recipe's matcher costs and loss weights with ``config.loss_kwargs`` (checked by the config) in place of some."""
-    return {**recipe.criterion_kwargs, **config.loss_kwargs}
-
-
 def _build_run(config: DetectionTrainConfig, out: Path, device: torch.device) -> _Run:
-    recipe, sizes = _recipe(config), _sizes(config)
-    train_set = CocoDetection(config.train_ann, config.train_images, make_transforms(config.augment, **sizes),
+    sizes = config.image_sizes()
+    train_set = CocoDetection(config.train_ann, config.train_images, make_transforms(config.augment, sizes),
                               label_space=config.label_space)
-    val_set = CocoDetection(config.val_ann, config.val_images, make_transforms(False, **sizes),
+    val_set = CocoDetection(config.val_ann, config.val_images, make_transforms(False, sizes),
                             label_space=config.label_space)
     if val_set.cat_ids != train_set.cat_ids:
         raise ValueError(f"train and val category ids differ: {train_set.cat_ids} vs {val_set.cat_ids}")
@@ -327,16 +209,17 @@ def _build_run(config: DetectionTrainConfig, out: Path, device: torch.device) ->
     model = build_detector(config.arch, backbone=config.backbone, num_classes=train_set.num_classes,
                            backbone_weights=config.backbone_weights, **config.model_kwargs).to(device)
     criterion = build_criterion(config.arch, num_classes=train_set.num_classes, model_kwargs=config.model_kwargs,
-                                **_loss_kwargs(config, recipe)).to(device)
+                                **config.loss_kwargs).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, config.lr, config.lr_backbone, config.weight_decay),
                                   lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_drop or 10**9, gamma=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_drop, gamma=0.1)
     return _Run(config, out, device, config.amp, train_set, val_set, model, criterion,
-                build_postprocessor(config.arch, recipe.num_select), optimizer, scheduler, grad_scaler(device, config.amp))
+                build_postprocessor(config.arch, config.num_select), optimizer, scheduler, grad_scaler(device, config.amp))
 
 
-def _restore(run: _Run, source: str) -> int:
-    """Continue from checkpoint ``source`` exactly (weights, optimizer, schedule, RNG); returns the next epoch."""
+def _restore(run: _Run, source: str) -> tuple[int, EpochPosition | None]:
+    """Continue from checkpoint ``source`` exactly (weights, optimizer, schedule, RNG); returns the epoch to
+    run next and, for a checkpoint saved part-way through it (Ctrl-C), where that epoch stands."""
     ckpt = load_checkpoint(source, fields=RESUME_FIELDS)
     _check_compatible(ckpt, source, arch=run.config.arch, backbone=run.config.backbone,
                       num_classes=run.train_set.num_classes, cat_ids=run.train_set.cat_ids)
@@ -347,17 +230,16 @@ def _restore(run: _Run, source: str) -> int:
         run.scaler.load_state_dict(ckpt["scaler"])
     rng = ckpt["rng"]
     _set_rng_state(rng[get_rank()] if get_rank() < len(rng) else rng[0])
-    return int(ckpt["epoch"]) + 1
+    partial = ckpt.get("partial")
+    return int(ckpt["epoch"]) + 1, EpochPosition.from_state(partial, run.device) if partial else None
 
 
-def _start_fresh(run: _Run) -> None:
-    """Write ``run.json`` and the log's header line for a run starting at epoch 0 (main process)."""
+def _write_run_files(run: _Run) -> None:
+    """Write ``run.json`` and the log's header line of a run starting at epoch 0 (main process)."""
     config = run.config
-    if config.finetune:
-        load_state_dropping_mismatched(run.model, _finetune_state(config.finetune, config.arch, config.backbone))
     if not is_main_process():
         return
-    size = config.gflops_size or (make_transforms(False, **_sizes(config)).transforms[-1].sizes[0],) * 2
+    size = config.gflops_size or (config.image_sizes().test_size,) * 2
     rng = _rng_state()  # the FLOP count must not move the training RNG stream
     atomic_write_json(run.out / "run.json", {
         **run.header(), "arch": config.arch, "backbone": config.backbone, "num_classes": run.train_set.num_classes,
@@ -365,6 +247,7 @@ def _start_fresh(run: _Run) -> None:
         "gflops": count_gflops(run.model, tuple(size)), "gflops_size": list(size), "args": config.options()})
     _set_rng_state(rng)
     atomic_write_text(run.out / "log.jsonl", json.dumps(run.header()) + "\n")
+    (run.out / "eval.json").unlink(missing_ok=True)
 
 
 def _keep_log_before(out: Path, epoch: int) -> None:
@@ -373,78 +256,144 @@ def _keep_log_before(out: Path, epoch: int) -> None:
     atomic_write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in records))
 
 
-def _train_epochs(run: _Run, start_epoch: int) -> dict:
+def _save(run: _Run, checkpoint: dict, record: dict | None = None) -> None:
+    if is_main_process():
+        if record is not None:
+            append_jsonl(run.out / "log.jsonl", record)
+        atomic_torch_save(checkpoint, run.out / "checkpoint.pth")
+
+
+def _train_epochs(run: _Run, start_epoch: int, position: EpochPosition | None, stop: StopRequest) -> dict:
+    """Epochs ``start_epoch``.. (the first from ``position`` when resuming part-way), a checkpoint after each;
+    on Ctrl-C the epoch so far is saved and ``KeyboardInterrupt`` raised."""
     config = run.config
     train_model = nn.parallel.DistributedDataParallel(run.model, find_unused_parameters=True) if is_distributed() else run.model
-    train_loader = _loader(run.train_set, config.batch_size, config.num_workers, True, config.seed)
+    seeded = EpochSeeded(run.train_set, config.seed)
+    train_loader = _loader(seeded, config.batch_size, config.num_workers, True, config.seed)
+    epochs = Progress(config.epochs, unit="epoch", done=start_epoch, enabled=config.progress)
     stats: dict = {}
     for epoch in range(start_epoch, config.epochs):
-        train_loader.sampler.set_epoch(epoch)
-        train_stats = train_one_epoch(train_model, run.criterion, train_loader, run.optimizer, run.device, epoch=epoch,
-                                      clip_max_norm=config.clip_max_norm, accum_steps=config.accum_steps, amp=run.amp,
-                                      scaler=run.scaler, progress=config.progress)
+        seeded.set_epoch(epoch)
+        train_loader.sampler.set_epoch(epoch, start=position.step * config.batch_size if position else 0)
+        if position is None:  # the global RNG's one draw per epoch where a loader without a generator takes its
+            torch.empty((), dtype=torch.int64).random_()  # worker seed: the dropout stream of every run stays as it was
+        try:
+            train_stats = train_one_epoch(
+                train_model, run.criterion, train_loader, run.optimizer, run.device, epoch=epoch,
+                clip_max_norm=config.clip_max_norm, accum_steps=config.accum_steps, amp=run.amp, scaler=run.scaler,
+                progress=config.progress, position=position, stop=stop, desc=f"epoch {epoch + 1} of {config.epochs}")
+        except Stopped as stopped:
+            _save(run, {**run.checkpoint(epoch - 1), "partial": stopped.position.state()})
+            epochs.close()
+            raise KeyboardInterrupt from None
+        position = None
         run.scheduler.step()
         record = {"epoch": epoch, "lr": run.optimizer.param_groups[0]["lr"], **{f"train_{k}": v for k, v in train_stats.items()}}
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
             stats = run.evaluate()
             record.update({k: stats[k] for k in PRINTED}, fps=stats["fps"])
-        checkpoint = run.checkpoint(epoch)
-        if is_main_process():
-            append_jsonl(run.out / "log.jsonl", record)
-            atomic_torch_save(checkpoint, run.out / "checkpoint.pth")
+        _save(run, run.checkpoint(epoch), record)
+        epochs.update(label=f"loss {train_stats['loss']:.3f}" + (f", AP {fmt(100 * stats['AP'])}" if "AP" in record else ""))
+        if agree(False, stop.requested, run.device)[1] and epoch + 1 < config.epochs:
+            epochs.close()
+            raise KeyboardInterrupt
+    epochs.close()
     return stats
 
 
 def _report(out: Path, stats: dict, header: dict) -> None:
-    """Write ``eval.json`` (data and weights first) and print the COCO summary and the headline numbers."""
+    """Write ``eval.json`` (data and weights first) and print the COCO summary and the headline numbers
+    (in %, "–" where COCOeval has no such objects, as in every report)."""
     if not is_main_process():
         return
     atomic_write_json(out / "eval.json", {**header, **{k: v for k, v in stats.items() if k != "summary"}})
-    print(stats.get("summary", "") + "  ".join(f"{k} {100 * stats[k]:.1f}" for k in PRINTED) + f"  fps {stats['fps']:.1f}")
+    print(stats.get("summary", "") + headline(stats))
+
+
+def headline(stats: dict) -> str:
+    """``AP 43.1  AP50 ...  APl –  fps 12.3`` from COCO stats in [0, 1] (-1 = no such objects)."""
+    return "  ".join(f"{k} {fmt(100 * stats[k], missing_below=0)}" for k in PRINTED) + f"  fps {fmt(stats['fps'])}"
+
+
+def _open_train_run(config: DetectionTrainConfig) -> Run:
+    """``config.out`` opened as a detection train run (``common.run``): the same options (or a folder written
+    before a recipe field existed) resume; more epochs with ``--resume``; ``--resume FILE`` any folder."""
+    return open_run(config.out, TRAIN_KIND, config.options(), files=("checkpoint.pth",), resume=config.resume,
+                    overwrite=config.overwrite, continuable=more_epochs,
+                    compatible=(lambda old, new: True) if config.resume_from else same_run)
 
 
 def train_detector(config: DetectionTrainConfig) -> dict:
     """Train ``config.arch`` over ``config.backbone`` on a COCO-format set, evaluating on the val set;
-    returns the final eval stats (see :func:`evaluate`). The run folder is claimed before any work; an
-    existing run of the same options there is resumed, a finished one is reported, not retrained."""
+    returns the final eval stats (see :func:`evaluate`). The run folder is opened before any work; an
+    existing run of the same options there is resumed (part-way through an epoch after Ctrl-C), a
+    finished one is reported, not retrained."""
     device = init_distributed(config.device)
-    out, source = prepare_out(config)
-    main = is_main_process()
+    opened = _open_train_run(config)
+    out, main = opened.path, is_main_process()
     if main:
         announce(out)
+        print(config.recipe_line(), flush=True)
     run = _build_run(config, out, device)
-    start_epoch = _restore(run, source) if source else 0
-    if not source:
-        _start_fresh(run)
+    saved = out / "checkpoint.pth"
+    source = config.resume_from or (str(saved) if opened.resumed and saved.is_file() else None)
+    start_epoch, position = _restore(run, source) if source else (0, None)
+    if config.finetune and not source:
+        load_state_dropping_mismatched(run.model, _finetune_state(config.finetune, config.arch, config.backbone))
+    if not source or not (out / "log.jsonl").is_file():
+        _write_run_files(run)
     elif main:
         _keep_log_before(out, start_epoch)
+    if source and main:
+        print(f"resuming {out} from {source}: {_done(start_epoch, position, config)}", flush=True)
     if start_epoch >= config.epochs:
         if main:
             note(f"the run in {out} already finished its {config.epochs} epochs: nothing to train "
-                 "(--overwrite starts it over)")
-        saved = out / "eval.json"
-        stats = json.loads(saved.read_text()) if saved.is_file() else run.evaluate()
+                 "(--resume --epochs N continues it, --overwrite starts it over)")
+        saved_eval = out / "eval.json"
+        stats = json.loads(saved_eval.read_text()) if saved_eval.is_file() else run.evaluate()
     else:
-        if source and main:
-            note(f"resuming {out} from {source} at epoch {start_epoch} of {config.epochs}")
-        stats = _train_epochs(run, start_epoch) or run.evaluate()
+        with StopRequest() as stop:
+            stats = _train_epochs(run, start_epoch, position, stop) or run.evaluate()
     _report(out, stats, run.header())
     if main:
         announce(out, finished=True)
     return stats
 
 
-def evaluate_checkpoint(checkpoint: str, val_ann: str, val_images: str, out: str, *, device: str | None = None,
-                        batch_size: int = 2, num_workers: int = 2, save_vis: int = 0, progress: bool = True,
-                        data_note: str = "") -> dict:
-    """Evaluate a detector (any ``detection.load_detector`` format: suite, official DETR / Deformable DETR .pth,
-    Hugging Face folder) on a COCO-format set; writes ``eval.json`` (+ ``vis/*.png``) under ``out`` (checked
-    before the evaluation starts)."""
-    from detection.official import load_detector
-    from detection.resume import claim_eval_out
+def _done(start_epoch: int, position: EpochPosition | None, config: DetectionTrainConfig) -> str:
+    text = f"{start_epoch} of {config.epochs} epochs done"
+    return text + (f", epoch {start_epoch + 1} continues after its step {position.step}" if position else "")
 
-    out_dir = claim_eval_out(out, checkpoint)
+
+def eval_options(checkpoint: str, val_ann: str, val_images: str) -> dict:
+    """What a ``detection eval`` run computes (its run-folder options): the detector and the data."""
+    return {k: str(Path(v).resolve()) for k, v in
+            {"checkpoint": checkpoint, "val_ann": val_ann, "val_images": val_images}.items()}
+
+
+def evaluate_checkpoint(checkpoint: str, val_ann: str, val_images: str, out: str, *, device: str | None = None,
+                        batch_size: int = 2, num_workers: int | None = None, save_vis: int = 0, progress: bool = True,
+                        amp: bool = False, data_note: str = "", resume: bool = False, overwrite: bool = False) -> dict:
+    """Evaluate a detector (any ``detection.load.load_detector`` format: suite, official DETR / Deformable DETR
+    .pth, Hugging Face folder) on a COCO-format set; writes ``eval.json`` (+ ``vis/*.png``) under ``out``
+    (opened before the evaluation starts: the same command again reports the saved result)."""
+    from common.vocabulary import default_workers
+    from detection.load import load_detector
+
     device = init_distributed(device)
+    opened = open_run(out, EVAL_KIND, eval_options(checkpoint, val_ann, val_images), files=("eval.json",),
+                      resume=resume, overwrite=overwrite)
+    out_dir = opened.path
+    if is_main_process():
+        announce(out_dir)
+    if opened.resumed and save_vis == 0:
+        stats = json.loads((out_dir / "eval.json").read_text())
+        say_resumed(opened, "already evaluated (--overwrite evaluates again)")
+        if is_main_process():
+            print(headline(stats))
+            announce(out_dir, finished=True)
+        return stats
     loaded = load_detector(checkpoint, device=str(device))
     rows_are_ids = loaded.cat_ids == list(range(len(loaded.cat_ids)))
     val_set = CocoDetection(val_ann, val_images, make_transforms(False, loaded.sizes),
@@ -453,12 +402,14 @@ def evaluate_checkpoint(checkpoint: str, val_ann: str, val_images: str, out: str
     if unknown:
         raise ValueError(f"checkpoint {checkpoint} ({loaded.source}) was trained on category ids {loaded.cat_ids} but "
                          f"{val_ann} also has {unknown}: evaluate on the dataset it was trained on")
-    stats, predictions = evaluate(loaded.model, loaded.postprocessor, _loader(val_set, batch_size, num_workers, False, 0),
-                                  CocoEvaluator(val_set.coco, loaded.cat_ids), device, progress=progress)
+    loader = _loader(val_set, batch_size, default_workers(num_workers), False, 0)
+    stats, predictions = evaluate(loaded.model, loaded.postprocessor, loader, CocoEvaluator(val_set.coco, loaded.cat_ids),
+                                  device, amp=amp, progress=progress)
     _report(out_dir, stats, {"data": data_note or f"val {val_ann}", "weights": f"detector checkpoint {checkpoint}"})
     if save_vis > 0 and is_main_process():
         from detection.visualize import save_visualizations
 
         save_visualizations(val_set, predictions, out_dir / "vis", save_vis)
-    announce(out_dir, finished=True)
+    if is_main_process():
+        announce(out_dir, finished=True)
     return stats

@@ -8,7 +8,7 @@ accumulated into parameters (their ``.grad`` stay untouched). Everything runs on
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,22 @@ def _loss_grad(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, targeted
     return grad
 
 
+def _random_start(images: torch.Tensor, eps: float, norm: str,
+                  generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+    """A random offset per image: uniform in the L∞ ball, or uniform radius × random direction in the L2 ball."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        if len(generator) != images.shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {images.shape[0]} images: give one per image")
+        return torch.cat([_random_start(images[i:i + 1], eps, norm, g) for i, g in enumerate(generator)])
+    b, kw = images.shape[0], dict(generator=generator, device=images.device, dtype=images.dtype)
+    if norm == "Linf":
+        return (2 * torch.rand(images.shape, **kw) - 1) * eps
+    delta = torch.randn(images.shape, **kw)
+    n = delta.flatten(1).norm(p=2, dim=1).view(b, 1, 1, 1)
+    r = torch.rand((b, 1, 1, 1), **kw)
+    return delta * (r / n * eps)
+
+
 def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float,
          targeted_labels: torch.Tensor | None = None) -> torch.Tensor:
     """Fast gradient sign method (Goodfellow et al. 2015).
@@ -58,14 +74,16 @@ def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: floa
 
 
 def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, alpha: float, steps: int,
-        random_start: bool = True, norm: str = "Linf", generator: torch.Generator | None = None,
+        random_start: bool = True, norm: str = "Linf",
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         targeted_labels: torch.Tensor | None = None) -> torch.Tensor:
     """Projected gradient descent (Madry et al. 2018), L∞ or L2.
 
     images (B,3,H,W) float in [0,1]; labels (B,) int64 → adversarial images in [0,1], inside the
     ``eps``-ball of ``images`` in the chosen norm (per image). ``alpha`` is the step size; the random
     start (uniform in the L∞ ball, or uniform radius × random direction in the L2 ball, as torchattacks)
-    draws from ``generator`` (on the images' device) for reproducible runs.
+    draws from ``generator`` (on the images' device) for reproducible runs; a sequence of B generators
+    gives each image its own start, the one it would get alone, so the result does not depend on the batch.
     """
     if norm not in ("Linf", "L2"):
         raise ValueError(f"unknown norm {norm!r}: use 'Linf' or 'L2'")
@@ -76,15 +94,7 @@ def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float
     with attack_mode(model):
         adv = images.clone()
         if random_start:
-            if norm == "Linf":
-                noise = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
-                adv = adv + (2 * noise - 1) * eps
-            else:
-                delta = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
-                n = delta.flatten(1).norm(p=2, dim=1).view(b, 1, 1, 1)
-                r = torch.rand((b, 1, 1, 1), generator=generator, device=images.device, dtype=images.dtype)
-                adv = adv + delta * (r / n * eps)
-            adv = adv.clamp(0, 1)
+            adv = (adv + _random_start(images, eps, norm, generator)).clamp(0, 1)
         for _ in range(steps):
             grad = _loss_grad(model, adv, target, targeted)
             if norm == "Linf":

@@ -1,13 +1,18 @@
-"""``python eval.py robustness``: clean, ImageNet-C/A/R, occlusion and FGSM/PGD evaluation with reports.
+"""``python eval.py robustness``: clean, ImageNet-C/A/R, IN-9, occlusion and FGSM/PGD evaluation with reports.
 
-    python eval.py robustness --model pit_s     # generated data, published or random weights: a smoke run
+    python eval.py robustness --model pit_s     # the paper's table on the built-in generated set: a smoke run
     python eval.py robustness --model pit_s deit_small_patch16_224 resnet50 \\
         --weights pit_s_809.pth deit_small.pth resnet50.pth --data /data/imagenet/val \\
-        --imagenet-c /data/imagenet-c --imagenet-a /data/imagenet-a --attacks fgsm pgd --occlusion --out runs/rob
+        --imagenet-c /data/imagenet-c --imagenet-a /data/imagenet-a --out runs/rob
+    python eval.py robustness --model pit_s --in9 /data/bg_challenge   # IN-9 only, the model's 1000-class head
     torchrun --nproc_per_node=8 eval.py robustness ...   # same command, data sharded over GPUs
 
-Run the same command again to resume; add --attacks, --occlusion, --imagenet-a/-r or corruptions to a
-finished run and only the new cells are computed.
+What runs: every dataset given is evaluated (--data, --imagenet-c/-a/-r, --in9; none given: the built-in
+generated set). With no evaluation selected, the paper's table runs on the data given: clean, occlusion,
+FGSM and PGD, and the 15 corruptions at severities 1-5 (on the fly from the clean images, or read from
+--imagenet-c). Any of --attacks, --occlusion, --corruptions, --corrupt-on-the-fly selects: only what is
+given runs besides clean (--attacks with no name: clean only). Run the same command again to resume;
+add evaluations or datasets to a finished run and only the new cells are computed.
 """
 from __future__ import annotations
 
@@ -19,9 +24,17 @@ from pathlib import Path
 import pit
 from common import rundir, synthetic
 from common.distributed import cleanup_distributed, is_main_process
-from robustness.config import ModelSpec, RobustnessConfig, default
-from robustness.runner import marker_options, run
+from common.options import positive_int
+from common.tables import fmt
+from common.vocabulary import add_shared_flags, parse_severities
+from robustness.config import ATTACKS, ModelSpec, RobustnessConfig, default, paper_table
+from robustness.plan import marker_options
+from robustness.runner import run_robustness
 from robustness.store import KIND
+
+GENERATED_LIMIT = 100  # images of the generated set per cell by default: the whole table in a few minutes on a CPU
+SELECTIONS = ("--attacks", "--occlusion", "--corruptions", "--corrupt-on-the-fly")
+
 
 def parse_fraction(text: str) -> float:
     """'1/255', '0.5' or '2' → a finite float (argparse type)."""
@@ -34,89 +47,69 @@ def parse_fraction(text: str) -> float:
     return value
 
 
-def _bounded(parse, low: float, high: float | None, low_open: bool, what: str):
-    """An argparse type: ``parse`` then check low < / <= value (<= high)."""
-    def check(text: str):
+def _fraction_in(low: float, high: float, low_open: bool, what: str):
+    """An argparse type: a number or fraction in [low, high] (or (low, high] when ``low_open``)."""
+    def check(text: str) -> float:
         try:
-            value = parse(text)
-        except (ValueError, argparse.ArgumentTypeError):
+            value = parse_fraction(text)
+        except argparse.ArgumentTypeError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if (value <= low if low_open else value < low) or (high is not None and value > high):
+        if (value <= low if low_open else value < low) or value > high:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
     return check
 
 
-positive_int = _bounded(int, 1, None, False, "an integer >= 1")
-nonnegative_int = _bounded(int, 0, None, False, "an integer >= 0")
-eps_value = _bounded(parse_fraction, 0, 1, False, "a finite number in [0, 1] (pixels in [0,1]), e.g. 1/255")
-step_value = _bounded(parse_fraction, 0, 1, True, "a finite number in (0, 1], e.g. 1/255")
-crop_value = _bounded(parse_fraction, 0, 1, True, "a fraction in (0, 1], e.g. 0.875")
-
-
-def parse_severities(values: list[str]) -> list[int]:
-    """['1-5'] / ['1', '3', '5'] / ['2-4', '5'] → sorted unique ints, each in 1..5."""
-    out: set[int] = set()
-    for v in values:
-        try:
-            lo, _, hi = v.partition("-")
-            out.update(range(int(lo), int(hi or lo) + 1))
-        except ValueError:
-            raise ValueError(f"bad --severities value {v!r}: use numbers 1-5 or a range like 1-5") from None
-    if not out or min(out) < 1 or max(out) > 5:
-        raise ValueError(f"--severities must lie in 1..5, got {' '.join(values)}")
-    return sorted(out)
+eps_value = _fraction_in(0, 1, False, "a finite number in [0, 1] (pixels in [0,1]), e.g. 1/255")
+step_value = _fraction_in(0, 1, True, "a finite number in (0, 1], e.g. 1/255")
+crop_value = _fraction_in(0, 1, True, "a fraction in (0, 1], e.g. 0.875")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
     g = parser.add_argument_group("models")
-    g.add_argument("--model", nargs="+", required=True, metavar="NAME",
-                   help="one or more pit.create_model names (pit_s, deit_small_patch16_224, resnet50, ...)")
+    add_shared_flags(g, "models", "amp")
     g.add_argument("--weights", nargs="+", default=None, metavar="PATH",
                    help="weights file per model, in the same order ('none' for random init); omitted: the "
                         "published weights when available offline, else random init (a banner says which)")
     g.add_argument("--num-classes", type=positive_int, default=None, help="classifier outputs (default: the model's)")
-    g.add_argument("--amp", action="store_true", help="mixed precision forward passes (common.autocast policy)")
-    g = parser.add_argument_group("data")
+    _add_data_arguments(parser.add_argument_group("data (each set given is evaluated)"))
+    g = parser.add_argument_group(f"evaluations (none of {', '.join(SELECTIONS)} given: the paper's table on the "
+                                  "data given; any given: only those, besides clean)")
+    add_shared_flags(g, "corruptions", "severities")
+    g.add_argument("--corrupt-on-the-fly", action="store_true", default=None,
+                   help="corrupt the clean --data batches on the device (the default source without --imagenet-c)")
+    g.add_argument("--attacks", nargs="*", default=None, choices=ATTACKS, help="adversarial attacks (L∞); --attacks with no name: no evaluation but clean")
+    g.add_argument("--eps", type=eps_value, default=default("eps"), help="attack radius in [0,1] pixels, e.g. 1/255")
+    g.add_argument("--alpha", type=step_value, default=default("alpha"), help="PGD step size (default 2.5*eps/steps)")
+    g.add_argument("--steps", type=positive_int, default=default("steps"), help="PGD steps")
+    g.add_argument("--occlusion", action="store_true", default=None, help="centred-square and random-patch occlusion")
+    g = parser.add_argument_group("run")
+    add_shared_flags(g, "out", "overwrite", "resume", "device", "seed", "batch_size", "workers", "progress",
+                     seed=default("seed"), batch_size=default("batch_size"),
+                     out_help="output folder: results.json, cells.jsonl, report.md, plots/ (default: "
+                              "runs/robustness-<models>, resumed when it holds the same run)")
+
+
+def _add_data_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--data", default=None, metavar="DIR",
-                   help="clean validation ImageFolder (<dir>/<wnid>/*.JPEG); omitted: the built-in generated set")
+                   help="clean validation ImageFolder (<dir>/<wnid>/*.JPEG); no dataset at all given: the built-in "
+                        "generated set")
     g.add_argument("--class-map", choices=("imagenet", "folder"), default=None,
-                   help="folder names are ImageNet wnids (timm's synset order; the default with --data) or any "
+                   help="folder names are ImageNet wnids (timm's synset order; the default with real data) or any "
                         "names (sorted → 0..K-1; the default for the generated set)")
     g.add_argument("--imagenet-c", metavar="DIR", help="ImageNet-C on disk: DIR/<corruption>/<severity>/<wnid>/*.JPEG")
-    g.add_argument("--corrupt-on-the-fly", action="store_true",
-                   help="corrupt the clean --data batches on the device instead of reading ImageNet-C")
     g.add_argument("--imagenet-a", metavar="DIR", help="ImageNet-A folder (the authors' 200 classes; logits masked)")
     g.add_argument("--imagenet-r", metavar="DIR", help="ImageNet-R folder (the authors' 200 classes; logits masked)")
     g.add_argument("--in9", metavar="DIR", help="ImageNet-9 backgrounds test sets (DIR/<variant>/val/<class>/, "
                    "DIR/fg_mask/val/<class>/*.npy): variant accuracies, BG-gap and the Background Challenge")
     g.add_argument("--in9-challenge-limit", type=positive_int, default=default("in9_challenge_limit"), metavar="N",
                    help="Background Challenge on the first N foregrounds per class only (a quick estimate)")
-    g.add_argument("--img-size", type=positive_int, default=default("img_size"), help="eval image size (default: the model's)")
+    g.add_argument("--img-size", type=positive_int, default=default("img_size"), help="eval image size (default: the model's; the generated set's own 64 px for it)")
     g.add_argument("--crop-pct", type=crop_value, default=default("crop_pct"), help="centre-crop fraction in (0, 1] (default: the model's)")
-    g.add_argument("--limit", type=positive_int, default=default("limit"), help="evaluate an evenly spread subset of N images per set")
-    g.add_argument("--workers", type=nonnegative_int, default=default("num_workers"), help="DataLoader worker processes")
-    g.add_argument("--batch-size", type=positive_int, default=default("batch_size"), help="images per batch (per process)")
-    g = parser.add_argument_group("corruptions")
-    g.add_argument("--corruptions", nargs="+", default=[default("corruptions")],
-                   help="'all' (the 15 ImageNet-C ones), 'extra' (the 4 extra) or corruption names")
-    g.add_argument("--severities", nargs="+", default=["1-5"], help="severities: a range '1-5' or values '1 3 5'")
-    g = parser.add_argument_group("attacks and occlusion")
-    g.add_argument("--attacks", nargs="*", default=[], choices=("fgsm", "pgd"), help="adversarial attacks (L∞)")
-    g.add_argument("--eps", type=eps_value, default=default("eps"), help="attack radius in [0,1] pixels, e.g. 1/255")
-    g.add_argument("--alpha", type=step_value, default=default("alpha"), help="PGD step size (default 2.5*eps/steps)")
-    g.add_argument("--steps", type=positive_int, default=default("steps"), help="PGD steps")
-    g.add_argument("--occlusion", action="store_true", help="centred-square and random-patch occlusion")
-    g = parser.add_argument_group("run")
-    g.add_argument("--out", default=None, help="output folder: results.json, cells.jsonl, report.md, plots/ "
-                                               "(default: runs/robustness-<models>, resumed when it holds the same run)")
-    g.add_argument("--overwrite", action="store_true",
-                   help="recompute cells that --out holds from other options (other cells are kept)")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
-    g.add_argument("--seed", type=int, default=default("seed"), help="seed of on-the-fly corruptions, PGD starts, random occlusion")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--limit", type=positive_int, default=default("limit"),
+                   help=f"evaluate an evenly spread subset of N images per set (generated set: {GENERATED_LIMIT} by default)")
 
 
 def model_specs(names: list[str], weights: list[str] | None, num_classes: int | None) -> list[ModelSpec]:
@@ -139,7 +132,8 @@ def model_specs(names: list[str], weights: list[str] | None, num_classes: int | 
 
 
 def generated_data(class_map: str | None, num_classes: int | None) -> tuple[str, int, str]:
-    """The built-in generated classification set (built and cached on first use): (val folder, classes, note)."""
+    """The built-in generated classification set (built and cached on first use): (val folder, classes, note).
+    It is evaluated at its own image size (no resize, no crop) on ``GENERATED_LIMIT`` images unless told otherwise."""
     spec = synthetic.ClassificationSpec()
     if class_map == "imagenet":
         raise ValueError("--class-map imagenet needs --data DIR (the generated set's folders are not ImageNet wnids)")
@@ -148,44 +142,62 @@ def generated_data(class_map: str | None, num_classes: int | None) -> tuple[str,
                          f"{spec.num_classes} classes")
     root = synthetic.make_classification(None, spec) / "val"
     text = (f"built-in generated classification set ({spec.num_classes} shape×texture classes, "
-            f"{spec.num_classes * spec.val_per_class} images of {spec.img_size} px, {root}), not ImageNet")
-    rundir.note(f"no --data given: evaluating on the {text}; for ImageNet pass --data DIR (e.g. --data /data/imagenet/val)")
+            f"{spec.num_classes * spec.val_per_class} images of {spec.img_size} px, {root}), not ImageNet; "
+            f"by default {GENERATED_LIMIT} of them at {spec.img_size} px (--limit, --img-size)")
+    rundir.note(f"no dataset given: evaluating on the {text}; for ImageNet pass --data DIR (e.g. --data /data/imagenet/val)")
     return str(root), spec.num_classes, text
 
 
-def build_config(args: argparse.Namespace) -> RobustnessConfig:
-    """The run's RobustnessConfig from the parsed arguments (defaults: data, weights, --out folder)."""
-    data, num_classes, data_note, class_map = args.data, args.num_classes, None, args.class_map or "imagenet"
-    if data is None:
+def evaluations(args: argparse.Namespace, has_clean: bool) -> dict:
+    """The config's evaluation fields: the paper's table when none is selected, else only the ones given."""
+    if all(getattr(args, flag[2:].replace("-", "_")) is None for flag in SELECTIONS):
+        chosen = paper_table(has_clean, bool(args.imagenet_c))
+        rundir.note(f"no evaluation selected ({', '.join(SELECTIONS)}): running the paper's table on the data given")
+    else:
+        corrupt = args.corrupt_on_the_fly or (args.corruptions is not None and has_clean and not args.imagenet_c)
+        chosen = {"attacks": args.attacks or [], "occlusion": bool(args.occlusion),
+                  "corruptions": "all" if args.corruptions is None else args.corruptions,
+                  "corrupt_on_the_fly": bool(corrupt)}
+    return chosen
+
+
+def build_config(args: argparse.Namespace) -> dict:
+    """The run's ``run_robustness`` keywords from the parsed arguments (defaults: data, weights, --out folder)."""
+    data, num_classes, data_note, limit = args.data, args.num_classes, None, args.limit
+    class_map, img_size, crop_pct = args.class_map or "imagenet", args.img_size, args.crop_pct
+    if not (data or args.imagenet_c or args.imagenet_a or args.imagenet_r or args.in9):
         data, num_classes, data_note = generated_data(args.class_map, args.num_classes)
-        class_map = "folder"
-    config = RobustnessConfig(
-        models=model_specs(args.model, args.weights, num_classes), data=data, out=args.out or "",
-        class_map=class_map, img_size=args.img_size, crop_pct=args.crop_pct, imagenet_c=args.imagenet_c,
-        corrupt_on_the_fly=args.corrupt_on_the_fly, imagenet_a=args.imagenet_a, imagenet_r=args.imagenet_r,
-        in9=args.in9, in9_challenge_limit=args.in9_challenge_limit, corruptions=args.corruptions,
-        severities=parse_severities(args.severities), attacks=args.attacks,
-        eps=args.eps, alpha=args.alpha, steps=args.steps, occlusion=args.occlusion, limit=args.limit,
-        batch_size=args.batch_size, device=args.device, amp=args.amp, num_workers=args.workers, seed=args.seed,
-        progress=not args.no_progress, overwrite=args.overwrite, data_note=data_note)
+        class_map, limit = "folder", limit or GENERATED_LIMIT
+        img_size, crop_pct = img_size or synthetic.ClassificationSpec().img_size, crop_pct or 1.0
+    fields = dict(
+        models=model_specs(args.models, args.weights, num_classes), data=data, out=args.out or "",
+        class_map=class_map, img_size=img_size, crop_pct=crop_pct, imagenet_c=args.imagenet_c,
+        imagenet_a=args.imagenet_a, imagenet_r=args.imagenet_r, in9=args.in9,
+        in9_challenge_limit=args.in9_challenge_limit, severities=parse_severities(args.severities),
+        eps=args.eps, alpha=args.alpha, steps=args.steps, limit=limit, batch_size=args.batch_size,
+        device=args.device, amp=args.amp, num_workers=args.workers, seed=args.seed, progress=args.progress,
+        overwrite=args.overwrite, resume=args.resume, data_note=data_note, **evaluations(args, bool(data)))
     if not args.out:
+        config = RobustnessConfig(**fields)
         names = [m.display for m in config.models]
-        config.out = str(rundir.default_out("robustness", names, KIND, marker_options(config)))
-    return config
+        fields["out"] = str(rundir.default_out("robustness", names, KIND, marker_options(config)))
+    return fields
 
 
 def main(args: argparse.Namespace) -> int:
-    config = build_config(args)
-    rundir.announce(config.out)
+    fields = build_config(args)
+    rundir.announce(fields["out"])
     try:
-        result = run(config)
+        result = run_robustness(**fields)
         main_process = is_main_process()
     finally:
         cleanup_distributed()
     if main_process:
         for label, s in result["summary"].items():
-            shown = ", ".join(f"{k} {v:.2f}" for k, v in s.items() if isinstance(v, float))
+            shown = ", ".join(f"{k} {fmt(v, 2)}" for k, v in s.items() if isinstance(v, float))
             print(f"{label}: {shown}")
+        for reason in sorted(set(result["not_run"].values())):
+            print(f"{', '.join(k for k, v in result['not_run'].items() if v == reason)}: {reason}")
         print(f"report: {result['report']}")
-        rundir.announce(config.out, finished=True)
+        rundir.announce(fields["out"], finished=True)
     return 0

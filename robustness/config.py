@@ -10,7 +10,9 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
+
+from common.vocabulary import default_workers, parse_corruptions, parse_severities
 
 ATTACKS = ("fgsm", "pgd")
 OCCLUSIONS = {"occlusion_center": "centred square, half of each side (25% of the area), zero fill",
@@ -40,14 +42,18 @@ class ModelSpec:
 class RobustnessConfig:
     """Everything one robustness run needs. Sizes in pixels, ``eps``/``alpha`` in [0,1] pixel units.
 
-    ``data`` is the clean validation ImageFolder; ``corruptions`` is 'all', 'extra' or names;
-    ``alpha`` None means 2.5·eps/steps; ``img_size``/``crop_pct`` None mean the model's own values.
-    ``data_note``/``weights_notes`` say in the report what data and weights a run used.
+    ``data`` is the clean validation ImageFolder (None: no clean set; then only the other sets given are
+    evaluated, and the cells that need clean images are reported "not run"). ``corruptions`` is 'all',
+    'extra' or names (``common.vocabulary.parse_corruptions``), run when ``imagenet_c`` or
+    ``corrupt_on_the_fly`` gives them a source; ``severities`` anything ``parse_severities`` reads;
+    ``alpha`` None means 2.5·eps/steps; ``img_size``/``crop_pct`` None mean the model's own values;
+    ``num_workers`` None means ``common.vocabulary.default_workers()``. ``data_note`` says in the report
+    what data a run used. Random draws are keyed per image by ``seed`` (``common.seeding``).
     """
 
     models: list[ModelSpec]
-    data: str
-    out: str
+    data: str | None = None
+    out: str = ""
     class_map: str = "imagenet"
     img_size: int | None = None
     crop_pct: float | None = None
@@ -57,9 +63,9 @@ class RobustnessConfig:
     imagenet_r: str | None = None
     in9: str | None = None
     in9_challenge_limit: int | None = None
-    corruptions: list[str] | str = "all"
-    severities: list[int] = (1, 2, 3, 4, 5)
-    attacks: list[str] = ()
+    corruptions: Sequence[str] | str = "all"
+    severities: Sequence[int | str] | str = "1-5"
+    attacks: Sequence[str] = ()
     eps: float = 1 / 255
     alpha: float | None = None
     steps: int = 5
@@ -68,17 +74,19 @@ class RobustnessConfig:
     batch_size: int = 64
     device: str | None = None
     amp: bool = False
-    num_workers: int = 4
+    num_workers: int | None = None
     seed: int = 0
     progress: bool = True
     overwrite: bool = False
+    resume: bool = False
     data_note: str | None = None
-    weights_notes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.severities = list(self.severities)
+        self.models = list(self.models)
         self.attacks = list(self.attacks)
         self.check_options()
+        self.severities = list(parse_severities(self.severities))
+        self.corruptions = list(parse_corruptions(self.corruptions))
 
     def check_options(self) -> None:
         """Raise ValueError naming the option (and its flag) for any value out of range."""
@@ -91,18 +99,17 @@ class RobustnessConfig:
                              "different --weights files (they are then labelled NAME:FILE-STEM)")
         if self.class_map not in CLASS_MAPS:
             raise ValueError(f"unknown class map {self.class_map!r}: use --class-map imagenet or folder")
+        if not (self.data or self.imagenet_c or self.imagenet_a or self.imagenet_r or self.in9):
+            raise ValueError("no dataset given: pass --data DIR (clean images) and/or --imagenet-c/-a/-r or --in9 DIR")
+        if self.class_map == "folder" and not self.data:
+            raise ValueError("--class-map folder numbers the class folders of --data: pass --data DIR, or use "
+                             "--class-map imagenet (wnid folders)")
         if self.in9_challenge_limit is not None and not self.in9:
             raise ValueError("--in9-challenge-limit needs --in9 DIR (the ImageNet-9 test sets)")
-        if self.imagenet_c and self.corrupt_on_the_fly:
-            raise ValueError("--imagenet-c and --corrupt-on-the-fly exclude each other: pick one source of corruptions")
-        if self.corruptions not in ("all", ["all"]) and not (self.imagenet_c or self.corrupt_on_the_fly):
-            raise ValueError("--corruptions needs --imagenet-c DIR or --corrupt-on-the-fly")
+        self._check_sources()
         unknown = sorted(set(self.attacks) - set(ATTACKS))
         if unknown:
             raise ValueError(f"unknown attack(s) {unknown}: choose --attacks from {' '.join(ATTACKS)}")
-        bad = [s for s in self.severities if s not in (1, 2, 3, 4, 5)]
-        if bad or not self.severities:
-            raise ValueError(f"--severities must lie in 1..5, got {self.severities}")
         _check_number("--eps", self.eps, low=0.0, high=1.0, low_open=False)
         if self.alpha is not None:
             _check_number("--alpha", self.alpha, low=0.0, high=1.0, low_open=True)
@@ -114,15 +121,36 @@ class RobustnessConfig:
             if value is not None and (not isinstance(value, int) or value < low):
                 raise ValueError(f"{flag} must be an integer >= {low}, got {value!r}")
 
+    def _check_sources(self) -> None:
+        """Corruptions need a source; occlusion, attacks and on-the-fly corruptions need clean images."""
+        if self.imagenet_c and self.corrupt_on_the_fly:
+            raise ValueError("--imagenet-c and --corrupt-on-the-fly exclude each other: pick one source of corruptions")
+        explicit = not (isinstance(self.corruptions, str) and self.corruptions == "all") and list(self.corruptions) != ["all"]
+        if explicit and not (self.imagenet_c or self.corrupt_on_the_fly):
+            raise ValueError("--corruptions needs --imagenet-c DIR or clean images to corrupt on the fly (--data DIR)")
+        if not self.data:
+            needs = [flag for flag, on in (("--attacks", self.attacks), ("--occlusion", self.occlusion),
+                                           ("--corrupt-on-the-fly", self.corrupt_on_the_fly)) if on]
+            if needs:
+                raise ValueError(f"{needs[0]} needs clean images: pass --data DIR (or drop {needs[0]})")
+
     @property
     def step_size(self) -> float:
         """PGD step size: ``alpha``, else 2.5·eps/steps (Madry et al.)."""
         return self.alpha if self.alpha is not None else 2.5 * self.eps / self.steps
 
     @property
-    def randomised(self) -> bool:
-        """True when some cell draws random numbers (keyed by batch, so the batching matters)."""
-        return bool(self.corrupt_on_the_fly or "pgd" in self.attacks or self.occlusion)
+    def workers(self) -> int:
+        """DataLoader workers: ``num_workers``, else ``default_workers()`` (never more than the cores)."""
+        return default_workers(self.num_workers)
+
+
+def paper_table(has_clean: bool, imagenet_c: bool) -> dict[str, Any]:
+    """The evaluations of the paper's robustness table on the data a run has (``eval.py robustness`` with no
+    evaluation selected): occlusion, FGSM/PGD and the 15 corruptions on the fly need clean images;
+    with ``--imagenet-c`` the corruptions are read from it instead."""
+    return {"attacks": list(ATTACKS) if has_clean else [], "occlusion": has_clean, "corruptions": "all",
+            "corrupt_on_the_fly": has_clean and not imagenet_c}
 
 
 def _check_number(flag: str, value: float | None, *, low: float, high: float, low_open: bool) -> None:

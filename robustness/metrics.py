@@ -8,7 +8,6 @@ from collections.abc import Mapping
 
 import torch
 
-from classification.metrics import topk_correct  # noqa: F401  (the suite's one top-k)
 from common.distributed import all_reduce_sum
 
 # AlexNet top-1 error per corruption, the mean over severities 1-5 (Hendrycks & Dietterich 2019; docs/references.md).

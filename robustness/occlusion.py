@@ -1,4 +1,4 @@
-"""Occlusion transforms: a centred square, or a randomly placed square patch, filled per batch.
+"""Occlusion transforms: a centred square, or a randomly placed square patch, painted batched.
 
 All take float images (B,3,H,W) in [0,1] on any device and return a new tensor of the same shape;
 fill "zero" paints black, "mean" paints each image's own per-channel mean colour.
@@ -6,6 +6,7 @@ fill "zero" paints black, "mean" paints each image's own per-channel mean colour
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -50,13 +51,26 @@ def occlude_center(images: torch.Tensor, size: float | int = 0.5, fill: str = "z
 
 
 def occlude_random(images: torch.Tensor, area: float = 0.25, fill: str = "zero",
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | Sequence[torch.Generator] | None = None) -> torch.Tensor:
     """Occlude one square patch covering ``area`` (fraction of the image area) at a random position per
-    image, drawn uniformly from ``generator`` (on the images' device)."""
+    image, drawn uniformly from ``generator`` (on the images' device). A sequence of B generators gives
+    each image its own draw: image i gets the patch it would get alone with ``generator[i]``."""
     if not 0 <= area <= 1:
         raise ValueError(f"occlusion area fraction must be in [0, 1], got {area}")
     b, _, h, w = images.shape
     side = min(round(math.sqrt(area * h * w)), h, w)
-    top = torch.randint(0, h - side + 1, (b,), generator=generator, device=images.device)
-    left = torch.randint(0, w - side + 1, (b,), generator=generator, device=images.device)
+    if generator is None or isinstance(generator, torch.Generator):
+        top = torch.randint(0, h - side + 1, (b,), generator=generator, device=images.device)
+        left = torch.randint(0, w - side + 1, (b,), generator=generator, device=images.device)
+    else:
+        _check_count(generator, b)
+        corners = [(torch.randint(0, h - side + 1, (1,), generator=g, device=images.device),
+                    torch.randint(0, w - side + 1, (1,), generator=g, device=images.device)) for g in generator]
+        top = torch.cat([t for t, _ in corners])
+        left = torch.cat([l for _, l in corners])
     return _paint(images, top, left, side, side, fill)
+
+
+def _check_count(generators: Sequence[torch.Generator], batch: int) -> None:
+    if len(generators) != batch:
+        raise ValueError(f"got {len(generators)} generators for a batch of {batch} images: give one per image")

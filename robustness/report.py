@@ -10,69 +10,70 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from common.io import atomic_write_text
+from common.tables import fmt, markdown_table
 from robustness import metrics
 from robustness.background.evaluate import DATASET as IN9
 from robustness.background.evaluate import in9_summary
 from robustness.background.report import in9_report_lines, plot_in9
-from common.io import atomic_write_text
+from robustness.cells import CellRecord
 
 SUMMARY_KEYS = ("clean_top1", "clean_top5", "mCE", "relative_mCE", "mean_corruption_error", "corruption_top1",
                 "fgsm_top1", "pgd_top1", "occlusion_top1", "occlusion_random_top1", "imagenet_a_top1", "imagenet_r_top1")
+COLUMNS = (("Clean top-1", "clean_top1"), ("Clean top-5", "clean_top5"), ("Occlusion", "occlusion_top1"),
+           ("Random patch", "occlusion_random_top1"), ("IN-A", "imagenet_a_top1"), ("IN-R", "imagenet_r_top1"),
+           ("BGC", "bgc_top1"), ("BG-gap", "bg_gap"), ("FGSM", "fgsm_top1"), ("PGD", "pgd_top1"),
+           ("Corruption top-1", "corruption_top1"), ("Mean corruption error (raw)", "mean_corruption_error"),
+           ("mCE (AlexNet-norm.)", "mCE"), ("Relative mCE", "relative_mCE"))
+DIGITS = 2  # the terminal summary prints the same digits
 
 
-def _pick(records: list[dict], **match) -> dict | None:
-    return next((r for r in records if all(r.get(k) == v for k, v in match.items())), None)
+def _pick(records: list[CellRecord], dataset: str, variant: str = "clean") -> CellRecord | None:
+    return next((r for r in records if r.key.dataset == dataset and r.key.variant == variant), None)
 
 
-def corruption_table(records: list[dict], label: str) -> dict[str, dict[int, float]]:
+def corruption_table(records: list[CellRecord], label: str) -> dict[str, dict[int, float]]:
     """corruption → {severity: top-1 %} for one model."""
     table: dict[str, dict[int, float]] = {}
     for r in records:
-        if r["model"] == label and r["dataset"] == "imagenet-c" and r["top1"] is not None:
-            table.setdefault(r["corruption"], {})[r["severity"]] = r["top1"]
+        if r.key.model == label and r.key.dataset == "imagenet-c" and r.top1 is not None:
+            table.setdefault(r.key.corruption, {})[r.key.severity] = r.top1
     return table
 
 
-def summarize(records: list[dict], labels: list[str]) -> dict[str, dict]:
+def summarize(records: list[CellRecord], labels: list[str]) -> dict[str, dict]:
     """Per model label: the headline numbers (None where not run); see the module doc for units."""
-    out = {}
-    for label in labels:
-        mine = [r for r in records if r["model"] == label]
-
-        def top1(**match):
-            r = _pick(mine, **match)
-            return r["top1"] if r else None
-
-        s = dict.fromkeys(SUMMARY_KEYS)
-        clean = _pick(mine, dataset="imagenet", variant="clean")
-        if clean:
-            s["clean_top1"], s["clean_top5"] = clean["top1"], clean["top5"]
-        table = corruption_table(records, label)
-        errors = {c: [1 - table[c][k] / 100 for k in sorted(table[c])] for c in table}
-        full = {c: e for c, e in errors.items() if sorted(table[c]) == [1, 2, 3, 4, 5]}
-        mce = metrics.mean_ce(metrics.corruption_errors(full))
-        s["mCE"] = None if mce is None else 100 * mce
-        if clean and clean["top1"] is not None:
-            rmce = metrics.mean_ce(metrics.relative_corruption_errors(full, 1 - clean["top1"] / 100))
-            s["relative_mCE"] = None if rmce is None else 100 * rmce
-        mean_err = metrics.mean_corruption_error(errors)
-        if mean_err is not None:
-            s["mean_corruption_error"], s["corruption_top1"] = 100 * mean_err, 100 * (1 - mean_err)
-        s["fgsm_top1"] = top1(dataset="imagenet", variant="fgsm")
-        s["pgd_top1"] = top1(dataset="imagenet", variant="pgd")
-        s["occlusion_top1"] = top1(dataset="imagenet", variant="occlusion_center")
-        s["occlusion_random_top1"] = top1(dataset="imagenet", variant="occlusion_random")
-        s["imagenet_a_top1"] = top1(dataset="imagenet-a")
-        s["imagenet_r_top1"] = top1(dataset="imagenet-r")
-        s["mCE_corruptions"] = len([c for c in full if c in metrics.ALEXNET_ERRORS])
-        if any(r["dataset"] == IN9 for r in mine):
-            s.update(in9_summary(mine, label))
-        out[label] = s
-    return out
+    return {label: _summary([r for r in records if r.key.model == label], label) for label in labels}
 
 
-def _fmt(v: float | None) -> str:
-    return "–" if v is None else f"{v:.2f}"
+def _summary(mine: list[CellRecord], label: str) -> dict:
+    def top1(dataset: str, variant: str = "clean") -> float | None:
+        r = _pick(mine, dataset, variant)
+        return r.top1 if r else None
+
+    s = dict.fromkeys(SUMMARY_KEYS)
+    clean = _pick(mine, "imagenet")
+    if clean:
+        s["clean_top1"], s["clean_top5"] = clean.top1, clean.top5
+    table = corruption_table(mine, label)
+    errors = {c: [1 - table[c][k] / 100 for k in sorted(table[c])] for c in table}
+    full = {c: e for c, e in errors.items() if sorted(table[c]) == [1, 2, 3, 4, 5]}
+    mce = metrics.mean_ce(metrics.corruption_errors(full))
+    s["mCE"] = None if mce is None else 100 * mce
+    if clean and clean.top1 is not None:
+        rmce = metrics.mean_ce(metrics.relative_corruption_errors(full, 1 - clean.top1 / 100))
+        s["relative_mCE"] = None if rmce is None else 100 * rmce
+    mean_err = metrics.mean_corruption_error(errors)
+    if mean_err is not None:
+        s["mean_corruption_error"], s["corruption_top1"] = 100 * mean_err, 100 * (1 - mean_err)
+    s.update(fgsm_top1=top1("imagenet", "fgsm"), pgd_top1=top1("imagenet", "pgd"),
+             occlusion_top1=top1("imagenet", "occlusion_center"),
+             occlusion_random_top1=top1("imagenet", "occlusion_random"),
+             imagenet_a_top1=top1("imagenet-a"), imagenet_r_top1=top1("imagenet-r"))
+    s["mCE_corruptions"] = len([c for c in full if c in metrics.ALEXNET_ERRORS])
+    if any(r.key.dataset == IN9 for r in mine):
+        s.update(in9_summary([r.to_json() for r in mine], label))
+    return s
 
 
 def provenance(options: dict) -> list[str]:
@@ -83,15 +84,35 @@ def provenance(options: dict) -> list[str]:
     return ["  \n".join(lines)] if lines else []
 
 
-def markdown_report(records: list[dict], summary: dict[str, dict], options: dict) -> str:
+def comparison_table(summary: dict[str, dict], not_run: dict[str, str]) -> list[str]:
+    """The paper-style table: a row per model, a column per number that was run (or that says "not run")."""
+    cols = [(t, k) for t, k in COLUMNS if k in not_run or any(s.get(k) is not None for s in summary.values())]
+    cols = [(t, k) for t, k in cols if k != "relative_mCE" or any(s.get("mCE") is not None for s in summary.values())]
+    rows = [[label, *("not run" if k in not_run else fmt(s.get(k), DIGITS) for _, k in cols)]
+            for label, s in summary.items()]
+    lines = [markdown_table(["Model", *(t for t, _ in cols)], rows)]
+    reasons = sorted(set(not_run.values()))
+    if reasons:
+        lines += ["", "*not run*: " + "; ".join(reasons) + "."]
+    return lines
+
+
+def _corruption_section(records: list[CellRecord], label: str) -> list[str]:
+    table = corruption_table(records, label)
+    if not table:
+        return []
+    sevs = sorted({k for row in table.values() for k in row})
+    ces = metrics.corruption_errors({c: [1 - row[k] / 100 for k in sorted(row)] for c, row in table.items()
+                                     if sorted(row) == [1, 2, 3, 4, 5]})
+    rows = [[c, *(fmt(row.get(k), DIGITS) for k in sevs), fmt(sum(row.values()) / len(row), DIGITS),
+             fmt(None if ces.get(c) is None else 100 * ces[c], DIGITS)] for c, row in table.items()]
+    return ["", f"## {label}: top-1 % per corruption and severity", "",
+            markdown_table(["Corruption", *(f"s{k}" for k in sevs), "mean", "CE (AlexNet-norm.)"], rows)]
+
+
+def markdown_report(records: list[CellRecord], summary: dict[str, dict], options: dict,
+                    not_run: dict[str, str] | None = None) -> str:
     """The report: one comparison table (a row per model, like the paper's) + per-corruption tables."""
-    cols = [("Clean top-1", "clean_top1"), ("Clean top-5", "clean_top5"), ("Occlusion", "occlusion_top1"),
-            ("Random patch", "occlusion_random_top1"), ("IN-A", "imagenet_a_top1"), ("IN-R", "imagenet_r_top1"),
-            ("BGC", "bgc_top1"), ("BG-gap", "bg_gap"), ("FGSM", "fgsm_top1"), ("PGD", "pgd_top1"),
-            ("Corruption top-1", "corruption_top1"),
-            ("Mean corruption error (raw)", "mean_corruption_error"), ("mCE (AlexNet-norm.)", "mCE"),
-            ("Relative mCE", "relative_mCE")]
-    cols = [(t, k) for t, k in cols if any(s.get(k) is not None for s in summary.values())]
     lines = ["# Robustness report", "", *provenance(options), "",
              "Accuracies are top-1 % (higher is better). *Mean corruption error (raw)* is the plain top-1 error "
              "averaged over every corruption and severity evaluated; *mCE* and *relative mCE* are normalised by "
@@ -99,39 +120,24 @@ def markdown_report(records: list[dict], summary: dict[str, dict], options: dict
              "corruptions evaluated at all five severities. Occlusion: centred square of half of each side "
              "(zero fill); random patch: one 25 %-area square. FGSM/PGD: L∞ eps "
              f"{options.get('eps', 0) * 255:.2g}/255, PGD {options.get('steps')} steps of {options.get('alpha', 0) * 255:.3g}/255.",
-             "", "| Model | " + " | ".join(t for t, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for label, s in summary.items():
-        lines.append(f"| {label} | " + " | ".join(_fmt(s.get(k)) for _, k in cols) + " |")
+             "", *comparison_table(summary, not_run or {})]
     partial = {label: s["mCE_corruptions"] for label, s in summary.items() if s.get("mCE") is not None
                and s["mCE_corruptions"] < len(metrics.ALEXNET_ERRORS)}
     if partial:
         lines += ["", f"Note: mCE over only {', '.join(f'{n} ({k})' for k, n in partial.items())} of the 15 "
                   "ImageNet-C corruptions: not comparable with published mCE."]
-    for label, s in summary.items():
-        table = corruption_table(records, label)
-        if not table:
-            continue
-        sevs = sorted({k for row in table.values() for k in row})
-        ces = metrics.corruption_errors({c: [1 - row[k] / 100 for k in sorted(row)] for c, row in table.items()
-                                         if sorted(row) == [1, 2, 3, 4, 5]})
-        lines += ["", f"## {label}: top-1 % per corruption and severity", "",
-                  "| Corruption | " + " | ".join(f"s{k}" for k in sevs) + " | mean | CE (AlexNet-norm.) |",
-                  "|---" * (len(sevs) + 3) + "|"]
-        for c, row in table.items():
-            mean = sum(row.values()) / len(row)
-            ce = ces.get(c)
-            lines.append(f"| {c} | " + " | ".join(_fmt(row.get(k)) for k in sevs) +
-                         f" | {mean:.2f} | {_fmt(None if ce is None else 100 * ce)} |")
-    lines += in9_report_lines(records, list(summary))
-    n = sorted({r["n"] for r in records})
-    skipped = sum(r.get("skipped", 0) for r in records)
+    for label in summary:
+        lines += _corruption_section(records, label)
+    lines += in9_report_lines([r.to_json() for r in records], list(summary))
+    n = sorted({r.n for r in records})
+    skipped = sum(r.skipped for r in records)
     lines += ["", f"Images per cell: {', '.join(map(str, n))}" + (f" ({skipped} unreadable images skipped over all "
               "cells, see results.json)." if skipped else "."), "", "Options:", "", "```json",
               json.dumps(options, indent=1), "```", ""]
     return "\n".join(lines)
 
 
-def plot_severity(records: list[dict], labels: list[str], out_dir: Path) -> list[Path]:
+def plot_severity(records: list[CellRecord], labels: list[str], out_dir: Path) -> list[Path]:
     """PNG plots of top-1 vs severity: one subplot per corruption with a line per model
     (``plots/accuracy_vs_severity.png``), and one figure per model with a line per corruption."""
     import matplotlib
@@ -181,12 +187,14 @@ def plot_severity(records: list[dict], labels: list[str], out_dir: Path) -> list
     return paths
 
 
-def write_report(records: list[dict], summary: dict[str, dict], out_dir: str | Path, options: dict) -> Path:
-    """Write ``report.md`` and the plots into ``out_dir``; returns the report path."""
+def write_report(records: list[CellRecord], summary: dict[str, dict], out_dir: str | Path, options: dict,
+                 not_run: dict[str, str] | None = None) -> Path:
+    """Write ``report.md`` and the plots into ``out_dir``; returns the report path. ``not_run``: summary key →
+    why that column has no number (shown as "not run")."""
     out_dir = Path(out_dir)
     plots = plot_severity(records, list(summary), out_dir)
-    plots += [p for p in [plot_in9(records, list(summary), out_dir)] if p]
-    text = markdown_report(records, summary, options)
+    plots += [p for p in [plot_in9([r.to_json() for r in records], list(summary), out_dir)] if p]
+    text = markdown_report(records, summary, options, not_run)
     if plots:
         text += "\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in plots) + "\n"
     atomic_write_text(out_dir / "report.md", text)

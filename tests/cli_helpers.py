@@ -3,18 +3,15 @@ from __future__ import annotations
 
 import contextlib
 import io
-import sys
 from pathlib import Path
+
+import eval as cli  # the top-level script (the repository root is on sys.path when pytest runs from it)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
     """``python eval.py *argv`` in this process → (exit code, stdout, stderr)."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    import eval as cli  # noqa: PLC0415  (the top-level script, imported only by tests)
-
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:

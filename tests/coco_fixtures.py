@@ -1,4 +1,4 @@
-"""A tiny generated COCO-format dataset for detection tests (importable helper, not a test).
+"""A tiny generated COCO-format dataset for detection tests (an importable helper function, not a fixture).
 
 Images show filled rectangles/ellipses/triangles (one category each, with non-contiguous COCO
 ids 2, 5, 9) on a noisy background; annotations include a crowd box and a degenerate
@@ -14,8 +14,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 from PIL import Image, ImageDraw
 
 CATEGORIES = [{"id": 2, "name": "rectangle"}, {"id": 5, "name": "ellipse"}, {"id": 9, "name": "triangle"}]
@@ -76,12 +74,3 @@ def make_tiny_coco(root: str | os.PathLike, num_images: int = 8, size: tuple[int
         paths[f"{split}_ann"], paths[f"{split}_images"] = str(ann), str(root / f"{split}2017")
     return paths
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread for the tiny detection models (imported by the detection test modules, where it
-    applies to every test): they gain nothing from more, and a shared CI machine loses a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -23,7 +23,7 @@ def load_reference():
 
     if "pkg_resources" not in sys.modules:
         try:
-            import pkg_resources  # noqa: F401
+            importlib.import_module("pkg_resources")
         except Exception:
             shim = types.ModuleType("pkg_resources")
 

@@ -25,13 +25,7 @@ CPU = torch.device("cpu")
 MAPPING_FILE = Path(__file__).resolve().parents[1] / "robustness" / "background" / "in_to_in9.json"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and does not fight the other test processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread is fastest
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +251,7 @@ def _cli_args(in9_root: Path, out: Path) -> list[str]:
     return ["robustness", "--model", "pit_ti", "--weights", "none", "--num-classes", "9", "--img-size", "32",
             "--data", str(in9_root / "original" / "val"), "--class-map", "folder", "--in9", str(in9_root),
             "--in9-challenge-limit", "1", "--workers", "0", "--batch-size", "16", "--device", "cpu", "--no-progress",
-            "--out", str(out)]
+            "--attacks", "--out", str(out)]  # --attacks with no name: no evaluation but clean on --data
 
 
 def test_cli_writes_in9_cells_report_and_plot(in9_root: Path, tmp_path: Path) -> None:
@@ -279,6 +273,23 @@ def test_cli_writes_in9_cells_report_and_plot(in9_root: Path, tmp_path: Path) ->
     assert "Quick estimate" in report and "first 1 foregrounds" in report and (out / "plots" / "in9.png").is_file()
     rc, stdout, _ = run_cli(_cli_args(in9_root, out))  # a rerun reuses every finished cell
     assert rc == 0 and json.loads((out / "results.json").read_text())["records"] == results["records"]
+
+
+def test_cli_in9_alone_uses_the_models_1000_class_head(in9_root: Path, tmp_path: Path) -> None:
+    """--in9 with no other dataset: the IN-9 cells of the model's own ImageNet head, the clean column "not run"."""
+    from tests.cli_helpers import run_cli
+
+    out = tmp_path / "run"
+    args = ["robustness", "--model", "pit_ti", "--weights", "none", "--img-size", "32", "--in9", str(in9_root),
+            "--in9-challenge-limit", "1", "--workers", "0", "--device", "cpu", "--no-progress", "--out", str(out)]
+    rc, stdout, stderr = run_cli(args)
+    assert rc == 0, stderr
+    results = json.loads((out / "results.json").read_text())
+    assert {r["dataset"] for r in results["records"]} == {"in9"} and "generated" not in stdout
+    assert len(results["records"]) == len(VARIANTS) + 1
+    assert results["not_run"]["clean_top1"].startswith("not run") and "--data" in results["not_run"]["clean_top1"]
+    main_table = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith("| pit_ti |"))
+    assert "not run" in main_table
 
 
 def test_cli_in9_errors(in9_root: Path, tmp_path: Path) -> None:

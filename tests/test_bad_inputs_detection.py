@@ -18,7 +18,9 @@ import pytest
 import torch
 
 from tests.cli_helpers import assert_one_line_error, run_cli
-from tests.coco_fixtures import make_tiny_coco, one_thread  # noqa: F401  (one_thread: autouse)
+from tests.coco_fixtures import make_tiny_coco
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = '{"hidden_dim": 32, "nheads": 4, "enc_layers": 1, "dec_layers": 1, "dim_feedforward": 64, "num_queries": 4}'
 FAST = ["--scales", "48", "--max-size", "96", "--test-size", "64", "--num-workers", "0", "--no-progress",
@@ -152,7 +154,32 @@ CASES: dict[str, tuple[Callable[[SimpleNamespace], list[str]], int, tuple[str, .
                                  ("cls_los_coef", "cls_loss_coef")),
     "loss kwargs negative": (lambda e: train(e, "--loss-kwargs", '{"cls_loss_coef": -1}'), 2, ("cls_loss_coef", "≥ 0")),
     "loss kwargs not a number": (lambda e: train(e, "--loss-kwargs", '{"cls_loss_coef": "5"}'), 2, ("cls_loss_coef",)),
-    "resume and overwrite": (lambda e: train(e, "--resume", "x.pth", "--overwrite"), 2, ("--overwrite",)),
+    "resume and overwrite": (lambda e: train(e, "--resume", "--overwrite"), 2, ("--overwrite",)),
+    "resume file and overwrite": (lambda e: train(e, "--resume", "x.pth", "--overwrite"), 2, ("--overwrite",)),
+    "resume with no run": (lambda e: train(e, "--resume", out=str(e.root / "empty_run")), 2,
+                           ("--resume", "no detection-train run")),
+    "eval resume with no run": (lambda e: evaluate(e, e.checkpoint, "--resume", out=str(e.root / "empty_eval")), 2,
+                                ("--resume", "no detection-eval run")),
+    # the shared flags, in each of their spellings
+    "train --workers -1": (lambda e: train(e, "--workers", "-1"), 2, ("--workers",)),
+    "train --num-workers -1": (lambda e: train(e, "--num-workers", "-1"), 2, ("--num-workers",)),
+    "eval --workers -1": (lambda e: evaluate(e, e.checkpoint, "--workers", "-1"), 2, ("--workers",)),
+    "eval --num-workers -1": (lambda e: evaluate(e, e.checkpoint, "--num-workers", "-1"), 2, ("--num-workers",)),
+    "eval batch size 0": (lambda e: evaluate(e, e.checkpoint, "--batch-size", "0"), 2, ("--batch-size",)),
+    "corruptions spaced, near miss": (lambda e: evaluate(e, e.checkpoint, "--corruptions", "fgo", "snow"), 2,
+                                      ("unknown corruption", "did you mean 'fog'")),
+    "corruptions commas, near miss": (lambda e: evaluate(e, e.checkpoint, "--corruptions", "fgo,snow"), 2,
+                                      ("unknown corruption", "did you mean 'fog'")),
+    "severities spaced": (lambda e: evaluate(e, e.checkpoint, "--corruptions", "fog", "--severities", "0", "3"), 2,
+                          ("--severities", "1..5")),
+    "severities commas": (lambda e: evaluate(e, e.checkpoint, "--corruptions", "fog", "--severities", "0,3"), 2,
+                          ("--severities", "1..5")),
+    "severities range": (lambda e: evaluate(e, e.checkpoint, "--corruptions", "fog", "--severities", "3-6"), 2,
+                         ("--severities", "1..5")),
+    "severities without corruptions": (lambda e: evaluate(e, e.checkpoint, "--severities", "1", "3"), 2,
+                                       ("--corruptions",)),
+    "seed without corruptions": (lambda e: evaluate(e, e.checkpoint, "--seed", "3"), 2, ("--corruptions",)),
+    "label count": (lambda e: evaluate(e, e.checkpoint, "--label", "a", "b"), 2, ("--label", "one per checkpoint")),
     # data paths
     "coco folder missing": (lambda e: ["detection", "train", "--backbone", "pit_ti", "--coco", str(e.root / "none")],
                             2, ("COCO folder", "does not exist")),
@@ -232,18 +259,53 @@ def test_read_only_out_is_refused_before_any_work(env, monkeypatch):
 def test_an_existing_run_with_other_options_is_not_overwritten(env):
     out = env.root / "trained"
     before = (out / "checkpoint.pth").read_bytes()
-    assert_one_line_error(train(env, "--lr", "3e-4", out=str(out)), 2, "lr differ", "--resume", "--overwrite")
+    error = assert_one_line_error(train(env, "--lr", "3e-4", out=str(out)), 2, "lr differ", "--overwrite")
+    assert "--resume" not in error  # another lr is not a continuation of this run
+    assert_one_line_error(train(env, "--epochs", "3", out=str(out)), 2, "epochs differ", "--resume", "--overwrite")
     assert (out / "checkpoint.pth").read_bytes() == before
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # --resume continues with the new options (one more epoch); then the plain command finds the finished run
-        code, _, err = run_cli(train(env, "--epochs", "2", "--resume", str(out / "checkpoint.pth"), out=str(out)))
+        # --resume continues with more epochs; then the plain command finds the finished run
+        code, resumed, err = run_cli(train(env, "--epochs", "2", "--resume", out=str(out)))
         assert code == 0, err
+        assert "resuming" in resumed and "1 of 2 epochs done" in resumed
         code, again, err = run_cli(train(env, "--epochs", "2", out=str(out)))
+        assert code == 0, err
+        assert "already finished its 2 epochs" in again
+        # today's --resume FILE is still accepted, with a note that the plain command resumes by itself
+        code, from_file, err = run_cli(train(env, "--epochs", "3", "--resume", str(out / "checkpoint.pth"), out=str(out)))
     assert code == 0, err
-    assert "already finished its 2 epochs" in again
+    assert f"note: --resume {out / 'checkpoint.pth'}: continuing from that checkpoint" in from_file
+    assert "resumes by itself" in from_file
     epochs = [json.loads(line).get("epoch") for line in (out / "log.jsonl").read_text().splitlines()[1:]]
-    assert epochs == [0, 1]
+    assert epochs == [0, 1, 2]
+
+
+@pytest.mark.parametrize("flags", [["--workers", "0"], ["--num-workers", "0"]])
+def test_both_spellings_of_workers_reach_the_config(flags):
+    from detection.cli import train_config
+    from eval import build_parser
+
+    parser, _ = build_parser(["detection"])
+    args = parser.parse_args(["detection", "train", "--backbone", "pit_ti", "--backbone-weights", "w.pth",
+                              "--train-ann", "a", "--train-images", "a", "--val-ann", "b", "--val-images", "b",
+                              "--out", "o", *flags])
+    assert train_config(args).num_workers == 0
+
+
+@pytest.mark.parametrize("corruptions,severities", [(["fog", "jpeg_compression"], ["1", "3", "5"]),
+                                                    (["fog,jpeg_compression"], ["1,3,5"]),
+                                                    (["fog", "jpeg_compression"], ["1-5"])])
+def test_both_spellings_of_corruptions_and_severities_parse_alike(corruptions, severities):
+    from common.vocabulary import parse_corruptions, parse_severities
+    from eval import build_parser
+
+    parser, _ = build_parser(["detection"])
+    args = parser.parse_args(["detection", "eval", "--checkpoint", "c.pth", "--corruptions", *corruptions,
+                              "--severities", *severities])
+    assert parse_corruptions(args.corruptions) == ("fog", "jpeg_compression")
+    assert parse_severities(args.severities) == ((1, 3, 5) if len(severities) > 1 or "," in severities[0]
+                                                 else (1, 2, 3, 4, 5))
 
 
 def test_one_unreadable_image_is_skipped_with_a_warning_naming_it(env, tmp_path):

@@ -42,7 +42,7 @@ def trained(data) -> dict:
         backbone="pit_ti", train_ann=data["train_ann"], train_images=data["train_images"], val_ann=data["val_ann"],
         val_images=data["val_images"], out=str(data["tmp"] / "run"), epochs=40, batch_size=4, lr=2e-3, lr_backbone=5e-4,
         clip_max_norm=1.0, augment=False, eval_every=100, scales=[64], max_size=128, test_size=64, num_workers=0,
-        progress=False, model_kwargs=TINY))
+        progress=False, model_kwargs=TINY, label_space="contiguous"))
     return {**data, "checkpoint": str(data["tmp"] / "run" / "checkpoint.pth")}
 
 
@@ -54,11 +54,17 @@ def _run(trained, out, corruptions_="gaussian_noise,contrast", severities="1,5",
 def test_clean_cell_equals_detection_eval_and_summary_matches_formulas(trained, capsys):
     plain = evaluate_checkpoint(trained["checkpoint"], trained["val_ann"], trained["val_images"],
                                 str(trained["tmp"] / "plain"), device="cpu", batch_size=2, num_workers=0, progress=False)
-    code, out, err = run_cli(["detection", "eval", "--checkpoint", trained["checkpoint"], "--coco", trained["root"],
-                              "--corruptions", "gaussian_noise,contrast", "--severities", "1,5", "--seed", "3",
-                              "--device", "cpu", "--num-workers", "0", "--no-progress",
-                              "--out", str(trained["tmp"] / "cc")])
+    argv = ["detection", "eval", "--checkpoint", trained["checkpoint"], "--coco", trained["root"], "--seed", "3",
+            "--device", "cpu", "--out", str(trained["tmp"] / "cc")]
+    code, out, err = run_cli([*argv, "--corruptions", "gaussian_noise", "contrast", "--severities", "1", "5",
+                              "--workers", "0"])
     assert code == 0, err
+    assert "run gaussian_noise/5: AP" in out  # lines name the run, not checkpoint.pth
+    # the other spelling of the same cells: the run is found and nothing is computed again
+    code, again, err = run_cli([*argv, "--corruptions", "gaussian_noise,contrast", "--severities", "1,5",
+                                "--num-workers", "0", "--no-progress"])
+    assert code == 0, err
+    assert "5 cells already done" in again and "gaussian_noise/1: AP" not in again
     result = json.loads((trained["tmp"] / "cc" / "coco_c.json").read_text())
     cells = {(c["corruption"], c["severity"]): c for c in result["cells"]}
     assert set(cells) == {("clean", 0), ("gaussian_noise", 1), ("gaussian_noise", 5), ("contrast", 1), ("contrast", 5)}
@@ -122,7 +128,7 @@ def test_resume_skips_finished_cells_and_refuses_other_options(trained, monkeypa
     real = coco_c.evaluate_cell
 
     def counting(*args, **kwargs):
-        cell = tuple(args[7:9])  # (corruption, severity)
+        cell = (args[7].corruption, args[7].severity)
         if interrupt[0] and cell != ("clean", 0):
             raise KeyboardInterrupt  # the run is stopped after its clean cell
         computed.append(cell)
@@ -149,12 +155,15 @@ def test_several_checkpoints_give_one_comparison_table(trained):
     other.write_bytes(Path(trained["checkpoint"]).read_bytes())
     summary = run_coco_c([trained["checkpoint"], str(other)], trained["root"], str(trained["tmp"] / "multi"),
                          "brightness", "2", seed=0, device="cpu", num_workers=0, progress=False)
-    assert list(summary["runs"]) == ["run", "copy"]
+    assert list(summary["runs"]) == ["run", "checkpoint"]  # a run folder's name, else the file stem
     a, b = summary["runs"].values()
     assert a["mpc"] == b["mpc"] and a["rpc"] == b["rpc"]
     table = (trained["tmp"] / "multi" / "report.md").read_text()
-    assert "| run |" in table and "| copy |" in table and "mPC" in table
-    assert (trained["tmp"] / "multi" / "copy" / "coco_c.json").is_file()
+    assert "| run |" in table and "| checkpoint |" in table and "mPC" in table
+    assert (trained["tmp"] / "multi" / "checkpoint" / "coco_c.json").is_file()
+    labelled = run_coco_c([trained["checkpoint"], str(other)], trained["root"], str(trained["tmp"] / "labelled"),
+                          "brightness", "2", seed=0, device="cpu", num_workers=0, progress=False, labels=["a", "b"])
+    assert list(labelled["runs"]) == ["a", "b"]
 
 
 def test_bad_names_and_severities_fail_in_one_line(tmp_path):

@@ -54,6 +54,14 @@ def test_float64_kept():
     assert corrupt(x, "fog", 2).dtype == torch.float64
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_kept(dtype):
+    x = _images(40, 48).to(dtype)
+    for name in ALL_CORRUPTIONS:
+        y = corrupt(x, name, 3, generator=torch.Generator().manual_seed(0))
+        assert y.dtype == dtype and torch.isfinite(y).all() and y.min() >= 0 and y.max() <= 1, name
+
+
 @pytest.mark.parametrize("bad, match", [
     (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "float"),
     (torch.zeros(2, 1, 8, 8), r"\(B, 3, H, W\)"),

@@ -123,3 +123,11 @@ def test_frost_matches_reference_on_same_draws(monkeypatch):
         draws = iter([torch.tensor(index), torch.tensor(offsets).T.contiguous()])
         monkeypatch.setattr(weather, "uniform", lambda *args: next(draws))
         _paired_check(corrupt(x, "frost", severity), ref, x, "frost", severity)
+
+
+def test_jpeg_equals_reference_exactly():
+    photos = _photos(96)
+    x = _to_tensor(photos) / 255
+    for severity in range(1, 6):
+        ref = _to_tensor(np.stack([reference_corrupt(REF, p, "jpeg_compression", severity) for p in photos]))
+        assert torch.equal((corrupt(x, "jpeg_compression", severity) * 255).round(), (ref * 255).round().float())

@@ -1,4 +1,4 @@
-"""Regression guard on the demo's detection recipe: on a reduced budget it still learns to find the objects.
+"""The demo's detection recipe learns to find the objects on a reduced budget.
 
 The demo's data spec and ``DetectionRecipe`` (``demo.pipeline.DEFAULT_CONFIG``: batch 16, its learning
 rates, autocast where fast) with fewer images and epochs (800 images, 3 epochs, lr ×0.1 for the last)

@@ -235,17 +235,43 @@ def test_backbones_and_detr_on_padded_non_square_batches(name):
     assert results[1]["boxes"].shape == (6, 4) and (results[1]["labels"] < 4).all()
 
 
-def test_freeze_patch_embed_and_pre_norm():
+def test_freeze_patch_embed():
     backbone = build_backbone("pit_ti", freeze_patch_embed=True)
     assert not any(p.requires_grad for p in backbone.body.patch_embed.parameters())
-    model = build_detector("detr", backbone="pit_ti", num_classes=2, pre_norm=True, **TINY)
-    images, mask = _padded_batch()
-    model(images, mask)["pred_boxes"].sum().backward()
+    assert all(p.requires_grad for n, p in backbone.body.named_parameters() if not n.startswith("patch_embed."))
+
+
+@pytest.mark.parametrize("pre_norm", [False, True])
+def test_transformer_layers_equal_torch_layers_with_the_same_weights(pre_norm):
+    """Without positional embeddings, DETR's encoder/decoder layers are torch's ``TransformerEncoderLayer`` /
+    ``TransformerDecoderLayer`` (ReLU, ``norm_first=pre_norm``): same parameter names, same outputs, padding
+    included; the pre-norm transformer ends its encoder with a LayerNorm (the official layout)."""
+    from detection.transformer import DecoderLayer, EncoderLayer, Transformer
+
+    torch.manual_seed(0)
+    d, heads, ff = 32, 4, 64
+    ours_enc, ours_dec = EncoderLayer(d, heads, ff, 0.0, pre_norm), DecoderLayer(d, heads, ff, 0.0, pre_norm)
+    ref_enc = nn.TransformerEncoderLayer(d, heads, ff, 0.0, batch_first=True, norm_first=pre_norm)
+    ref_dec = nn.TransformerDecoderLayer(d, heads, ff, 0.0, batch_first=True, norm_first=pre_norm)
+    for ours, ref in ((ours_enc, ref_enc), (ours_dec, ref_dec)):
+        for p in ours.parameters():  # LayerNorms away from (1, 0), so a misplaced norm shows
+            nn.init.normal_(p, std=0.3)
+        ref.load_state_dict(ours.state_dict(), strict=True)
+        ours.eval(), ref.eval()
+    src, tgt = torch.randn(2, 7, d), torch.randn(2, 5, d)
+    pad = torch.zeros(2, 7, dtype=torch.bool)
+    pad[1, 4:] = True
+    with torch.no_grad():
+        memory = ours_enc(src, pad, None)
+        torch.testing.assert_close(memory, ref_enc(src, src_key_padding_mask=pad))
+        torch.testing.assert_close(ours_dec(tgt, memory, pad, None, None),
+                                   ref_dec(tgt, memory, memory_key_padding_mask=pad))
+    assert (Transformer(d, heads, 1, 1, ff, 0.0, normalize_before=pre_norm).encoder.norm is not None) == pre_norm
 
 
 def test_resnet_backbone_is_frozen_as_the_official_one():
     """Official DETR: every BatchNorm frozen, stem + layer1 not trained — 222,400 parameters
-    (conv1 9,408 + layer1 213,000, issue 13's count) that ours trained before."""
+    (conv1 9,408 + layer1 212,992 convolution weights)."""
     from torchvision.ops import FrozenBatchNorm2d
 
     body = build_backbone("resnet50").body

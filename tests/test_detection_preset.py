@@ -9,15 +9,31 @@ import torch
 from PIL import Image
 
 import eval as entry
-from detection.cli import resolve_train_options
-from detection.config import DetectionTrainConfig
+from detection.cli import preset_values, train_config
+from detection.config import DetectionTrainConfig, more_epochs, same_run
 from detection.data import RandomResize, RandomSizeCrop, get_size, make_transforms
 from detection.presets import PRESETS, get_preset
+
+PATHS = dict(train_ann="a.json", train_images="a", val_ann="b.json", val_images="b")
 
 
 def _train_args(*extra: str):
     parser, _ = entry.build_parser(["detection"])
-    return parser.parse_args(["detection", "train", "--backbone", "pit_s", "--coco", "c", "--out", "o", *extra])
+    return parser.parse_args(["detection", "train", "--backbone", "pit_s", "--backbone-weights", "w.pth",
+                              *(f"--{k.replace('_', '-')}={v}" for k, v in PATHS.items()), "--out", "o", *extra])
+
+
+def _cli(*extra: str) -> DetectionTrainConfig:
+    return train_config(_train_args(*extra))
+
+
+def _python(**kwargs) -> DetectionTrainConfig:
+    return DetectionTrainConfig(backbone="pit_s", backbone_weights="w.pth", **PATHS, out="o", **kwargs)
+
+
+def _recipe(config: DetectionTrainConfig) -> dict:
+    """What a run computes, less the notes on where its data and weights came from."""
+    return {k: v for k, v in config.options().items() if k not in ("data_note", "weights_note")}
 
 
 def _walk(t):
@@ -67,8 +83,7 @@ def test_test_transform_resizes_to_the_official_size():
 
 
 def test_paper_preset_gives_the_halved_scales_of_the_paper():
-    options, _ = resolve_train_options(_train_args("--preset", "paper"))
-    sizes = get_preset(options["preset"]).sizes
+    sizes = _cli("--preset", "paper").image_sizes()
     train = list(_walk(make_transforms(True, sizes)))
     resizes = [t for t in train if isinstance(t, RandomResize)]
     assert sorted(resizes[0].sizes, reverse=True) == [400 - 16 * i for i in range(11)] and resizes[0].max_size == 667
@@ -85,11 +100,11 @@ def test_paper_preset_gives_the_halved_scales_of_the_paper():
     ("paper", "deformable", 50, 40, 2e-4, 300)])
 def test_official_recipes(name, arch, epochs, lr_drop, lr, queries):
     """Numbers from the official main.py defaults / READMEs."""
-    options, model_kwargs = resolve_train_options(_train_args("--preset", name))
-    assert (options["arch"], options["epochs"], options["lr_drop"], options["lr"]) == (arch, epochs, lr_drop, lr)
-    assert options["lr_backbone"] == lr / 10 and options["clip_max_norm"] == 0.1 and options["weight_decay"] == 1e-4
-    assert model_kwargs["num_queries"] == queries
-    assert options["label_space"] == ("contiguous" if name == "paper" else "coco-ids")
+    config = _cli("--preset", name)
+    assert (config.arch, config.epochs, config.lr_drop, config.lr) == (arch, epochs, lr_drop, lr)
+    assert config.lr_backbone == lr / 10 and config.clip_max_norm == 0.1 and config.weight_decay == 1e-4
+    assert config.model_kwargs["num_queries"] == queries
+    assert config.label_space == ("contiguous" if name == "paper" else "coco-ids")
     kw = get_preset(name).model_kwargs
     assert (kw.get("with_box_refine", False), kw.get("two_stage", False)) == (name != "deformable" and "deformable" in name
                                                                              and name != "paper", name.endswith("two-stage"))
@@ -115,15 +130,69 @@ def test_every_preset_field_reaches_the_builders():
 
 
 def test_explicit_flags_override_the_preset_and_conflicts_are_refused():
-    options, model_kwargs = resolve_train_options(
-        _train_args("--preset", "paper", "--epochs", "3", "--model-kwargs", '{"num_queries": 50}'))
-    assert options["epochs"] == 3 and options["lr"] == 2e-4 and model_kwargs["num_queries"] == 50
+    config = _cli("--preset", "paper", "--epochs", "3", "--model-kwargs", '{"num_queries": 50}')
+    assert config.epochs == 3 and config.lr == 2e-4 and config.model_kwargs["num_queries"] == 50
+    assert config.model_kwargs["dim_feedforward"] == 1024  # the rest of the model stays the preset's
     with pytest.raises(ValueError, match="deformable recipe"):
-        resolve_train_options(_train_args("--preset", "paper", "--arch", "detr"))
-    options, _ = resolve_train_options(_train_args())
-    assert options["arch"] == "detr" and options["lr"] == 1e-4 and options["epochs"] == 300
-    options, _ = resolve_train_options(_train_args("--arch", "deformable", "--label-space", "contiguous"))
-    assert options["preset"] == "deformable" and options["lr"] == 2e-4 and options["label_space"] == "contiguous"
+        _cli("--preset", "paper", "--arch", "detr")
+    config = _cli()
+    assert (config.arch, config.preset, config.lr, config.epochs) == ("detr", "detr-r50", 1e-4, 300)
+    config = _cli("--arch", "deformable", "--label-space", "contiguous")
+    assert config.preset == "deformable" and config.lr == 2e-4 and config.label_space == "contiguous"
+
+
+@pytest.mark.parametrize("flags,fields", [
+    ([], {}), (["--arch", "deformable"], {"arch": "deformable"}),
+    *[(["--preset", name], {"preset": name}) for name in PRESETS],
+    (["--preset", "paper", "--epochs", "3", "--lr-drop", "2", "--scales", "96", "--model-kwargs", '{"num_queries": 5}',
+      "--loss-kwargs", '{"cls_loss_coef": 5}'],
+     {"preset": "paper", "epochs": 3, "lr_drop": 2, "scales": [96], "model_kwargs": {"num_queries": 5},
+      "loss_kwargs": {"cls_loss_coef": 5}})])
+def test_the_cli_and_python_get_the_same_recipe(flags, fields):
+    """``detection train FLAGS`` and ``DetectionTrainConfig(**the same fields)`` resolve every unset field from
+    the same preset: equal options, equal image sizes (the engine reads nothing else)."""
+    cli, python = _cli(*flags), _python(**fields)
+    assert _recipe(cli) == _recipe(python)
+    assert cli.image_sizes() == python.image_sizes()
+    preset = PRESETS[python.preset]
+    if not fields.get("epochs"):
+        assert (python.epochs, python.lr_drop, python.batch_size, python.num_select) == (
+            preset.epochs, preset.lr_drop, preset.batch_size, preset.num_select)
+        assert python.loss_kwargs == preset.criterion_kwargs and python.label_space == preset.label_space
+        assert python.image_sizes() == preset.sizes
+
+
+def test_a_resolved_config_resolves_to_itself():
+    config = _python(preset="deformable-refine", epochs=7)
+    again = dataclasses.replace(config, out="elsewhere")
+    assert again.options() == config.options()
+
+
+def test_runs_recorded_before_the_recipe_was_resolved_still_resume():
+    """Options recorded with recipe fields left unset (sizes None, no loss numbers, no num_select) describe the
+    same run once resolved; only a longer schedule can be continued with --resume."""
+    new = _cli().options()
+    old = {k: v for k, v in new.items() if k not in ("loss_kwargs", "num_select")}
+    old.update(scales=None, max_size=None, test_size=None)
+    assert same_run(old, new)
+    assert not same_run({**old, "lr": 3e-4}, new)
+    longer = _cli("--epochs", "400").options()
+    assert more_epochs(old, longer) and not more_epochs(old, _cli("--lr", "3e-4").options())
+
+
+def test_help_texts_quote_the_presets():
+    """The defaults quoted in --help are read from the presets, so they cannot drift from them."""
+    text = preset_values(lambda p: p.epochs)
+    for name, preset in PRESETS.items():
+        assert name in text and str(preset.epochs) in text
+
+
+def test_train_help_quotes_every_preset_epochs(capsys):
+    with pytest.raises(SystemExit):
+        entry.main(["detection", "train", "-h"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert " ".join(preset_values(lambda p: p.epochs).split()) in shown
+    assert " ".join(preset_values(lambda p: p.lr_drop).split()) in shown
 
 
 def test_crop_drops_boxes_left_empty():
@@ -140,28 +209,14 @@ def test_crop_drops_boxes_left_empty():
 def test_loss_kwargs_replace_only_the_named_preset_numbers():
     """--loss-kwargs reaches the criterion (loss weight of every decoder layer); the rest stays the preset's."""
     from detection.build import build_criterion
-    from detection.engine import _loss_kwargs
 
-    options, model_kwargs = resolve_train_options(
-        _train_args("--preset", "deformable", "--loss-kwargs", '{"cls_loss_coef": 5, "set_cost_class": 3}'))
-    assert options["loss_kwargs"] == {"cls_loss_coef": 5, "set_cost_class": 3}
-    config = DetectionTrainConfig(backbone="pit_ti", train_ann="a.json", train_images="a", val_ann="b.json", val_images="b",
-                                  out="o", arch="deformable", preset="deformable", loss_kwargs=options["loss_kwargs"])
-    loss = _loss_kwargs(config, get_preset("deformable"))
+    config = _cli("--preset", "deformable", "--loss-kwargs", '{"cls_loss_coef": 5, "set_cost_class": 3}')
+    loss = config.loss_kwargs
     assert loss == {**get_preset("deformable").criterion_kwargs, "cls_loss_coef": 5, "set_cost_class": 3}
     criterion = build_criterion("deformable", num_classes=3, model_kwargs={"dec_layers": 2}, **loss)
     assert criterion.matcher.cost_class == 3 and criterion.matcher.cost_bbox == 5.0
     assert criterion.weight_dict["loss_ce"] == criterion.weight_dict["loss_ce_0"] == 5
     assert criterion.weight_dict["loss_bbox"] == 5.0
-
-
-def test_runs_without_loss_kwargs_keep_the_options_of_earlier_versions():
-    """A run that keeps the preset's loss numbers records the same options as before ``loss_kwargs`` existed, so a
-    long run started by an earlier version still resumes; a run that changes them records the change."""
-    paths = dict(train_ann="a.json", train_images="a", val_ann="b.json", val_images="b", out="o")
-    assert "loss_kwargs" not in DetectionTrainConfig(backbone="pit_ti", **paths).options()
-    changed = DetectionTrainConfig(backbone="pit_ti", **paths, loss_kwargs={"cls_loss_coef": 5.0}).options()
-    assert changed["loss_kwargs"] == {"cls_loss_coef": 5.0}
 
 
 def test_unknown_loss_kwargs_are_refused_when_the_config_is_made():

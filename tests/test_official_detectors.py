@@ -11,11 +11,10 @@ import argparse
 import pytest
 import torch
 
+from detection.load import load_detector, suite_checkpoint
+from detection.official_keys import hf_to_official
+
 transformers = pytest.importorskip("transformers")
-
-
-from detection.official import load_detector, suite_checkpoint  # noqa: E402
-from detection.official_keys import hf_to_official  # noqa: E402
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -110,7 +109,7 @@ def test_official_pth_gives_the_reference_outputs(reference, tmp_path):
 
 
 def test_official_key_layout_has_the_official_key_counts():
-    """The official checkpoints hold 458 (DETR-R50) and 561 (Deformable DETR) keys (issue 13's count)."""
+    """The official checkpoints hold 458 (DETR-R50) and 561 (Deformable DETR) keys."""
     with torch.device("meta"):
         detr = transformers.DetrForObjectDetection(transformers.DetrConfig(use_pretrained_backbone=False, num_labels=91))
         deformable = transformers.DeformableDetrForObjectDetection(

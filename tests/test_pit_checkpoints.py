@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 import timm
@@ -12,6 +11,7 @@ from timm.layers import resample_abs_pos_embed
 
 import pit
 import pit.factory
+import pit.hub
 
 
 @pytest.fixture(scope="module")
@@ -122,13 +122,15 @@ def test_unknown_model_suggests_close_names():
         pit.create_model("pit_sx")
 
 
-def test_pretrained_offline_fails_fast_with_hint(monkeypatch):
+def test_pretrained_offline_fails_without_a_request_and_with_hint(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(pit.factory, "cached_pretrained_file", lambda name: None)
-    start = time.perf_counter()
+    asked, built = [], []
+    monkeypatch.setattr(pit.hub, "get_hf_file_metadata", lambda url, **k: asked.append(url))
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: built.append(k))
     with pytest.raises(RuntimeError, match="--weights PATH"):
         pit.create_model("pit_s", pretrained=True)
-    assert time.perf_counter() - start < 5
+    assert asked == [] and built == []  # refused before any request to the hub or download by timm
 
 
 def test_pixel_model_normalises_inside():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import huggingface_hub
@@ -75,29 +75,40 @@ def test_env_cache_in_a_fresh_process(published):
     assert all(torch.equal(loaded[k], expected[k]) for k in expected)
 
 
-def test_no_cache_offline_is_quick_and_says_chance(tmp_path, monkeypatch):
+def test_no_cache_offline_asks_nothing_and_says_chance(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(pit.hub, "get_hf_file_metadata", lambda *a, **k: pytest.fail("offline: no request"))
-    start = time.perf_counter()
+    asked, built = [], []
+    monkeypatch.setattr(pit.hub, "get_hf_file_metadata", lambda url, **k: asked.append(url))
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: built.append(k))
     assert pit.default_weights("pit_s") == (
         False, "no --weights given and no published pit_s weights offline: random initialisation, "
                "accuracy will be at chance; pass --weights FILE")
     with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE is set.*--weights PATH"):
         pit.create_model("pit_s", pretrained=True)
-    assert time.perf_counter() - start < 2
+    assert asked == [] and built == []  # offline: no request to the hub, no download attempt by timm
 
 
 def test_hanging_network_is_cut_short(tmp_path, monkeypatch):
+    """A request that does not answer: the probe gives up after PROBE_TIMEOUT_S and reports no weights
+    while the request is still pending (it is released only at the end of the test)."""
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(pit.hub, "PROBE_TIMEOUT_S", 0.5)
-    monkeypatch.setattr(pit.hub, "get_hf_file_metadata", lambda *a, **k: time.sleep(30))
-    start = time.perf_counter()
-    use, banner = pit.default_weights("pit_s")
-    assert not use and "accuracy will be at chance" in banner
-    assert time.perf_counter() - start < 2
+    started, release = threading.Event(), threading.Event()
+
+    def hang(*args, **kwargs):  # answers (the file exists) only once the test releases it
+        started.set()
+        release.wait(60)
+
+    monkeypatch.setattr(pit.hub, "get_hf_file_metadata", hang)
+    try:
+        use, banner = pit.default_weights("pit_s")
+        assert not use and "accuracy will be at chance" in banner  # had it waited for the answer: True
+        assert started.wait(60), "the probe never asked the hub"
+    finally:
+        release.set()
 
 
 def test_reachable_hub_means_download(tmp_path, monkeypatch):

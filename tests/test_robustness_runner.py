@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from robustness import runner
+from robustness.cells import CellKey
+from robustness.config import RobustnessConfig
 from robustness.runner import ModelSpec, run_robustness
 from tests.folder_fixtures import CLASSES
 from tests.folder_fixtures import write_folder as write_image_folder
@@ -75,7 +77,6 @@ def test_end_to_end_resume_and_options_guard(data, tmp_path, monkeypatch):
 
 
 def test_imagenet_c_on_disk_gives_mce(data, tmp_path):
-    pytest.importorskip("corruptions")
     import shutil
 
     for sev in range(1, 6):  # "corrupted" copies identical to the clean images: CE = clean error / AlexNet's
@@ -94,7 +95,6 @@ def test_imagenet_c_on_disk_gives_mce(data, tmp_path):
 
 
 def test_corrupt_on_the_fly_is_deterministic(data, tmp_path):
-    pytest.importorskip("corruptions")
     kwargs = dict(FAST, corrupt_on_the_fly=True, corruptions=["gaussian_noise", "contrast"], severities=[1, 5])
     a = run_robustness([MODEL], data["val"], str(tmp_path / "a"), **kwargs)
     b = run_robustness([MODEL], data["val"], str(tmp_path / "b"), **kwargs)
@@ -124,9 +124,34 @@ def test_two_gloo_processes_give_the_single_process_totals(data, tmp_path):
                                 nprocs=2, join=True)
     two = json.loads((tmp_path / "two" / "counts.json").read_text())
     one = {k: list(v) for k, v in counts(single).items()}
-    # random-patch occlusion draws per (batch, rank): same count of images, possibly other patches
-    assert two.pop("tiny|imagenet|None|None|occlusion_random")[0] == one.pop("tiny|imagenet|None|None|occlusion_random")[0]
-    assert two == one
+    assert two == one  # random patches are drawn per image: the same in one process or two
+
+
+RANDOM_CELLS = [CellKey("tiny", "imagenet", variant="occlusion_random"), CellKey("tiny", "imagenet", variant="pgd"),
+                CellKey("tiny", "imagenet-c", "gaussian_noise", 3), CellKey("tiny", "imagenet-c", "glass_blur", 1)]
+
+
+@pytest.mark.parametrize("cell", RANDOM_CELLS, ids=lambda c: c.label)
+def test_random_draws_are_per_image_not_per_batch(cell):
+    """A cell's input for an image is the same whether the image comes in a batch of 5 or in batches of 2."""
+    model = runner._build_model(MODEL, torch.device("cpu"), 0, 32)
+    images, labels = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 0, 1])
+    config = RobustnessConfig([MODEL], data="x", steps=2, eps=8 / 255)
+    ctx = runner.RunContext(config, torch.device("cpu"), store=None)
+    on_the_fly = cell.dataset == "imagenet-c"
+    whole = runner._apply_variant(cell, images, labels, model, ctx, on_the_fly, list(range(5)))
+    parts = [runner._apply_variant(cell, images[i:i + 2], labels[i:i + 2], model, ctx, on_the_fly, list(range(i, min(i + 2, 5))))
+             for i in range(0, 5, 2)]
+    assert not torch.equal(whole, images)
+    torch.testing.assert_close(torch.cat(parts), whole, atol=1e-5, rtol=0)
+
+
+def test_random_cells_do_not_depend_on_the_batch_size(data, tmp_path):
+    kwargs = dict(FAST, occlusion=True, attacks=["pgd"], corrupt_on_the_fly=True, corruptions=["gaussian_noise"],
+                  severities=[5], steps=2, eps=8 / 255)
+    two = run_robustness([MODEL], data["val"], str(tmp_path / "two"), **dict(kwargs, batch_size=2))
+    five = run_robustness([MODEL], data["val"], str(tmp_path / "five"), **dict(kwargs, batch_size=5))
+    assert counts(two) == counts(five) and len(two["records"]) == 5
 
 
 def _eval_main():
@@ -138,7 +163,7 @@ def _eval_main():
 
 @pytest.mark.parametrize("extra,message", [
     (["--imagenet-c", "x", "--corrupt-on-the-fly"], "exclude each other"),
-    (["--corruptions", "fog"], "needs --imagenet-c"),
+    (["--corruptions", "fgo"], "did you mean 'fog'"),
     (["--severities", "0-3"], "1..5"),
     (["--weights", "a.pth", "b.pth"], "one path per --model"),
     (["--class-map", "imagenet"], "class_map='folder'"),
@@ -151,9 +176,9 @@ def test_cli_errors(data, tmp_path, capsys, extra, message):
 
 
 def test_cli_runs_and_parses_fractions(data, tmp_path, capsys):
-    from robustness.cli import parse_fraction, parse_severities
+    from robustness.cli import parse_fraction
 
-    assert parse_fraction("1/255") == pytest.approx(1 / 255) and parse_severities(["1-3", "5"]) == [1, 2, 3, 5]
+    assert parse_fraction("1/255") == pytest.approx(1 / 255) and parse_fraction("7/8") == 0.875
     argv = ["robustness", "--model", "test_convnext", "--num-classes", "3", "--data", data["val"], "--out",
             str(tmp_path / "o"), "--class-map", "folder", "--img-size", "32", "--workers", "0", "--no-progress",
             "--device", "cpu", "--attacks", "fgsm", "--eps", "2/255", "--limit", "6"]

@@ -212,11 +212,22 @@ def test_distillation_loss_is_deit_hard_distillation():
         DistillationLoss(torch.nn.CrossEntropyLoss(), teacher)(images, cls_logits, targets)
 
 
-def test_distilled_student_trains_from_a_teacher_checkpoint(trained, data, tmp_path):
+def test_distilled_student_trains_from_a_teacher_checkpoint(trained, data, tmp_path, monkeypatch):
     teacher, _ = trained
+    losses = []
+
+    class RecordedLoss(DistillationLoss):
+        def __init__(self, base, teacher_model):
+            super().__init__(base, teacher_model)
+            losses.append(self)
+
+    monkeypatch.setattr(tc, "DistillationLoss", RecordedLoss)
     result = train_classifier(config(data, tmp_path, epochs=1, model="deit_tiny_distilled_patch16_224",
                                      teacher=MODEL, teacher_weights=teacher["checkpoint"], teacher_kwargs=SMALL))
     assert 0 <= result["top1"] <= 100
+    assert len(losses) == 1  # the student was trained with the distillation loss, its teacher = the checkpoint
+    used = losses[0].teacher.model.state_dict()
+    assert all(torch.equal(used[k], value) for k, value in _weights(teacher).items())
 
 
 def test_config_checks():

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from detection.deformable.transformer import DeformableTransformer, inverse_sigmoid
 from detection.detr import box_mlp
+from detection.presets import ARCH_DEFAULT, PRESETS
 
 LOW_LR_PARAMETERS = ("sampling_offsets", "reference_points")  # 0.1× lr in Deformable DETR
 
@@ -157,19 +158,26 @@ class DeformableDETR(nn.Module):
         ]
 
 
+_OFFICIAL = PRESETS[ARCH_DEFAULT["deformable"]].model_kwargs  # the defaults below are the official recipe's
+
+
 def build_deformable_detector(
     *, backbone: str, num_classes: int, backbone_weights: str | None = None, freeze_patch_embed: bool = False,
-    hidden_dim: int = 256, nheads: int = 8, enc_layers: int = 6, dec_layers: int = 6, dim_feedforward: int = 1024,
-    dropout: float = 0.1, num_feature_levels: int = 4, enc_n_points: int = 4, dec_n_points: int = 4,
-    num_queries: int = 300, aux_loss: bool = True, with_box_refine: bool = False, two_stage: bool = False,
-    dilation: bool = False, lr_linear_proj_mult: float = 0.1,
+    hidden_dim: int = _OFFICIAL["hidden_dim"], nheads: int = _OFFICIAL["nheads"], enc_layers: int = _OFFICIAL["enc_layers"],
+    dec_layers: int = _OFFICIAL["dec_layers"], dim_feedforward: int = _OFFICIAL["dim_feedforward"],
+    dropout: float = _OFFICIAL["dropout"], num_feature_levels: int = _OFFICIAL["num_feature_levels"],
+    enc_n_points: int = _OFFICIAL["enc_n_points"], dec_n_points: int = _OFFICIAL["dec_n_points"],
+    num_queries: int = _OFFICIAL["num_queries"], aux_loss: bool = True,
+    with_box_refine: bool = _OFFICIAL["with_box_refine"], two_stage: bool = _OFFICIAL["two_stage"],
+    dilation: bool = False, lr_linear_proj_mult: float = _OFFICIAL["lr_linear_proj_mult"],
 ) -> DeformableDETR:
     """Deformable DETR over a named multi-scale backbone (``detection.backbones``: PiT, DeiT/ViT,
     ResNet-50 give strides 8/16/32; extra levels up to ``num_feature_levels`` are added by
-    stride-2 convs). Defaults are the paper's (hidden 256, 8 heads, 6+6 layers, FFN 1024,
-    4 levels × 4 points, 300 queries); every size is a keyword so tests can build tiny models."""
+    stride-2 convs). Defaults are the paper's, read from the ``deformable`` preset (hidden 256, 8 heads,
+    6+6 layers, FFN 1024, 4 levels × 4 points, 300 queries); every size is a keyword so tests can build
+    tiny models."""
     from detection.backbones import build_backbone
-    from detection.detr import check_detector_args
+    from detection.build import check_detector_args
     from detection.position_encoding import deformable_position_embedding
 
     check_detector_args(num_classes, hidden_dim, nheads, num_queries)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from robustness.background import layout
+from robustness.cells import CellKey
 from robustness.background.challenge import run_challenge
 from robustness.background.variants import bg_gap, evaluate_variant, in9_predictor
 
@@ -26,7 +27,7 @@ CHALLENGE = "bg_challenge"
 
 def cell_key(label: str, variant: str) -> str:
     """The runner's cell key of an IN-9 cell."""
-    return f"{label}|{DATASET}|None|None|{variant}"
+    return str(CellKey(label, DATASET, variant=variant))
 
 
 def planned_cells(label: str, root: str | os.PathLike) -> tuple[dict[str, str], list[str]]:

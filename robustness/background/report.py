@@ -3,12 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.tables import fmt, markdown_table
 from robustness.background import layout
 from robustness.background.evaluate import CHALLENGE, DATASET, in9_summary
-
-
-def _fmt(v: float | None) -> str:
-    return "–" if v is None else f"{v:.2f}"
 
 
 def in9_report_lines(records: list[dict], labels: list[str]) -> list[str]:
@@ -17,10 +14,7 @@ def in9_report_lines(records: list[dict], labels: list[str]) -> list[str]:
     if not mine:
         return []
     variants = [v for v in layout.VARIANTS if any(r["variant"] == v for r in mine)]
-    lines = ["", "## ImageNet-9 backgrounds (Xiao et al. 2021): top-1 %", "",
-             "| Model | " + " | ".join(variants) + " | BG-gap | BGC | BGC foregrounds | forward passes "
-             "(authors' loop) |", "|---" * (len(variants) + 5) + "|"]
-    limits = set()
+    rows, limits = [], set()
     for label in labels:
         s = in9_summary(mine, label)
         challenge = next((r for r in mine if r["model"] == label and r["variant"] == CHALLENGE), None)
@@ -31,8 +25,10 @@ def in9_report_lines(records: list[dict], labels: list[str]) -> list[str]:
             extra = [f"{challenge['top1_correct']}/{challenge['n']}",
                      f"{c['forward_passes']} ({lo}{'' if lo == hi else f'–{hi}'})"]
             limits.add(c.get("limit_per_class"))
-        lines.append(f"| {label} | " + " | ".join(_fmt(s[f'in9_{v}_top1']) for v in variants)
-                     + f" | {_fmt(s['bg_gap'])} | {_fmt(s['bgc_top1'])} | " + " | ".join(extra) + " |")
+        rows.append([label, *(fmt(s[f"in9_{v}_top1"], 2) for v in variants), fmt(s["bg_gap"], 2),
+                     fmt(s["bgc_top1"], 2), *extra])
+    header = ["Model", *variants, "BG-gap", "BGC", "BGC foregrounds", "forward passes (authors' loop)"]
+    lines = ["", "## ImageNet-9 backgrounds (Xiao et al. 2021): top-1 %", "", markdown_table(header, rows)]
     lines += ["", "Top-1 after mapping the model's classes to IN-9 (the authors' in_to_in9.json; classes outside "
               "IN-9 are wrong). BG-gap = mixed_same − mixed_rand (points). BGC: share of foregrounds classified "
               "right on every only_bg_t background (exact; forward passes of our batched search, in brackets the "

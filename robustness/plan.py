@@ -1,0 +1,164 @@
+"""What a robustness run evaluates: its models' geometry and identity, its passes over the data and cells.
+
+``plan_passes`` is the one place that says which passes and cells a run has. Cells that read the same
+images share one *pass* (clean, occlusion and attacks on the clean set; the severities of one on-the-fly
+corruption), so each image is decoded once per pass. ``cell_options`` says what makes a cell's number
+(a finished cell is kept only while they are unchanged); ``not_run`` names the cells of the paper's table
+that the data given cannot make.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import timm
+from torch import nn
+
+from robustness import background
+from robustness.cells import CellKey
+from robustness.config import ATTACKS, OCCLUSIONS, ModelSpec, RobustnessConfig, absolute
+from robustness.datasets import file_state, imagenet_c_root
+from robustness.store import jsonable
+
+RANDOM_VARIANTS = ("pgd", "occlusion_random")
+
+
+@dataclass
+class Pass:
+    """One loop over ``root``; every cell gets the same batches. ``subset``: ImageNet-A/R, logits masked
+    to its 200 classes; ``on_the_fly``: each cell corrupts the clean batch on the device."""
+
+    name: str
+    root: str
+    cells: list[CellKey]
+    subset: str | None = None
+    on_the_fly: bool = False
+
+
+@dataclass
+class ModelRun:
+    """One model of the run: its spec, eval geometry and identity; ``module`` is built on first need."""
+
+    spec: ModelSpec
+    img_size: int
+    crop_pct: float
+    identity: dict[str, Any]
+    module: nn.Module | None = None
+    num_outputs: int = 0
+
+
+def model_cfg(name: str) -> dict[str, Any]:
+    """timm's pretrained config of ``name`` as a dict ({} when it has none)."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    return cfg.to_dict() if cfg is not None else {}
+
+
+def model_run(spec: ModelSpec, config: RobustnessConfig) -> ModelRun:
+    """The model's eval geometry (explicit values, else its kwargs, else timm's config) and identity."""
+    cfg = model_cfg(spec.name)
+    size = config.img_size or spec.model_kwargs.get("img_size") or cfg.get("input_size", (3, 224, 224))[-1]
+    size = size[-1] if isinstance(size, (tuple, list)) else size
+    identity: dict[str, Any] = {"name": spec.name, "model_kwargs": spec.model_kwargs,
+                                "weights": absolute(spec.weights), "pretrained": spec.pretrained}
+    if spec.weights:
+        identity["weights_state"] = file_state(spec.weights)
+    return ModelRun(spec, int(size), float(config.crop_pct or cfg.get("crop_pct", 0.875)), jsonable(identity))
+
+
+def plan_passes(label: str, config: RobustnessConfig) -> list[Pass]:
+    """The passes over the data for one model, in evaluation order: the one place cells are planned."""
+    passes = []
+    if config.data:
+        data = absolute(config.data)
+        clean = [CellKey(label, "imagenet")]
+        clean += [CellKey(label, "imagenet", variant=v) for v in (OCCLUSIONS if config.occlusion else ())]
+        clean += [CellKey(label, "imagenet", variant=a) for a in config.attacks]
+        passes.append(Pass("clean", data, clean))
+    for c in corruptions_run(config):
+        if config.corrupt_on_the_fly:
+            cells = [CellKey(label, "imagenet-c", c, s) for s in config.severities]
+            passes.append(Pass(f"{c} (on the fly)", absolute(config.data), cells, on_the_fly=True))
+        else:
+            passes += [Pass(f"{c} {s}", str(imagenet_c_root(absolute(config.imagenet_c), c, s)),
+                            [CellKey(label, "imagenet-c", c, s)]) for s in config.severities]
+    for subset, root in (("imagenet-a", config.imagenet_a), ("imagenet-r", config.imagenet_r)):
+        if root:
+            passes.append(Pass(subset, absolute(root), [CellKey(label, subset)], subset=subset))
+    return passes
+
+
+def corruptions_run(config: RobustnessConfig) -> list[str]:
+    """The corruptions the run evaluates: ``config.corruptions`` when it has a source, else none."""
+    return list(config.corruptions) if (config.imagenet_c or config.corrupt_on_the_fly) else []
+
+
+def in9_plan(r: ModelRun, config: RobustnessConfig) -> dict[CellKey, tuple[str, dict]]:
+    """IN-9 cell key → (variant, cell options) for one model; none without --in9."""
+    if not config.in9:
+        return {}
+    root = absolute(config.in9)
+    cells, _ = background.planned_cells(r.spec.display, root)
+    base = {"model": r.identity, "root": root, "amp": config.amp}
+    return {CellKey.parse(key): (v, jsonable({**base, **({"limit": config.in9_challenge_limit}
+                                                          if v == background.CHALLENGE else {})}))
+            for key, v in cells.items()}
+
+
+def cell_options(cell: CellKey, p: Pass, r: ModelRun, config: RobustnessConfig) -> dict[str, Any]:
+    """The options that make ``cell``'s number: a finished cell is kept only if they are unchanged.
+
+    Random draws are keyed per image (``common.seeding``), so the batch size and the number of
+    processes are not among them."""
+    options: dict[str, Any] = {"model": r.identity, "root": p.root, "class_map": config.class_map,
+                               "img_size": r.img_size, "crop_pct": r.crop_pct, "limit": config.limit, "amp": config.amp}
+    if cell.variant in ATTACKS:
+        options["eps"] = config.eps
+    if cell.variant == "pgd":
+        options.update(alpha=config.step_size, steps=config.steps)
+    if cell.variant in RANDOM_VARIANTS or p.on_the_fly:
+        options.update(seed=config.seed, draws="per image")
+    return jsonable(options)
+
+
+def marker_options(config: RobustnessConfig) -> dict[str, Any]:
+    """What identifies the run for its folder (``default_out`` reuses a folder only for the same run)."""
+    skip = {"models", "out", "device", "num_workers", "progress", "overwrite", "resume", "data_note"}
+    options = {k: v for k, v in asdict(config).items() if k not in skip}
+    options["models"] = [model_run(spec, config).identity | {"label": spec.display} for spec in config.models]
+    options.update(data=absolute(config.data), imagenet_c=absolute(config.imagenet_c),
+                   imagenet_a=absolute(config.imagenet_a), imagenet_r=absolute(config.imagenet_r),
+                   in9=absolute(config.in9))
+    return jsonable(options)
+
+
+def not_run(config: RobustnessConfig) -> dict[str, str]:
+    """Summary key → why the paper's table has no number there: the cells that need clean images."""
+    if config.data:
+        return {}
+    why = "not run: needs clean images (--data DIR)"
+    out = dict.fromkeys(("clean_top1", "clean_top5", "occlusion_top1", "occlusion_random_top1", "fgsm_top1",
+                         "pgd_top1"), why)
+    if corruptions_run(config):
+        out["relative_mCE"] = why
+    return out
+
+
+def describe(passes: list[Pass], in9_cells: int, models: int) -> str:
+    """One line for the start of a run: what will run, and how many cells."""
+    per_model = sum(len(p.cells) for p in passes) + in9_cells
+    parts = []
+    clean = next((p for p in passes if p.name == "clean"), None)
+    if clean:
+        parts += [{"clean": "clean", "occlusion_center": "occlusion (centre)", "occlusion_random": "occlusion (random patch)",
+                   "fgsm": "FGSM", "pgd": "PGD"}[c.variant] for c in clean.cells]
+    corrupted = [p for p in passes if p.cells[0].dataset == "imagenet-c"]
+    if corrupted:
+        names = list(dict.fromkeys(c.corruption for p in corrupted for c in p.cells))
+        severities = sorted({c.severity for p in corrupted for c in p.cells})
+        source = "on the fly" if corrupted[0].on_the_fly else "from --imagenet-c"
+        parts.append(f"{len(names)} corruption(s) × {len(severities)} severities {source}")
+    parts += [{"imagenet-a": "ImageNet-A", "imagenet-r": "ImageNet-R"}[p.subset] for p in passes if p.subset]
+    if in9_cells:
+        parts.append(f"IN-9 ({in9_cells} cells)")
+    return (f"robustness: {', '.join(parts)}: {per_model} cell(s) per model × {models} model(s) = "
+            f"{per_model * models} cells")
