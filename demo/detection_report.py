@@ -90,7 +90,7 @@ def predict_examples(checkpoint: str, data_root: str | Path, img_size: int, coun
     ≥ ``SCORE_THRESHOLD``).
     """
     from detection.data import CocoDetection, coco_paths, collate, make_transforms
-    from detection.official import load_detector
+    from detection.load import load_detector
     from torchvision.ops import box_convert
 
     loaded = load_detector(checkpoint)

@@ -228,8 +228,8 @@ def _coco_c(config: DemoConfig, root: str, detection: dict[str, list[dict]], out
     checkpoints = [runs[0]["checkpoint"] for runs in detection.values()]
     result = run_coco_c(checkpoints, root, str(out), corruptions=list(config.coco_c_corruptions),
                         severities=list(config.coco_c_severities), seed=0, device=env.device, batch_size=8,
-                        num_workers=0, progress=env.progress)
-    return {label: result["runs"][tag] for label, tag in zip(detection, result["runs"])}
+                        num_workers=0, progress=env.progress, labels=list(detection), overwrite=env.overwrite)
+    return {label: result["runs"][label] for label in detection}
 
 
 def _robustness(config: DemoConfig, data: str, classifiers: dict[str, dict], out: Path, env: _Env) -> dict:
