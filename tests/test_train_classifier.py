@@ -16,6 +16,7 @@ from timm.data.transforms_factory import transforms_imagenet_eval
 from torch.nn import functional as F
 from torchvision.datasets import ImageFolder
 
+import classification.recipe as recipe
 import classification.train as tc
 import pit
 from classification.recipe import DistillationLoss
@@ -221,7 +222,7 @@ def test_distilled_student_trains_from_a_teacher_checkpoint(trained, data, tmp_p
             super().__init__(base, teacher_model)
             losses.append(self)
 
-    monkeypatch.setattr(tc, "DistillationLoss", RecordedLoss)
+    monkeypatch.setattr(recipe, "DistillationLoss", RecordedLoss)
     result = train_classifier(config(data, tmp_path, epochs=1, model="deit_tiny_distilled_patch16_224",
                                      teacher=MODEL, teacher_weights=teacher["checkpoint"], teacher_kwargs=SMALL))
     assert 0 <= result["top1"] <= 100
