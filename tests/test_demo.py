@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import eval as eval_cli
+from demo.detection import STATS
 from demo.pipeline import DEMO_MODELS
 
 pytestmark = pytest.mark.slow
@@ -100,6 +101,14 @@ def test_rerun_reuses_finished_stages(demo_run, capsys):
     assert printed.count("already done") == stages and f"resuming {out}: {stages} of {stages} stages finished" in printed
     assert str(out / "report.md") in printed
     assert json.loads((out / "stages.json").read_text()) == json.loads(before)
+    tables = _tables((out / "report.md").read_text())
+    models = next(rows for head, rows in tables.items() if head.startswith("1."))
+    detect = next(rows for head, rows in tables.items() if head.startswith("3."))
+    coco_c = tables["Detection under corruption (COCO-C style)"]
+    for label, m, d, c in zip([label for label, _, _ in DEMO_MODELS], models, detect, coco_c):  # terminal = report
+        assert f"{label}: val top-1 {m['Val top-1']}  top-5 {m['Val top-5']}" in printed
+        assert f"{label} detector seed 0: " + "  ".join(f"{k} {d[k]}" for k in STATS) in printed
+        assert f"{label} COCO-C: clean AP {c['Clean AP']}  mPC {c['mPC']}  rPC {c['rPC %']} %" in printed
 
 
 def test_output_folder_of_another_configuration_is_refused(demo_run, capsys):
