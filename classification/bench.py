@@ -37,7 +37,7 @@ from common.autocast import autocast
 from common.distributed import default_device
 from common.io import atomic_write_json, atomic_write_text
 from common.progress import Progress
-from common.run import Run, open_run, say_resumed
+from common.run import Run, check_resume_overwrite, open_run, say_resumed
 from common.rundir import announce, check_out_file
 from common.tables import fmt, markdown_table
 from common.timing import time_call
@@ -167,8 +167,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
         check_out_file(args.json, flag="--json")
     if (args.resume or args.overwrite) and not args.out:
         raise ValueError(f"{'--resume' if args.resume else '--overwrite'} acts on a run folder: add --out DIR")
-    if args.resume and args.overwrite:
-        raise ValueError("--resume and --overwrite contradict each other: pass one of them")
+    check_resume_overwrite(args.resume, args.overwrite)
 
 
 def _accuracy_loader(args: argparse.Namespace, device: torch.device) -> DataLoader | None:

@@ -25,7 +25,7 @@ run is returned as is); other options are refused unless ``--resume`` (continue 
 
 Ctrl-C stops after the step in flight and saves the partial epoch (``"partial"``: the steps done, the
 running loss and every random stream); the DataLoader workers ignore the signal and are shut down in
-order (``classification.interrupt``). Resume is exact: every epoch reseeds all random streams from
+order (``common.interrupt``). Resume is exact: every epoch reseeds all random streams from
 ``(seed, epoch)``, a partial epoch replays its first batches through the loader (so the workers' streams
 advance as before) and restores the saved streams, and evaluation draws from its own generator, so an
 interrupted and resumed run ends with bitwise the same weights (with the same ``--workers``).
@@ -56,7 +56,7 @@ import pit
 from classification.data import ImageFolderSet, UnknownClassFolders, build_class_index, make_loader
 from classification.data import skip_none_collate, to_float
 from classification.evaluate import evaluate_topk
-from classification.interrupt import StopRequest, ignore_sigint, rng_state, set_rng_state
+from common.interrupt import StopRequest, ignore_sigint, rng_state, set_rng_state
 from classification.recipe import build_objective
 from common import synthetic
 from common.autocast import autocast
@@ -65,7 +65,7 @@ from common.distributed import default_device
 from common.io import atomic_torch_save, atomic_write_text
 from common.options import non_negative_float, open_fraction, positive_float, positive_int
 from common.progress import Progress, duration
-from common.run import Run, open_run, say_resumed
+from common.run import Run, check_resume_overwrite, open_run, say_resumed
 from common.rundir import OutputError, announce, default_out, note
 from common.vocabulary import add_shared_flags, default_workers
 
@@ -128,8 +128,7 @@ class ClassifierTrainConfig:
             raise ValueError(f"Mixup/CutMix need an even --batch-size, got {self.batch_size}")
         if self.teacher is None and self.teacher_weights is not None:
             raise ValueError("--teacher-weights given without --teacher")
-        if self.resume and self.overwrite:
-            raise ValueError("--resume and --overwrite contradict each other: pass one of them")
+        check_resume_overwrite(self.resume, self.overwrite)
 
     def options(self) -> dict[str, Any]:
         """What the run trains (every field except ``RUNTIME_FIELDS``), as plain JSON data."""

@@ -50,9 +50,17 @@ def changed_options(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
+def check_resume_overwrite(resume: bool, overwrite: bool) -> None:
+    """``--resume`` continues a run and ``--overwrite`` starts it over: one of them at most."""
+    if resume and overwrite:
+        raise OutputError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
+                          "--overwrite starts it over; pass one of them")
+
+
 def _decide(path: Path, kind: str, options: dict, files: Sequence[str], resume: bool, overwrite: bool,
             continuable: Check | None, compatible: Check | None, flag: str) -> tuple[str, dict | None]:
     """(state, previous options) by the rules of the module docstring; raises OutputError to refuse."""
+    check_resume_overwrite(resume, overwrite)
     check_out(path, flag=flag)
     marker = read_marker(path)
     if marker is not None and marker["kind"] != kind:

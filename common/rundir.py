@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from common.io import atomic_write_json
 
 MARKER = ".pit-suite-run.json"
 
@@ -61,24 +60,6 @@ def read_marker(path: str | os.PathLike) -> dict[str, Any] | None:
     if not isinstance(data, dict) or "kind" not in data:
         raise OutputError(f"{marker} is not a run marker: choose another --out")
     return data
-
-
-def claim(path: str | os.PathLike, kind: str, options: dict[str, Any] | None = None, *,
-          flag: str = "--out") -> Path:
-    """Check ``path`` (writable, not another kind's run) and mark it as a ``kind`` run with ``options``.
-
-    The options recorded are informational for the command that owns the folder; comparing them (and
-    deciding between resume and refusal) is that command's job. A folder of another kind is refused
-    whatever flags were given, and nothing in it is touched.
-    """
-    path = check_out(path, flag=flag)
-    marker = read_marker(path)
-    if marker is not None and marker["kind"] != kind:
-        raise OutputError(f"{flag} {path} holds a {marker['kind']} run, not a {kind} run: choose another folder "
-                          "(nothing was changed)")
-    if marker is None or (options is not None and marker.get("options") != options):
-        atomic_write_json(path / MARKER, {"kind": kind, "options": options if options is not None else {}})
-    return path
 
 
 def _slug(text: str) -> str:

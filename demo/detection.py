@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import synthetic
 from common.io import read_jsonl
 
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval's AP columns the report shows

@@ -32,7 +32,7 @@ import torch
 
 from common import synthetic
 from common.io import atomic_write_json
-from common.run import Run, open_run, say_resumed
+from common.run import Run, check_resume_overwrite, open_run, say_resumed
 from common.tables import fmt
 from common.vocabulary import add_shared_flags
 from demo.background import background_rows
@@ -269,8 +269,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.resume and args.overwrite:
-        raise ValueError("--resume and --overwrite contradict each other: pass one of them")
+    check_resume_overwrite(args.resume, args.overwrite)
     report = run_demo(args.out, quick=args.quick, device=args.device, cache=args.cache, progress=args.progress,
                       resume=args.resume, overwrite=args.overwrite, workers=args.workers)
     print(f"\nDemo report: {report}\n(open it in a Markdown viewer; plots are next to it)")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.run import changed_options
+from common.run import changed_options, check_resume_overwrite
 from common.vocabulary import default_workers
 from detection.presets import ARCH_DEFAULT, LABEL_SPACES, PRESETS, ImageSizes, Preset
 
@@ -100,8 +100,7 @@ class DetectionTrainConfig:
             raise ValueError(f"--label-space must be coco-ids or contiguous, got {self.label_space!r}")
         if self.resume_from and self.finetune:
             raise ValueError("--resume and --finetune are exclusive: resume continues a run, finetune starts a new one")
-        if (self.resume or self.resume_from) and self.overwrite:
-            raise ValueError("--resume and --overwrite are exclusive: resume continues a run, overwrite starts over")
+        check_resume_overwrite(bool(self.resume or self.resume_from), self.overwrite)
         self._check_loss_kwargs(recipe)
         for key in ("num_queries", "hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward"):
             value = self.model_kwargs.get(key)

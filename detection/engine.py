@@ -10,7 +10,7 @@ A run folder ``out`` holds ``run.json`` (data, weights, arch, backbone, params, 
 stats), ``checkpoint.pth`` (written atomically every epoch on the main process; resume-complete; plain
 tensors and data only, read back with ``weights_only=True``) and ``eval.json``. The folder is opened with
 ``common.run.open_run``: the same command run again resumes from ``checkpoint.pth``; ``--resume`` also
-continues it with more epochs. Ctrl-C saves the epoch so far (``detection.interrupt``) and the run resumes
+continues it with more epochs. Ctrl-C saves the epoch so far (``common.interrupt``) and the run resumes
 from that step exactly (``detection.sampling``).
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ from common.autocast import grad_scaler
 from common.checkpoint import CheckpointError, safe_load
 from common.distributed import (all_gather_objects, get_rank, get_world_size, init_distributed, is_distributed,
                                 is_main_process)
+from common.interrupt import StopRequest, rng_state, set_rng_state
 from common.io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_jsonl
 from common.progress import Progress
 from common.run import Run, open_run, say_resumed
@@ -41,7 +42,6 @@ from detection.coco_eval import CocoEvaluator
 from detection.config import DetectionTrainConfig, more_epochs, same_run
 from detection.data import CocoDetection, collate, make_transforms
 from detection.epoch import EpochPosition, Stopped, agree, evaluate, train_one_epoch
-from detection.interrupt import StopRequest
 from detection.sampling import EpochSeeded, ResumableSampler
 
 PRINTED = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -59,25 +59,6 @@ def param_groups(model: nn.Module, lr: float, lr_backbone: float, weight_decay: 
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     return [{"params": [p for n, p in named if not n.startswith("backbone.")], "lr": lr, "weight_decay": weight_decay},
             {"params": [p for n, p in named if n.startswith("backbone.")], "lr": lr_backbone, "weight_decay": weight_decay}]
-
-
-def _rng_state() -> dict:
-    """Every global RNG as plain tensors / numbers (loadable with ``weights_only=True``)."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-             "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _seed(seed: int) -> None:
@@ -185,7 +166,7 @@ class _Run:
     def checkpoint(self, epoch: int) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": epoch,
-                "rng": all_gather_objects(_rng_state()), "args": self.config.options(), "arch": self.config.arch,
+                "rng": all_gather_objects(rng_state()), "args": self.config.options(), "arch": self.config.arch,
                 "backbone": self.config.backbone, "num_classes": self.train_set.num_classes,
                 "cat_ids": self.train_set.cat_ids, "category_names": self.train_set.category_names,
                 "model_kwargs": self.config.model_kwargs}
@@ -229,7 +210,7 @@ def _restore(run: _Run, source: str) -> tuple[int, EpochPosition | None]:
     if ckpt.get("scaler"):
         run.scaler.load_state_dict(ckpt["scaler"])
     rng = ckpt["rng"]
-    _set_rng_state(rng[get_rank()] if get_rank() < len(rng) else rng[0])
+    set_rng_state(rng[get_rank()] if get_rank() < len(rng) else rng[0])
     partial = ckpt.get("partial")
     return int(ckpt["epoch"]) + 1, EpochPosition.from_state(partial, run.device) if partial else None
 
@@ -240,12 +221,12 @@ def _write_run_files(run: _Run) -> None:
     if not is_main_process():
         return
     size = config.gflops_size or (config.image_sizes().test_size,) * 2
-    rng = _rng_state()  # the FLOP count must not move the training RNG stream
+    rng = rng_state()  # the FLOP count must not move the training RNG stream
     atomic_write_json(run.out / "run.json", {
         **run.header(), "arch": config.arch, "backbone": config.backbone, "num_classes": run.train_set.num_classes,
         "category_names": run.train_set.category_names, "params": sum(p.numel() for p in run.model.parameters()),
         "gflops": count_gflops(run.model, tuple(size)), "gflops_size": list(size), "args": config.options()})
-    _set_rng_state(rng)
+    set_rng_state(rng)
     atomic_write_text(run.out / "log.jsonl", json.dumps(run.header()) + "\n")
     (run.out / "eval.json").unlink(missing_ok=True)
 

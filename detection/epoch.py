@@ -15,7 +15,7 @@ from tqdm import tqdm
 from common.autocast import autocast, grad_scaler
 from common.distributed import all_reduce_sum, is_main_process
 from detection.coco_eval import CocoEvaluator
-from detection.interrupt import StopRequest
+from common.interrupt import StopRequest
 
 
 def _forward(model: nn.Module, images: Tensor, mask: Tensor, device: torch.device, amp: bool) -> dict:

@@ -47,9 +47,9 @@ def test_demo_refuses_an_out_that_is_a_file(tmp_path):
 
 
 def test_demo_refuses_another_commands_run_folder(tmp_path):
-    from common.rundir import claim
+    from common.run import open_run
 
-    claim(tmp_path / "rob", "robustness", {"models": ["pit_ti"]})
+    open_run(tmp_path / "rob", "robustness", {"models": ["pit_ti"]}, files=("cells.jsonl",))
     (tmp_path / "rob" / "cells.jsonl").write_text("{}\n")
     assert_one_line_error(["demo", "--quick", "--out", str(tmp_path / "rob")], 2, "robustness run")
     assert (tmp_path / "rob" / "cells.jsonl").read_text() == "{}\n"  # nothing touched
