@@ -18,6 +18,7 @@ import torch
 import torchattacks
 
 import pit
+from common.tables import markdown_table
 from common.timing import time_call
 from robustness.attacks import fgsm, pgd
 
@@ -49,7 +50,7 @@ def main() -> None:
     }
     clock = "s" if device.type == "cuda" else f"s, {args.threads} thread(s)"
     print(f"device {device}, model {args.model}, batch {args.batch_size}, {args.img_size} px, torch {torch.__version__}")
-    print(f"\n| attack | ours ({clock}) | torchattacks ({clock}) | speed ratio | max abs diff |\n|---|---|---|---|---|")
+    rows = []
     for name, (ours, ref) in cases.items():
         diff = (ours() - ref(x, y)).abs().max().item()  # also warms up both
         t_ours, t_ref = [], []
@@ -57,7 +58,8 @@ def main() -> None:
             t_ours.append(time_call(ours, min_run_time=args.min_time, warmup=0, num_threads=args.threads))
             t_ref.append(time_call(lambda: ref(x, y), min_run_time=args.min_time, warmup=0, num_threads=args.threads))
         mo, mr = min(t_ours), min(t_ref)
-        print(f"| {name} | {mo:.4f} | {mr:.4f} | {mr / mo:.2f}× | {diff:.1e} |")
+        rows.append([name, f"{mo:.4f}", f"{mr:.4f}", f"{mr / mo:.2f}×", f"{diff:.1e}"])
+    print("\n" + markdown_table(["attack", f"ours ({clock})", f"torchattacks ({clock})", "speed ratio", "max abs diff"], rows))
 
 
 if __name__ == "__main__":

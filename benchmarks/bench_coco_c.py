@@ -20,6 +20,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 import corruptions
+from common.tables import markdown_table
 from common.timing import time_call
 from detection.build import build_detector, build_postprocessor
 from detection.coco_c import corrupt_native, image_seed
@@ -77,12 +78,10 @@ def main() -> None:
     print(f"{args.arch} {args.backbone}, test size ×{args.img_scale}, {args.device}, threads {torch.get_num_threads()}: "
           f"inference {1000 * before:.0f} ms/img before the corruptions, {1000 * after:.0f} after; shares use the "
           f"faster")
-    print(f"| corruption (severity {args.severity}) | ms/img | % of inference |")
-    print("|---|---|---|")
-    for name, value in seconds.items():
-        print(f"| {name} | {1000 * value:.1f} | {100 * value / infer:.1f} |")
     mean = sum(seconds.values()) / len(seconds)
-    print(f"| **mean over the 15** | {1000 * mean:.1f} | {100 * mean / infer:.1f} |")
+    rows = [[name, 1000 * value, 100 * value / infer] for name, value in seconds.items()]
+    print(markdown_table([f"corruption (severity {args.severity})", "ms/img", "% of inference"],
+                         rows + [["**mean over the 15**", 1000 * mean, 100 * mean / infer]]))
 
 
 if __name__ == "__main__":

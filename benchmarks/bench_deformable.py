@@ -20,6 +20,7 @@ import sys
 
 import torch
 
+from common.tables import markdown_table
 from common.timing import time_call
 
 BACKBONES = ("pit_s", "deit_small_patch16_224", "resnet50")
@@ -103,10 +104,9 @@ def main() -> int:
                 raise RuntimeError(f"{arch}/{backbone} failed:\n{proc.stderr[-2000:]}")
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     print(f"device {device}, input {height}×{width}, batch {batch}, ≥{min_run_time:g} s timed, {'train' if args.train else 'inference'}\n")
-    print("| backbone | head | params (M) | images/s | peak memory (MiB) |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['backbone']} | {r['arch']} | {r['params_m']:.1f} | {r['images_per_s']:.2f} | {r['peak_memory_mib']:.0f} |")
+    print(markdown_table(["backbone", "head", "params (M)", "images/s", "peak memory (MiB)"],
+                         [[r["backbone"], r["arch"], f"{r['params_m']:.1f}", f"{r['images_per_s']:.2f}",
+                           f"{r['peak_memory_mib']:.0f}"] for r in rows], align="llrrr"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

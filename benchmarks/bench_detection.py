@@ -13,6 +13,7 @@ import argparse
 import torch
 
 from common.autocast import autocast
+from common.tables import markdown_table
 from common.timing import time_call
 from detection.build import build_detector, build_postprocessor
 
@@ -44,12 +45,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", action="store_true", help="autocast with the suite's dtype (common.autocast)")
     args = parser.parse_args()
-    print(f"| backbone | params (M) | img/s | latency (ms/img) |   [{args.arch}, {args.size[0]}×{args.size[1]}, "
-          f"batch {args.batch}, {args.device}{', bf16' if args.amp else ''}]")
-    print("|---|---|---|---|")
+    print(f"{args.arch}, {args.size[0]}×{args.size[1]}, batch {args.batch}, {args.device}{', bf16' if args.amp else ''}",
+          flush=True)
+    rows = []
     for name in args.backbones:
         r = measure(args.arch, name, tuple(args.size), args.batch, args.min_run_time, args.device, args.amp)
-        print(f"| {r['backbone']} | {r['params_M']:.1f} | {r['img_per_s']:.2f} | {r['latency_ms']:.0f} |", flush=True)
+        rows.append([r["backbone"], f"{r['params_M']:.1f}", f"{r['img_per_s']:.2f}", f"{r['latency_ms']:.0f}"])
+    print(markdown_table(["backbone", "params (M)", "img/s", "latency (ms/img)"], rows))
 
 
 if __name__ == "__main__":

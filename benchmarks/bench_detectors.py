@@ -11,6 +11,7 @@ import argparse
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from common.tables import markdown_table
 from common.timing import time_call
 from detection.build import build_detector
 
@@ -70,12 +71,13 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=6, help="encoder and decoder layers (official: 6)")
     parser.add_argument("--min-run-time", type=float, default=5.0)
     args = parser.parse_args()
-    print(f"| detector | ours (s) | transformers (s) | speed-up |   [ResNet-50, {args.size[0]}×{args.size[1]}, "
-          f"batch {args.batch}, forward+backward, CPU, {torch.get_num_threads()} threads]")
-    print("|---|---|---|---|")
+    print(f"ResNet-50, {args.size[0]}×{args.size[1]}, batch {args.batch}, forward+backward, CPU, "
+          f"{torch.get_num_threads()} threads", flush=True)
+    rows = []
     for arch in args.archs:
         mine, other = measure(arch, tuple(args.size), args.batch, args.layers, args.min_run_time)
-        print(f"| {arch} | {mine:.3f} | {other:.3f} | {other / mine:.2f}× |", flush=True)
+        rows.append([arch, f"{mine:.3f}", f"{other:.3f}", f"{other / mine:.2f}×"])
+    print(markdown_table(["detector", "ours (s)", "transformers (s)", "speed-up"], rows))
 
 
 if __name__ == "__main__":
