@@ -84,7 +84,8 @@ class DetectionRecipe:
                 "lr_backbone": self.lr_backbone, "lr_drop": self.lr_drop, "augment": self.augment,
                 "amp": self.uses_amp(device),
                 "eval_every": self.eval_every, "scales": [img_size], "max_size": 2 * img_size, "test_size": img_size,
-                "model_kwargs": dict(self.model_kwargs), "loss_kwargs": dict(self.loss_kwargs)}
+                "model_kwargs": dict(self.model_kwargs), "loss_kwargs": dict(self.loss_kwargs),
+                "label_space": "contiguous"}  # the generated set's 5 categories, not COCO's 91 ids
 
 
 def train_demo_detector(recipe: DetectionRecipe, data_root: str | Path, img_size: int, out: str | Path, *,
