@@ -20,10 +20,11 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 import corruptions
+from common.seeding import image_seed
 from common.tables import markdown_table
 from common.timing import time_call
 from detection.build import build_detector, build_postprocessor
-from detection.coco_c import corrupt_native, image_seed
+from detection.coco_c import corrupt_native
 from detection.data import collate, make_transforms
 
 SIZES = ((480, 640), (427, 640))

@@ -52,8 +52,12 @@ class StopRequest:
 
 
 def ignore_sigint(worker_id: int) -> None:
-    """``worker_init_fn`` of training loaders: a Ctrl-C reaches the main process only."""
+    """``worker_init_fn`` of every DataLoader: a Ctrl-C reaches the main process only, and the worker prints
+    no traceback of a background thread (e.g. multiprocessing's resource sharer when the main process stops
+    reading mid-transfer); a failure in the dataset itself still reaches the main process through the loader."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.excepthook = lambda args: None
+    sys.excepthook = lambda *args: None
 
 
 def rng_state() -> dict[str, Any]:

@@ -13,7 +13,6 @@ import hashlib
 import math
 import os
 import signal
-import sys
 import threading
 import warnings
 from importlib import resources
@@ -25,6 +24,7 @@ from torchvision.datasets.folder import default_loader
 
 from classification.data import class_folders, eval_transform, skip_none_collate
 from common.distributed import get_rank, get_world_size
+from common.interrupt import ignore_sigint
 
 SUBSETS = ("imagenet-a", "imagenet-r")
 Key = tuple[str, int, int, int, float]  # (path, label, index in the pass, img_size, crop_pct)
@@ -146,7 +146,7 @@ def pass_loader(batch_size: int, num_workers: int, pin_memory: bool) -> tuple[Da
     batches = PassBatches(batch_size)
     loader = DataLoader(KeyedImages(), batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
                         collate_fn=skip_none_collate, persistent_workers=num_workers > 0,
-                        worker_init_fn=_quiet_worker if num_workers > 0 else None)
+                        worker_init_fn=ignore_sigint if num_workers > 0 else None)
     if num_workers > 0:
         with _sigint_held():
             iter(loader)  # no keys yet: starts the persistent workers and returns at once
@@ -159,15 +159,6 @@ def close_loader(loader: DataLoader | None) -> None:
     if iterator is not None and hasattr(iterator, "_shutdown_workers"):
         iterator._shutdown_workers()
         loader._iterator = None
-
-
-def _quiet_worker(worker_id: int) -> None:
-    """In each worker: ignore Ctrl-C (the main process handles it and shuts the workers down) and print no
-    traceback of a background thread (e.g. multiprocessing's resource sharer when the main process stops
-    reading mid-transfer); a failure in the dataset itself reaches the main process through the loader."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.excepthook = lambda args: None
-    sys.excepthook = lambda *args: None
 
 
 @contextlib.contextmanager
