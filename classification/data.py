@@ -19,12 +19,12 @@ from typing import Callable
 
 import torch
 from timm.data import ImageNetInfo
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import InterpolationMode, v2
 
-from common.distributed import get_rank, get_world_size, is_distributed
+from common.distributed import ShardSampler, is_distributed
 
 
 
@@ -120,20 +120,6 @@ def skip_none_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Te
         return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
     images, labels, indices = zip(*batch)
     return torch.stack(images), torch.tensor(labels), torch.tensor(indices)
-
-
-class ShardSampler(DistributedSampler):
-    """``DistributedSampler`` without padding: rank r gets indices r, r+W, r+2W, ... in order, so every
-    image is counted exactly once and totals summed over processes are exact."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        super().__init__(dataset, num_replicas=get_world_size(), rank=get_rank(), shuffle=False, drop_last=False)
-
-    def __iter__(self):
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool,

@@ -1,6 +1,6 @@
 """The suite's one mixed-precision policy, for every command and device.
 
-CUDA: bfloat16 where the GPU supports it, else float16 (with a ``GradScaler`` for training); CPU:
+CUDA: bfloat16 where the GPU computes it natively (Ampere and newer), else float16 (with a ``GradScaler`` for training); CPU:
 bfloat16; other devices: autocast off. ``enabled=False`` (``--no-amp``) always means full fp32.
 """
 from __future__ import annotations
@@ -14,7 +14,8 @@ def amp_dtype(device: torch.device | str) -> torch.dtype | None:
     """The autocast dtype for ``device``, or None where the suite runs in fp32."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        native = torch.cuda.is_bf16_supported(including_emulation=False)  # the default counts V100/T4 emulation
+        return torch.bfloat16 if native else torch.float16
     if device.type == "cpu":
         return torch.bfloat16
     return None

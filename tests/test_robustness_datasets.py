@@ -6,6 +6,7 @@ from PIL import Image
 from timm.data import ImageNetInfo
 from timm.data.transforms_factory import transforms_imagenet_eval
 
+from common.distributed import ShardSampler
 from classification import data as cdata
 from robustness import datasets as ds
 
@@ -110,7 +111,7 @@ def test_class_mask_for_200_class_subsets(tmp_path):
 
 
 def test_shard_sampler_has_no_padding():
-    class FakeDist(cdata.ShardSampler):
+    class FakeDist(ShardSampler):
         def __init__(self, n, rank, world):
             torch.utils.data.DistributedSampler.__init__(self, range(n), num_replicas=world, rank=rank, shuffle=False)
 
