@@ -240,7 +240,7 @@ def _robustness(config: DemoConfig, data: str, classifiers: dict[str, dict], out
                        model_kwargs={"num_classes": num_classes, "img_size": config.img_size, **kwargs})
              for label, name, kwargs in DEMO_MODELS]
     result = run_robustness(specs, str(Path(data) / "val"), str(out), class_map="folder", img_size=config.img_size,
-                            crop_pct=1.0, corrupt_on_the_fly=True, corruptions="all", severities=config.severities,
+                            crop_pct=1.0, corrupt_on_the_fly=True, imagenet_c_size=config.img_size, corruptions="all", severities=config.severities,
                             attacks=("fgsm", "pgd"), eps=config.eps, steps=config.pgd_steps, occlusion=True,
                             limit=config.robustness_limit, batch_size=100, device=env.device,
                             num_workers=config.num_workers, progress=env.progress, overwrite=env.overwrite)

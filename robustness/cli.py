@@ -80,6 +80,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_shared_flags(g, "corruptions", "severities")
     g.add_argument("--corrupt-on-the-fly", action="store_true", default=None,
                    help="corrupt the clean --data batches on the device (the default source without --imagenet-c)")
+    g.add_argument("--imagenet-c-size", type=positive_int, default=None, metavar="PX",
+                   help="the benchmark's crop: --imagenet-c files are centre-cropped to it and on-the-fly corruptions "
+                        "are made at it (Resize(PX·256/224) → CenterCrop(PX), as make_imagenet_c.py), the same for "
+                        "every model (default 224; the generated set's own 64 px for it)")
+    g.add_argument("--imagenet-c-jpeg", action=argparse.BooleanOptionalAction, default=default("imagenet_c_jpeg"),
+                   help="on-the-fly corruptions end with ImageNet-C's storage step, a JPEG quality-85 round trip "
+                        "(PIL's codec), as the stored set was saved")
     g.add_argument("--attacks", nargs="*", default=None, choices=ATTACKS, help="adversarial attacks (L∞); --attacks with no name: no evaluation but clean")
     g.add_argument("--eps", type=eps_value, default=default("eps"), help="attack radius in [0,1] pixels, e.g. 1/255")
     g.add_argument("--alpha", type=step_value, default=default("alpha"), help="PGD step size (default 2.5*eps/steps)")
@@ -165,13 +172,16 @@ def build_config(args: argparse.Namespace) -> dict:
     """The run's ``run_robustness`` keywords from the parsed arguments (defaults: data, weights, --out folder)."""
     data, num_classes, data_note, limit = args.data, args.num_classes, None, args.limit
     class_map, img_size, crop_pct = args.class_map or "imagenet", args.img_size, args.crop_pct
+    c_size = args.imagenet_c_size or default("imagenet_c_size")
     if not (data or args.imagenet_c or args.imagenet_a or args.imagenet_r or args.in9):
         data, num_classes, data_note = generated_data(args.class_map, args.num_classes)
         class_map, limit = "folder", limit or GENERATED_LIMIT
-        img_size, crop_pct = img_size or synthetic.ClassificationSpec().img_size, crop_pct or 1.0
+        own = synthetic.ClassificationSpec().img_size
+        img_size, crop_pct, c_size = img_size or own, crop_pct or 1.0, args.imagenet_c_size or own
     fields = dict(
         models=model_specs(args.models, args.weights, num_classes), data=data, out=args.out or "",
         class_map=class_map, img_size=img_size, crop_pct=crop_pct, imagenet_c=args.imagenet_c,
+        imagenet_c_size=c_size, imagenet_c_jpeg=args.imagenet_c_jpeg,
         imagenet_a=args.imagenet_a, imagenet_r=args.imagenet_r, in9=args.in9,
         in9_challenge_limit=args.in9_challenge_limit, severities=parse_severities(args.severities),
         eps=args.eps, alpha=args.alpha, steps=args.steps, limit=limit, batch_size=args.batch_size,

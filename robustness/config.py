@@ -46,7 +46,9 @@ class RobustnessConfig:
     evaluated, and the cells that need clean images are reported "not run"). ``corruptions`` is 'all',
     'extra' or names (``common.vocabulary.parse_corruptions``), run when ``imagenet_c`` or
     ``corrupt_on_the_fly`` gives them a source; ``severities`` anything ``parse_severities`` reads;
-    ``alpha`` None means 2.5·eps/steps; ``img_size``/``crop_pct`` None mean the model's own values;
+    ``imagenet_c_size`` is the benchmark's crop (ImageNet-C: 224), at which stored files are read and
+    on-the-fly corruptions are made, with ``imagenet_c_jpeg`` the JPEG-85 storage step of the stored set
+    (``robustness.geometry``); ``alpha`` None means 2.5·eps/steps; ``img_size``/``crop_pct`` None mean the model's own values;
     ``num_workers`` None means ``common.vocabulary.default_workers()``. ``data_note`` says in the report
     what data a run used. Random draws are keyed per image by ``seed`` (``common.seeding``).
     """
@@ -59,6 +61,8 @@ class RobustnessConfig:
     crop_pct: float | None = None
     imagenet_c: str | None = None
     corrupt_on_the_fly: bool = False
+    imagenet_c_size: int = 224
+    imagenet_c_jpeg: bool = True
     imagenet_a: str | None = None
     imagenet_r: str | None = None
     in9: str | None = None
@@ -114,7 +118,8 @@ class RobustnessConfig:
         if self.alpha is not None:
             _check_number("--alpha", self.alpha, low=0.0, high=1.0, low_open=True)
         _check_number("--crop-pct", self.crop_pct, low=0.0, high=1.0, low_open=True)
-        for flag, value, low in (("--img-size", self.img_size, 1), ("--steps", self.steps, 1),
+        for flag, value, low in (("--img-size", self.img_size, 1), ("--imagenet-c-size", self.imagenet_c_size, 1),
+                                 ("--steps", self.steps, 1),
                                  ("--limit", self.limit, 1), ("--batch-size", self.batch_size, 1),
                                  ("--in9-challenge-limit", self.in9_challenge_limit, 1),
                                  ("--workers", self.num_workers, 0)):

@@ -2,7 +2,7 @@
 (``<root>/<corruption>/<severity>/<wnid>/*.JPEG``), the fixed 200-class lists of ImageNet-A/R, and the
 one DataLoader (one worker pool) that serves every pass of a run.
 
-The loader reads *keys* ``(path, label, index, img_size, crop_pct)`` that the main process hands it
+The loader reads *keys* ``(path, label, index, geometry)`` (``robustness.geometry``) that the main process hands it
 pass after pass, so the worker processes start once per run and stay (persistent workers): no worker
 pool is forked per pass, which is what made some Ctrl-C go unnoticed.
 """
@@ -22,12 +22,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets.folder import default_loader
 
-from classification.data import class_folders, eval_transform, skip_none_collate
+from classification.data import class_folders, skip_none_collate
 from common.distributed import get_rank, get_world_size
 from common.interrupt import ignore_sigint
+from robustness.geometry import Geometry
 
 SUBSETS = ("imagenet-a", "imagenet-r")
-Key = tuple[str, int, int, int, float]  # (path, label, index in the pass, img_size, crop_pct)
+Key = tuple[str, int, int, Geometry]  # (path, label, index in the pass, how the file becomes pixels)
 
 
 def imagenet_c_root(root: str | os.PathLike, corruption: str, severity: int) -> Path:
@@ -94,21 +95,21 @@ def file_state(path: str | os.PathLike) -> list[int] | None:
 
 
 class KeyedImages(Dataset):
-    """Decodes a key ``(path, label, index, img_size, crop_pct)`` → ``(uint8 (3,S,S), label, index)`` like
-    ``ImageFolderSet`` (torchvision's loader: PIL → RGB, then timm's eval transform), or None for an
+    """Decodes a key ``(path, label, index, geometry)`` → ``(uint8 (3,S,S), label, index)`` like
+    ``ImageFolderSet`` (torchvision's loader: PIL → RGB, then the geometry's transform), or None for an
     unreadable file (reported, skipped by ``skip_none_collate``)."""
 
     def __init__(self) -> None:
-        self._transforms: dict[tuple[int, float], object] = {}
+        self._transforms: dict[Geometry, object] = {}
 
     def __len__(self) -> int:  # keys come from the batch sampler; the length is never used
         return 0
 
     def __getitem__(self, key: Key) -> tuple[torch.Tensor, int, int] | None:
-        path, label, index, size, pct = key
-        transform = self._transforms.get((size, pct))
+        path, label, index, geometry = key
+        transform = self._transforms.get(geometry)
         if transform is None:
-            transform = self._transforms[(size, pct)] = eval_transform(size, pct)
+            transform = self._transforms[geometry] = geometry.transform()
         try:
             return transform(default_loader(path)), label, index
         except (OSError, ValueError, SyntaxError) as err:

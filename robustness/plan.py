@@ -15,6 +15,7 @@ import timm
 from torch import nn
 
 from robustness import background
+from robustness import geometry as geo
 from robustness.cells import CellKey
 from robustness.config import ATTACKS, OCCLUSIONS, ModelSpec, RobustnessConfig, absolute
 from robustness.datasets import file_state, imagenet_c_root
@@ -26,13 +27,15 @@ RANDOM_VARIANTS = ("pgd", "occlusion_random")
 @dataclass
 class Pass:
     """One loop over ``root``; every cell gets the same batches. ``subset``: ImageNet-A/R, logits masked
-    to its 200 classes; ``on_the_fly``: each cell corrupts the clean batch on the device."""
+    to its 200 classes; ``on_the_fly``: each cell corrupts the clean batch on the device; ``geometry``:
+    the kind of pixels the files become (``robustness.geometry``: model, stored or made)."""
 
     name: str
     root: str
     cells: list[CellKey]
     subset: str | None = None
     on_the_fly: bool = False
+    geometry: str = "model"
 
 
 @dataclass
@@ -77,14 +80,21 @@ def plan_passes(label: str, config: RobustnessConfig) -> list[Pass]:
     for c in corruptions_run(config):
         if config.corrupt_on_the_fly:
             cells = [CellKey(label, "imagenet-c", c, s) for s in config.severities]
-            passes.append(Pass(f"{c} (on the fly)", absolute(config.data), cells, on_the_fly=True))
+            passes.append(Pass(f"{c} (on the fly)", absolute(config.data), cells, on_the_fly=True, geometry="made"))
         else:
             passes += [Pass(f"{c} {s}", str(imagenet_c_root(absolute(config.imagenet_c), c, s)),
-                            [CellKey(label, "imagenet-c", c, s)]) for s in config.severities]
+                            [CellKey(label, "imagenet-c", c, s)], geometry="stored") for s in config.severities]
     for subset, root in (("imagenet-a", config.imagenet_a), ("imagenet-r", config.imagenet_r)):
         if root:
             passes.append(Pass(subset, absolute(root), [CellKey(label, subset)], subset=subset))
     return passes
+
+
+def pass_geometry(p: Pass, r: ModelRun, config: RobustnessConfig) -> geo.Geometry:
+    """The pixels ``p``'s files become for ``r``: the model's eval view, or ImageNet-C's (the same for every model)."""
+    if p.geometry == "model":
+        return geo.model_view(r.img_size, r.crop_pct)
+    return geo.benchmark_view(p.geometry, config.imagenet_c_size)
 
 
 def corruptions_run(config: RobustnessConfig) -> list[str]:
@@ -109,8 +119,9 @@ def cell_options(cell: CellKey, p: Pass, r: ModelRun, config: RobustnessConfig) 
 
     Random draws are keyed per image (``common.seeding``), so the batch size and the number of
     processes are not among them."""
+    geometry = geo.describe(pass_geometry(p, r, config), r.img_size, jpeg=p.on_the_fly and config.imagenet_c_jpeg)
     options: dict[str, Any] = {"model": r.identity, "root": p.root, "class_map": config.class_map,
-                               "img_size": r.img_size, "crop_pct": r.crop_pct, "limit": config.limit, "amp": config.amp}
+                               "geometry": geometry, "limit": config.limit, "amp": config.amp}
     if cell.variant in ATTACKS:
         options["eps"] = config.eps
     if cell.variant == "pgd":

@@ -84,6 +84,20 @@ def provenance(options: dict) -> list[str]:
     return ["  \n".join(lines)] if lines else []
 
 
+def geometry_lines(records: list[CellRecord]) -> list[str]:
+    """Which pixels the cells' models saw (``robustness.geometry``): one line per geometry and the sets using it."""
+    from robustness.geometry import text
+
+    used: dict[str, set[str]] = {}
+    for rec in records:
+        described = (rec.options or {}).get("geometry")
+        if described:
+            used.setdefault(text(described), set()).add(rec.key.dataset)
+    if not used:
+        return []
+    return ["**Pixels the models saw:**  ", *(f"- {', '.join(sorted(sets))}: {line}" for line, sets in used.items()), ""]
+
+
 def comparison_table(summary: dict[str, dict], not_run: dict[str, str]) -> list[str]:
     """The paper-style table: a row per model, a column per number that was run (or that says "not run")."""
     cols = [(t, k) for t, k in COLUMNS if k in not_run or any(s.get(k) is not None for s in summary.values())]
@@ -120,7 +134,7 @@ def markdown_report(records: list[CellRecord], summary: dict[str, dict], options
              "corruptions evaluated at all five severities. Occlusion: centred square of half of each side "
              "(zero fill); random patch: one 25 %-area square. FGSM/PGD: L∞ eps "
              f"{options.get('eps', 0) * 255:.2g}/255, PGD {options.get('steps')} steps of {options.get('alpha', 0) * 255:.3g}/255.",
-             "", *comparison_table(summary, not_run or {})]
+             "", *geometry_lines(records), *comparison_table(summary, not_run or {})]
     partial = {label: s["mCE_corruptions"] for label, s in summary.items() if s.get("mCE") is not None
                and s["mCE_corruptions"] < len(metrics.ALEXNET_ERRORS)}
     if partial:

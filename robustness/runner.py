@@ -24,19 +24,20 @@ from classification.data import ImageFolderSet, build_class_index, to_float
 from classification.metrics import topk_correct
 from common import io, rundir
 from common.autocast import autocast
-from common.distributed import barrier, init_distributed, is_main_process
+from common.distributed import barrier, init_distributed, is_main_process, main_decides
 from common.progress import Progress
 from common.run import say_resumed
 from common.seeding import image_generators
 from robustness import attacks as attacks_lib
 from robustness import background
 from robustness import datasets as ds
+from robustness import geometry as geo
 from robustness import occlusion as occ
 from robustness.cells import CellKey, CellRecord
 from robustness.config import ModelSpec, RobustnessConfig, absolute
 from robustness.metrics import reduce_counts
 from robustness.plan import (ModelRun, Pass, cell_options, corruptions_run, describe, in9_plan, marker_options,
-                             model_cfg, model_run, not_run, plan_passes)
+                             model_cfg, model_run, not_run, pass_geometry, plan_passes)
 from robustness.report import summarize, write_report
 from robustness.store import RunStore, jsonable
 
@@ -66,14 +67,11 @@ def run_robustness(models: list[ModelSpec], data: str | None = None, out: str = 
     Raises ValueError when a set yields no readable image (no report is written then).
     """
     config = RobustnessConfig(models=list(models), data=data, out=out, **options)
-    check_paths(config)
     device = init_distributed(config.device)
-    runs = [model_run(spec, config) for spec in config.models]
+    runs, class_index, plans, in9_plans = main_decides(lambda: _plan(config))  # rank 0 reads the disk for all
     store = RunStore.open(config.out, marker_options(config), overwrite=config.overwrite, resume=config.resume)
-    ctx = RunContext(config, device, store, build_class_index(config.class_map, config.data))
-    plans = {r.spec.display: plan_passes(r.spec.display, config) for r in runs}
+    ctx = RunContext(config, device, store, class_index)
     wanted = {c: cell_options(c, p, r, config) for r in runs for p in plans[r.spec.display] for c in p.cells}
-    in9_plans = {r.spec.display: in9_plan(r, config) for r in runs}
     wanted.update({key: opts for plan in in9_plans.values() for key, (_, opts) in plan.items()})
     store.conflicts(wanted, config.overwrite)
     _start(ctx, wanted, describe(next(iter(plans.values())), len(next(iter(in9_plans.values()))), len(runs)))
@@ -88,6 +86,15 @@ def run_robustness(models: list[ModelSpec], data: str | None = None, out: str = 
         ds.close_loader(ctx.loader)
         ctx.progress.close()
     return _finish(ctx, runs, [store.records[k] for k in wanted])
+
+
+def _plan(config: RobustnessConfig) -> tuple[list[ModelRun], dict[str, int], dict[str, list[Pass]], dict]:
+    """Check every input, then the run's models, class index, passes and IN-9 cells (read from the disk)."""
+    check_paths(config)
+    runs = [model_run(spec, config) for spec in config.models]
+    plans = {r.spec.display: plan_passes(r.spec.display, config) for r in runs}
+    in9_plans = {r.spec.display: in9_plan(r, config) for r in runs}
+    return runs, build_class_index(config.class_map, config.data), plans, in9_plans
 
 
 def _start(ctx: RunContext, wanted: dict[CellKey, dict], plan_line: str) -> None:
@@ -174,28 +181,37 @@ def _check_model(spec: ModelSpec) -> None:
 
 
 def _run_pass(p: Pass, r: ModelRun, ctx: RunContext, wanted: dict[CellKey, dict]) -> None:
-    """List the pass's images, compute the cells that are missing or stale, and save them."""
-    config = ctx.config
-    listing = ImageFolderSet(p.root, ctx.class_index, r.img_size, r.crop_pct, limit=config.limit)
-    paths = [path for path, _ in listing.samples]
-    fingerprint = ds.input_fingerprint(p.root, paths)
+    """List the pass's images, compute the cells that are missing or stale, and save them.
+
+    What to compute is read from the disk on rank 0 and broadcast: a process whose view of a shared
+    filesystem lags cannot skip a pass the others run (and leave them waiting in a collective)."""
+    samples, classes, root, fingerprint, todo = main_decides(lambda: _pass_todo(p, ctx, wanted))
+    if not todo:
+        return
+    module = _ensure_model(r, ctx)
+    _check_labels(r.num_outputs, classes, root)  # before the loop: every process raises alike, none hangs
+    geometry = pass_geometry(p, r, ctx.config)
+    keys = [(path, label, i, geometry) for i, (path, label) in enumerate(samples)]
+    counts, seen = _evaluate_pass(p, todo, keys, module, r, ctx, classes)
+    paths = [path for path, _ in samples]
+    skipped = main_decides(lambda: {paths[i]: ds.file_state(paths[i]) for i in (~seen).nonzero().flatten().tolist()})
+    ctx.store.add([CellRecord(cell, r.spec.name, n, c1, c5, p.root, fingerprint, wanted[cell], skipped)
+                   for cell, (n, c1, c5) in zip(todo, counts.tolist())])
+    _advance(ctx, todo, p.name)
+
+
+def _pass_todo(p: Pass, ctx: RunContext, wanted: dict[CellKey, dict]) -> tuple[list, list[int], str, str, list[CellKey]]:
+    """(samples, classes, root, input fingerprint, cells to compute) of a pass, from this process's disk view."""
+    listing = ImageFolderSet(p.root, ctx.class_index, 8, 1.0, limit=ctx.config.limit)
+    fingerprint = ds.input_fingerprint(p.root, [path for path, _ in listing.samples])
     todo = []
     for cell in p.cells:
         keep, why = ctx.store.reusable(cell, wanted[cell], fingerprint)
         if not keep:
             todo.append(cell)
-        if why and is_main_process():
+        if why:
             rundir.note(f"recomputing {cell.label}: {why}")
-    if not todo:
-        return
-    module = _ensure_model(r, ctx)
-    _check_labels(r.num_outputs, listing)  # before the loop: every process raises alike, none hangs
-    keys = [(path, label, i, r.img_size, r.crop_pct) for i, (path, label) in enumerate(listing.samples)]
-    counts, seen = _evaluate_pass(p, todo, keys, module, r.num_outputs, ctx, listing.classes)
-    skipped = {paths[i]: ds.file_state(paths[i]) for i in (~seen).nonzero().flatten().tolist()}
-    ctx.store.add([CellRecord(cell, r.spec.name, n, c1, c5, p.root, fingerprint, wanted[cell], skipped)
-                   for cell, (n, c1, c5) in zip(todo, counts.tolist())])
-    _advance(ctx, todo, p.name)
+    return listing.samples, listing.classes, str(listing.root), fingerprint, todo
 
 
 def _advance(ctx: RunContext, cells: list[CellKey], label: str) -> None:
@@ -207,8 +223,12 @@ def _advance(ctx: RunContext, cells: list[CellKey], label: str) -> None:
 def _run_in9(r: ModelRun, ctx: RunContext, plan: dict[CellKey, tuple[str, dict]]) -> None:
     """IN-9 variants, BG-gap and the Background Challenge of one model (``robustness.background``)."""
     root, config = absolute(ctx.config.in9), ctx.config
-    prints = {key: background.cell_fingerprint(root, v) for key, (v, _) in plan.items()}
-    done = {key for key, (_, opts) in plan.items() if ctx.store.reusable(key, opts, prints[key])[0]}
+
+    def decide() -> tuple[dict, set]:  # rank 0's view of the disk, for every process
+        prints = {key: background.cell_fingerprint(root, v) for key, (v, _) in plan.items()}
+        return prints, {key for key, (_, opts) in plan.items() if ctx.store.reusable(key, opts, prints[key])[0]}
+
+    prints, done = main_decides(decide)
     if len(done) == len(plan):
         return
     records, _ = background.evaluate_in9(
@@ -232,14 +252,14 @@ def _ensure_model(r: ModelRun, ctx: RunContext) -> nn.Module:
     return r.module
 
 
-def _evaluate_pass(p: Pass, cells: list[CellKey], keys: list[ds.Key], model: nn.Module, num_outputs: int,
+def _evaluate_pass(p: Pass, cells: list[CellKey], keys: list[ds.Key], model: nn.Module, r: ModelRun,
                    ctx: RunContext, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``cells`` over the pass's images. Returns int64 (len(cells), 3) counts [n, top1, top5] and a bool
     (len(keys),) tensor of the images read, both summed over processes."""
     device = ctx.device
     counts = torch.zeros(len(cells), 3, dtype=torch.int64, device=device)
     seen = torch.zeros(len(keys), dtype=torch.int64, device=device)
-    mask = _pass_mask(p, classes, num_outputs, ctx)
+    mask = _pass_mask(p, classes, r.num_outputs, ctx)
     ctx.batches.start(keys)
     show = ctx.config.progress and is_main_process()
     for images_u8, labels, index in tqdm(ctx.loader, desc=f"{cells[0].model} | {p.name}", disable=not show,
@@ -248,9 +268,11 @@ def _evaluate_pass(p: Pass, cells: list[CellKey], keys: list[ds.Key], model: nn.
             continue
         seen[index.to(device)] = 1
         images = to_float(images_u8, device)
+        if p.geometry == "stored":
+            images = geo.to_model_size(images, r.img_size)
         labels = labels.to(device, non_blocking=True)
         for i, cell in enumerate(cells):
-            x = _apply_variant(cell, images, labels, model, ctx, p.on_the_fly, index.tolist())
+            x = _apply_variant(cell, images, labels, model, ctx, p.on_the_fly, index.tolist(), r.img_size)
             with torch.no_grad(), autocast(device, ctx.config.amp):
                 logits = model(x).float()
             if mask is not None:  # ImageNet-A/R: only the subset's classes can be predicted
@@ -277,14 +299,16 @@ def cell_generators(seed: int, cell: CellKey, indices: list[int], device: torch.
 
 
 def _apply_variant(cell: CellKey, images: torch.Tensor, labels: torch.Tensor, model: nn.Module, ctx: RunContext,
-                   on_the_fly: bool, indices: list[int]) -> torch.Tensor:
-    """The input the model sees for this cell: float (B,3,H,W) in [0,1]."""
+                   on_the_fly: bool, indices: list[int], model_size: int) -> torch.Tensor:
+    """The input the model sees for this cell: float (B,3,H,W) in [0,1]. On the fly: ImageNet-C's chain
+    (corrupt the benchmark crop, store it as the benchmark did, one resize to the model's size)."""
     config = ctx.config
     if on_the_fly:
         from corruptions import corrupt
 
-        return corrupt(images, cell.corruption, cell.severity,
-                       generator=cell_generators(config.seed, cell, indices, images.device))
+        x = corrupt(images, cell.corruption, cell.severity,
+                    generator=cell_generators(config.seed, cell, indices, images.device))
+        return geo.to_model_size(geo.imagenet_c_storage(x, config.imagenet_c_jpeg), model_size)
     if cell.variant == "clean":
         return images
     if cell.variant == "occlusion_center":
@@ -300,10 +324,10 @@ def _apply_variant(cell: CellKey, images: torch.Tensor, labels: torch.Tensor, mo
     raise KeyError(f"unknown variant {cell.variant!r}")
 
 
-def _check_labels(num_outputs: int, dataset: ImageFolderSet) -> None:
-    top = max(dataset.classes)
+def _check_labels(num_outputs: int, classes: list[int], root: str) -> None:
+    top = max(classes)
     if top >= num_outputs:
-        raise ValueError(f"the model has {num_outputs} outputs but {dataset.root} has class index {top}: "
+        raise ValueError(f"the model has {num_outputs} outputs but {root} has class index {top}: "
                          "use a model with matching --num-classes, or --class-map folder")
 
 

@@ -9,6 +9,7 @@ from timm.data.transforms_factory import transforms_imagenet_eval
 from common.distributed import ShardSampler
 from classification import data as cdata
 from robustness import datasets as ds
+from robustness.geometry import model_view
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 
@@ -126,7 +127,7 @@ def test_pass_loader_reads_like_image_folder_set_and_skips_broken_files(tmp_path
     data = cdata.ImageFolderSet(root, cdata.build_class_index("imagenet", root), 16, 0.9)
     loader, batches = ds.pass_loader(batch_size=4, num_workers=0, pin_memory=False)
     for _ in range(2):  # the same loader serves pass after pass
-        batches.start([(path, label, i, 16, 0.9) for i, (path, label) in enumerate(data.samples)])
+        batches.start([(path, label, i, model_view(16, 0.9)) for i, (path, label) in enumerate(data.samples)])
         with pytest.warns(RuntimeWarning, match="broken.JPEG"):
             got = list(loader)
         images, labels, index = (torch.cat([b[k] for b in got]) for k in range(3))

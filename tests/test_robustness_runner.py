@@ -139,8 +139,8 @@ def test_random_draws_are_per_image_not_per_batch(cell):
     config = RobustnessConfig([MODEL], data="x", steps=2, eps=8 / 255)
     ctx = runner.RunContext(config, torch.device("cpu"), store=None)
     on_the_fly = cell.dataset == "imagenet-c"
-    whole = runner._apply_variant(cell, images, labels, model, ctx, on_the_fly, list(range(5)))
-    parts = [runner._apply_variant(cell, images[i:i + 2], labels[i:i + 2], model, ctx, on_the_fly, list(range(i, min(i + 2, 5))))
+    whole = runner._apply_variant(cell, images, labels, model, ctx, on_the_fly, list(range(5)), 32)
+    parts = [runner._apply_variant(cell, images[i:i + 2], labels[i:i + 2], model, ctx, on_the_fly, list(range(i, min(i + 2, 5))), 32)
              for i in range(0, 5, 2)]
     assert not torch.equal(whole, images)
     torch.testing.assert_close(torch.cat(parts), whole, atol=1e-5, rtol=0)
@@ -212,3 +212,28 @@ def test_cli_defaults_are_the_config_defaults():
     pairs = {"batch_size": "batch_size", "workers": "num_workers", "eps": "eps", "alpha": "alpha", "steps": "steps",
              "seed": "seed", "limit": "limit", "img_size": "img_size", "crop_pct": "crop_pct"}
     assert {a: getattr(args, a) for a in pairs} == {a: getattr(RobustnessConfig, f) for a, f in pairs.items()}
+
+
+def _lagging_worker(rank, val, c_dir, out):
+    from tests.distributed_helpers import lagging_listing
+
+    with lagging_listing(c_dir):  # rank 1's view of the shared disk has no ImageNet-C folder (yet)
+        result = run_robustness([MODEL], val, out, **FAST, imagenet_c=c_dir, corruptions=["fog"], severities=[1])
+    if rank == 0:
+        Path(out, "counts.json").write_text(json.dumps(counts(result)))
+
+
+@pytest.mark.distributed
+def test_rank0_reads_the_disk_for_every_process(data, tmp_path):
+    """Rank 1 sees no --imagenet-c folder: the run follows rank 0's listing and gives the one-process counts."""
+    import shutil
+
+    from tests.distributed_helpers import spawn
+
+    c_dir = tmp_path / "c"
+    shutil.copytree(data["val"], c_dir / "fog" / "1")
+    single = run_robustness([MODEL], data["val"], str(tmp_path / "one"), **FAST, imagenet_c=str(c_dir),
+                            corruptions=["fog"], severities=[1])
+    spawn(_lagging_worker, 2, data["val"], str(c_dir), str(tmp_path / "two"), timeout=180)
+    two = json.loads((tmp_path / "two" / "counts.json").read_text())
+    assert two == {k: list(v) for k, v in counts(single).items()}
