@@ -32,7 +32,7 @@ _REGISTRY: dict[str, _Fn] = {
 }
 
 
-def _check(images: torch.Tensor, name: str, severity: int) -> None:
+def _check(images: torch.Tensor, name: str, severity: int, check_range: bool) -> None:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, ALL_CORRUPTIONS, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -44,22 +44,27 @@ def _check(images: torch.Tensor, name: str, severity: int) -> None:
         raise ValueError(f"images must be a (B, 3, H, W) tensor, got {shape}")
     if not images.is_floating_point():
         raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype}; convert uint8 with x.float() / 255")
-    if images.numel():
+    if check_range and images.numel():
         lo, hi = torch.aminmax(images)
-        if lo < 0 or hi > 1:
+        if bool((lo < 0) | (hi > 1)):  # the one host sync of a call
             raise ValueError("images must be in [0, 1] (got values outside); pass un-normalised pixels")
 
 
 def corrupt(images: torch.Tensor, name: str, severity: int,
-            generator: torch.Generator | Sequence[torch.Generator] | None = None) -> torch.Tensor:
+            generator: torch.Generator | Sequence[torch.Generator] | None = None, *,
+            check_range: bool = True) -> torch.Tensor:
     """Apply corruption ``name`` at ``severity`` (1-5) to a (B, 3, H, W) batch in [0, 1].
 
     ``generator`` (on the images' device) makes the random corruptions reproducible. A sequence of B
     generators gives each image its own random draws: image i comes out as if corrupted alone with
-    ``generator[i]``, whatever else is in the batch.
+    ``generator[i]``, whatever else is in the batch. Half-precision batches are corrupted in float32
+    and returned in their dtype. ``check_range=False`` skips the [0, 1] value check, the call's one
+    host sync, for batches known to be in range (e.g. uint8 / 255 from a loader); only
+    ``jpeg_compression`` then waits for the device (its codec runs on the CPU).
     """
-    _check(images, name, severity)
+    _check(images, name, severity, check_range)
     if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != images.shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {images.shape[0]} images: give one per image")
-    out = _REGISTRY[name](images, severity, generator)
+    work = images.float() if images.dtype in (torch.float16, torch.bfloat16) else images
+    out = _REGISTRY[name](work, severity, generator)
     return out.clamp(0, 1).to(images.dtype)

@@ -109,8 +109,9 @@ def equalize_hist(x: torch.Tensor) -> torch.Tensor:
     """``cv2.equalizeHist`` per image: 8-bit values mapped through the image's own cumulative histogram."""
     b = x.shape[0]
     v = x.reshape(b, -1).long()
-    hist = torch.zeros(b, 256, device=x.device, dtype=torch.float64)
-    hist.scatter_add_(1, v, torch.ones_like(v, dtype=torch.float64))
+    levels = torch.arange(257, device=x.device).expand(b, 257).contiguous()
+    # counts from a sort, not an atomic scatter: deterministic on every device
+    hist = torch.searchsorted(v.sort(dim=1).values, levels).diff(dim=1).double()
     total = v.shape[1]
     first = (hist > 0).to(torch.int8).argmax(1, keepdim=True)
     first_count = hist.gather(1, first)

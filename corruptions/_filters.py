@@ -111,30 +111,29 @@ def motion_blur(x: torch.Tensor, radius: int, sigma: float, angle: torch.Tensor)
     """Reference motion blur: a half-Gaussian weighted sum of edge-clamped shifts along ``angle`` (deg, (B,)).
 
     ``out[y, x] = sum_i k_i * img[clamp(y - dy_i), clamp(x - dx_i)]``, computed as one FFT correlation of the
-    edge-padded batch with a per-image line kernel.
+    edge-padded batch with a per-image line kernel. The kernel is built on the images' device with no host
+    sync and no atomic accumulation: the padding covers the longest possible shift, and each tap is a sum
+    of one-hot products (deterministic on every device).
     """
     b, c, h, w = x.shape
     width = 2 * radius + 1
-    angle = angle.cpu()  # the taps are built on the CPU: one host sync, reproducible accumulation
-    t = torch.arange(width, dtype=torch.float32)
+    t = torch.arange(width, dtype=torch.float64, device=x.device)
     kernel = torch.exp(-t ** 2 / (2 * sigma ** 2))
     kernel = kernel / kernel.sum()
-    rad = torch.deg2rad(angle.float())
+    rad = torch.deg2rad(angle.to(x.device, torch.float64))  # float64: the shifts' rounding as on the CPU
     # point = width*(sin, cos); hypot = width -> unit direction
-    py, px = torch.sin(rad), torch.cos(rad)
-    dy = -torch.ceil(t[:, None] * py - 0.5).long()  # (width, B)
-    dx = -torch.ceil(t[:, None] * px - 0.5).long()
+    dy = -torch.ceil(t[:, None] * torch.sin(rad) - 0.5).long()  # (width, B)
+    dx = -torch.ceil(t[:, None] * torch.cos(rad) - 0.5).long()
     # a shift as large as the image ends the sum for that image (reference behaviour)
     active = ((dy.abs() < h) & (dx.abs() < w)).long().cumprod(0).bool()
-    dy, dx = dy.clamp(-(h - 1), h - 1), dx.clamp(-(w - 1), w - 1)
-    top, bottom = max(int(dy.max()), 0), max(-int(dy.min()), 0)
-    left, right = max(int(dx.max()), 0), max(-int(dx.min()), 0)
-    xp = F.pad(x, (left, right, top, bottom), mode="replicate")
-    taps = torch.zeros(b, top + bottom + 1, left + right + 1, dtype=torch.float32)
-    weights = torch.where(active, kernel[:, None], torch.zeros_like(kernel[:, None]))
-    batch = torch.arange(b).expand(width, b)
-    taps.index_put_((batch, top - dy, left - dx), weights, accumulate=True)
-    return _correlate_valid(xp, taps[:, None].to(x.device, x.dtype), (h, w))
+    pad_y, pad_x = min(width - 1, h - 1), min(width - 1, w - 1)
+    dy, dx = dy.clamp(-pad_y, pad_y), dx.clamp(-pad_x, pad_x)
+    xp = F.pad(x, (pad_x, pad_x, pad_y, pad_y), mode="replicate")
+    weights = torch.where(active, kernel[:, None], torch.zeros_like(kernel[:, None])).float()
+    rows = F.one_hot(pad_y - dy, 2 * pad_y + 1).float()  # (width, B, 2 pad_y + 1)
+    cols = F.one_hot(pad_x - dx, 2 * pad_x + 1).float()
+    taps = torch.einsum("ib,iby,ibx->byx", weights, rows, cols)
+    return _correlate_valid(xp, taps[:, None].to(x.dtype), (h, w))
 
 
 Generators = "torch.Generator | Sequence[torch.Generator] | None"

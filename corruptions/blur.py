@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import _filters
@@ -67,7 +69,7 @@ def motion_blur(x: torch.Tensor, severity: int, generator: torch.Generator | Non
 def zoom_blur(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> torch.Tensor:
     start, stop, step = [(1, 1.11, 0.01), (1, 1.16, 0.01), (1, 1.21, 0.02), (1, 1.26, 0.02), (1, 1.31, 0.03)][
         severity - 1]
-    zooms = torch.arange(start, stop, step, dtype=torch.float64).tolist()
+    zooms = [start + i * step for i in range(math.ceil((stop - start) / step))]  # torch.arange's values, in Python
     out = x.clone()
     for z in zooms:
         out += _filters.clipped_zoom(x, z)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from typing import Callable, TypeVar
 
 import numpy as np
@@ -45,14 +46,19 @@ def saturate(x: torch.Tensor, severity: int, generator: torch.Generator | None) 
     return torch.where(s > 0, coloured, grey)
 
 
-def _box_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
-    """(n_out, n_in) weights of PIL's BOX resampling: equal weights on the input pixels whose centres fall
-    inside each output pixel's footprint."""
+@lru_cache(maxsize=32)
+def _box_weights(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(n_out, n_in) weights of PIL's BOX resampling (equal weights on the input pixels whose centres fall
+    inside each output pixel's footprint) on ``device``, and, when every input pixel falls in exactly one
+    footprint, each input pixel's output index (else None). Built on the CPU once per size: no host sync
+    per batch."""
     scale = n_in / n_out
-    lo = torch.arange(n_out, device=device, dtype=torch.float64)[:, None] * scale
-    centres = torch.arange(n_in, device=device, dtype=torch.float64)[None, :] + 0.5
-    inside = ((centres >= lo) & (centres < lo + scale)).float()
-    return inside / inside.sum(dim=1, keepdim=True)
+    lo = torch.arange(n_out, dtype=torch.float64)[:, None] * scale
+    centres = torch.arange(n_in, dtype=torch.float64)[None, :] + 0.5
+    inside = (centres >= lo) & (centres < lo + scale)
+    weights = inside.double() / inside.sum(dim=1, keepdim=True)
+    segments = inside.to(torch.uint8).argmax(0).to(device) if bool((inside.sum(0) == 1).all()) else None
+    return weights.to(device, dtype), segments
 
 
 def _box_downsample(x: torch.Tensor, dim: int, n_out: int) -> torch.Tensor:
@@ -62,13 +68,12 @@ def _box_downsample(x: torch.Tensor, dim: int, n_out: int) -> torch.Tensor:
     mean via ``index_add_`` (much cheaper than the dense matmul); otherwise, and on GPUs (where
     ``index_add_`` is atomic and not bitwise reproducible), it is a matmul with the weight matrix.
     """
-    m = _box_matrix(x.shape[dim], n_out, x.device).to(x.dtype)  # (n_out, n_in)
-    inside = m > 0
-    if x.device.type == "cpu" and bool((inside.sum(0) == 1).all()):
+    m, segments = _box_weights(x.shape[dim], n_out, x.device, x.dtype)  # (n_out, n_in)
+    if x.device.type == "cpu" and segments is not None:
         shape = list(x.shape)
         shape[dim] = n_out
-        sums = x.new_zeros(shape).index_add_(dim, inside.to(torch.uint8).argmax(0), x)
-        counts = inside.sum(1).to(x.dtype).view([-1] + [1] * (x.ndim - 1 - dim))
+        sums = x.new_zeros(shape).index_add_(dim, segments, x)
+        counts = (m > 0).sum(1).to(x.dtype).view([-1] + [1] * (x.ndim - 1 - dim))
         return sums / counts
     return torch.matmul(x.movedim(dim, -1), m.T).movedim(-1, dim)
 

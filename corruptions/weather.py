@@ -75,7 +75,6 @@ def _frost_image(index: int) -> torch.Tensor:
     return decode_image(str(frost_image_paths()[index]), mode=ImageReadMode.RGB).float() / 255
 
 
-@lru_cache(maxsize=10)
 def _frost_resized(index: int, h: int, w: int, device: torch.device) -> torch.Tensor:
     """Frost photo ``index`` upscaled (bicubic) to cover an (h, w) crop with a 10% margin, (3, nh, nw)."""
     img = _frost_image(index).to(device)
@@ -85,25 +84,31 @@ def _frost_resized(index: int, h: int, w: int, device: torch.device) -> torch.Te
     return F.interpolate(img[None], size=(nh, nw), mode="bicubic", align_corners=False)[0].clamp(0, 1)
 
 
+@lru_cache(maxsize=4)
+def _frost_stack(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The five frost photos resized for an (h, w) image, zero-padded into one (5, 3, H, W) stack, and their
+    (5, 2) float sizes (nh, nw) on ``device``: a crop of any of them is then one gather, with no host sync."""
+    photos = [_frost_resized(k, h, w, device) for k in range(5)]
+    stack = torch.zeros(5, 3, max(p.shape[1] for p in photos), max(p.shape[2] for p in photos), device=device)
+    for k, p in enumerate(photos):
+        stack[k, :, :p.shape[1], :p.shape[2]] = p
+    sizes = torch.tensor([p.shape[1:] for p in photos], dtype=torch.float32, device=device)
+    return stack, sizes
+
+
 def frost(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> torch.Tensor:
     """Blend with a randomly chosen and cropped frost photo (one of the first five, like the reference)."""
     a, bw = [(1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75)][severity - 1]
     b, _, h, w = x.shape
-    choice = torch.floor(uniform((b,), 0, 5, x, generator)).long().clamp(max=4).cpu()  # one host sync
+    choice = torch.floor(uniform((b,), 0, 5, x, generator)).long().clamp(max=4)
     u = uniform((2, b), 0, 1, x, generator, 1)  # images along dim 1
-    layer = torch.empty_like(x)
-    for k in range(5):
-        sel = (choice == k).nonzero().flatten()
-        if sel.numel() == 0:
-            continue
-        sel = sel.to(x.device)
-        img = _frost_resized(k, h, w, x.device)
-        nh, nw = img.shape[-2:]
-        top = (u[0, sel] * (nh - h)).long()
-        left = (u[1, sel] * (nw - w)).long()
-        windows = img.unfold(1, h, 1).unfold(2, w, 1)  # (3, nh - h + 1, nw - w + 1, h, w) view
-        layer[sel] = windows[:, top, left].transpose(0, 1).to(x.dtype)
-    return a * x + bw * layer
+    stack, sizes = _frost_stack(h, w, x.device)
+    top = (u[0] * (sizes[choice, 0] - h)).long()
+    left = (u[1] * (sizes[choice, 1] - w)).long()
+    rows = top[:, None] + torch.arange(h, device=x.device)  # (B, h)
+    cols = left[:, None] + torch.arange(w, device=x.device)  # (B, w)
+    layer = stack[choice[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (B, h, w, 3)
+    return a * x + bw * layer.permute(0, 3, 1, 2).to(x.dtype)
 
 
 def snow(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -306,7 +306,7 @@ def _apply_variant(cell: CellKey, images: torch.Tensor, labels: torch.Tensor, mo
     if on_the_fly:
         from corruptions import corrupt
 
-        x = corrupt(images, cell.corruption, cell.severity,
+        x = corrupt(images, cell.corruption, cell.severity, check_range=False,  # uint8 / 255: in range
                     generator=cell_generators(config.seed, cell, indices, images.device))
         return geo.to_model_size(geo.imagenet_c_storage(x, config.imagenet_c_jpeg), model_size)
     if cell.variant == "clean":
