@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 _EPS_DIV = 1e-10  # guards the L2 gradient normalisation (same constant as torchattacks)
+_GRAD_TARGET = 2.0 ** 10  # each image's largest logit gradient after loss scaling (float16: far from 0 and 65504)
+_BACKOFF, _RETRIES = 2.0 ** -8, 3  # smaller scales for images whose float16 gradient overflowed
 
 
 @contextlib.contextmanager
@@ -36,12 +38,35 @@ def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 def _loss_grad(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
     """d(loss)/d(x) for images x (B,3,H,W); the loss is summed so each image's gradient is independent
-    of the batch; targeted attacks descend the loss of the target labels."""
+    of the batch; targeted attacks descend the loss of the target labels.
+
+    The cross-entropy is computed in float32, and each image's loss is scaled by a power of two that brings
+    its largest logit gradient to ``_GRAD_TARGET`` (the scale is divided out again, exactly): a model that
+    runs in float16 (autocast or half weights) then back-propagates gradients that neither underflow to
+    zero (sign(0) = 0 would leave pixels unperturbed) nor overflow; in float32 the result is bitwise the
+    unscaled gradient. Images whose float16 gradient still overflows are retried at smaller scales.
+    """
     with torch.enable_grad():  # also works when called under torch.no_grad()
         x = x.detach().requires_grad_(True)
-        loss = F.cross_entropy(model(x).float(), labels, reduction="sum")
-        (grad,) = torch.autograd.grad(-loss if targeted else loss, x)
-    return grad
+        raw = model(x)
+        logits = raw.float()
+        losses = F.cross_entropy(logits, labels, reduction="none")
+        with torch.no_grad():  # |d loss_i / d logits| = |softmax - one-hot|, largest entry per image
+            peak = (logits.softmax(1) - F.one_hot(labels, logits.shape[1])).abs().amax(1)
+            scale = torch.exp2(torch.round(torch.log2(_GRAD_TARGET / peak.clamp_min(1e-30)))).clamp(1, 2.0 ** 100)
+        sign = -1.0 if targeted else 1.0
+        half = raw.dtype == torch.float16 or (torch.is_autocast_enabled(x.device.type)
+                                              and torch.get_autocast_dtype(x.device.type) == torch.float16)
+        for attempt in range(_RETRIES + 1):
+            last = attempt == _RETRIES or not half
+            (grad,) = torch.autograd.grad((losses * scale).sum() * sign, x, retain_graph=not last)
+            if not half:
+                break
+            bad = ~torch.isfinite(grad).flatten(1).all(1)
+            if last or not bool(bad.any()):  # float16 only: one host read per attempt
+                break
+            scale = torch.where(bad, scale * _BACKOFF, scale)
+    return grad / scale.view(-1, *([1] * (grad.ndim - 1)))
 
 
 def _random_start(images: torch.Tensor, eps: float, norm: str,

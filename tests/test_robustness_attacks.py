@@ -107,3 +107,45 @@ def test_targeted_attack_moves_towards_target(data):
 def test_bad_norm():
     with pytest.raises(ValueError, match="norm"):
         pgd(tiny_model(), torch.rand(1, 3, 8, 8), torch.tensor([0]), 0.1, 0.1, 1, norm="L1")
+
+
+class _Confident(torch.nn.Module):
+    """A linear classifier with sharp logits: its float16 backward underflows without loss scaling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(3 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)) * 100.0
+
+
+@pytest.mark.parametrize("attack", ["fgsm", "pgd"])
+def test_float16_autocast_perturbs_where_float32_does(attack):
+    """Under float16 autocast the perturbation signs equal float32's wherever float32's input gradient is
+    non-zero beyond float16's rounding of the forward pass (|g| above 1 % of the image's mean |g|; here
+    1 of 3,072 components is a near-cancellation below that); without loss scaling, float16's gradient
+    underflows to 0 and pixels stay put."""
+    from robustness import attacks
+
+    model = _Confident().eval()
+    images = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    labels = model(images).argmax(1)  # correctly classified with p(label) ≈ 1: tiny logit gradients
+    grad32 = attacks._loss_grad(model, images, labels, False)
+    typical = grad32.abs().flatten(1).mean(1).view(-1, 1, 1, 1)
+    moving = grad32.abs() > 0.01 * typical  # where float32 perturbs, clear of float16's rounding
+    assert moving.float().mean() > 0.98
+    with torch.autocast("cpu", dtype=torch.float16):
+        grad16 = attacks._loss_grad(model, images, labels, False)
+        naive = torch.autograd.grad(torch.nn.functional.cross_entropy(
+            model(images.requires_grad_(True)).float(), labels, reduction="sum"), images)[0]
+    assert (naive.sign() != grad32.sign())[moving].float().mean() > 0.1  # the failure this guards against
+    assert torch.equal(grad16.sign()[moving], grad32.sign()[moving])
+    eps = 1 / 255
+    run = (lambda: attacks.fgsm(model, images.detach(), labels, eps)) if attack == "fgsm" else \
+        (lambda: attacks.pgd(model, images.detach(), labels, eps, eps / 4, 1, random_start=False))
+    adv32 = run()
+    with torch.autocast("cpu", dtype=torch.float16):
+        adv16 = run()
+    assert torch.equal(adv16[moving], adv32[moving])
