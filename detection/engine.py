@@ -215,9 +215,21 @@ def _build_run(config: DetectionTrainConfig, out: Path, device: torch.device) ->
                 build_postprocessor(config.arch, config.num_select), optimizer, scheduler, grad_scaler(device, config.amp))
 
 
-def _restore(run: _Run, source: str) -> tuple[int, EpochPosition | None]:
+def _resume_at(run: _Run, source: str | None) -> tuple[int, EpochPosition | None]:
+    """The epoch to run next and, part-way through it, where it stands: rank 0 restores from ``source`` and
+    says (``main_decides``); the other processes restore too only when epochs remain (a finished run needs
+    nothing more from the checkpoint, so a process whose listing lags behind need not read it)."""
+    if not source:
+        return 0, None
+    start_epoch, partial = main_decides(lambda: _restore(run, source))
+    if not is_main_process() and start_epoch < run.config.epochs:
+        _restore(run, source)
+    return start_epoch, EpochPosition.from_state(partial, run.device) if partial else None
+
+
+def _restore(run: _Run, source: str) -> tuple[int, dict | None]:
     """Continue from checkpoint ``source`` exactly (weights, optimizer, schedule, RNG); returns the epoch to
-    run next and, for a checkpoint saved part-way through it (Ctrl-C), where that epoch stands."""
+    run next and, for a checkpoint saved part-way through it (Ctrl-C), where that epoch stands (plain data)."""
     ckpt = load_checkpoint(source, fields=RESUME_FIELDS)
     _check_compatible(ckpt, source, arch=run.config.arch, backbone=run.config.backbone,
                       num_classes=run.train_set.num_classes, cat_ids=run.train_set.cat_ids)
@@ -231,8 +243,7 @@ def _restore(run: _Run, source: str) -> tuple[int, EpochPosition | None]:
         run.scaler.load_state_dict(ckpt["scaler"])
     rng = ckpt["rng"]
     set_rng_state(rng[get_rank()] if get_rank() < len(rng) else rng[0])
-    partial = ckpt.get("partial")
-    return int(ckpt["epoch"]) + 1, EpochPosition.from_state(partial, run.device) if partial else None
+    return int(ckpt["epoch"]) + 1, ckpt.get("partial")
 
 
 def _write_run_files(run: _Run) -> None:
@@ -343,7 +354,7 @@ def train_detector(config: DetectionTrainConfig) -> dict:
         print(config.recipe_line(), flush=True)
     run = _build_run(config, out, device)
     source, logged = main_decides(lambda: _resume_source(config, out, opened.resumed))
-    start_epoch, position = _restore(run, source) if source else (0, None)
+    start_epoch, position = _resume_at(run, source)
     if config.finetune and not source:
         load_state_dropping_mismatched(run.model, _finetune_state(config.finetune, config.arch, config.backbone))
     if not source or not logged:
