@@ -112,11 +112,11 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: DataLoader, 
         at.step += 1
         if skip:
             continue
-        steps = at.step % accum_steps == 0 or at.step == total
-        with contextlib.nullcontext() if steps or not hasattr(model, "no_sync") else model.no_sync():
+        update = at.step % accum_steps == 0 or at.step == total  # an optimizer step follows this micro-batch
+        with contextlib.nullcontext() if update or not hasattr(model, "no_sync") else model.no_sync():
             record = _train_step(model, criterion, batch, device, amp, scaler, accum_steps)
         last = (at.step, record["loss"])
-        if steps:
+        if update:
             _optimizer_step(model, optimizer, scaler, clip_max_norm)
         for k, v in record.items():
             at.sums[k] = at.sums.get(k, 0) + v.float()

@@ -175,3 +175,53 @@ def test_a_checkpoint_written_before_the_pruning_still_loads(sets, tmp_path):
     with torch.no_grad():
         a, b = (load_detector(str(p)).model(images, mask) for p in (sets["checkpoint"], old))
     assert torch.equal(a["pred_logits"], b["pred_logits"]) and torch.equal(a["pred_boxes"], b["pred_boxes"])
+
+
+class _Scale(torch.nn.Module):
+    """A one-parameter stand-in detector."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, images, mask):
+        return {"x": self.w * images.mean()}
+
+
+class _ScaledLoss(torch.nn.Module):
+    """Its loss is the detector's output times each batch's ``scale``."""
+
+    weight_dict = {"loss_x": 1.0}
+
+    def forward(self, outputs, targets):
+        return {"loss_x": outputs["x"] * targets[0]["scale"]}
+
+
+def _nan_epoch(scales: list[float]) -> str:
+    """``train_one_epoch`` over batches whose losses are scaled by ``scales`` → the error it raised."""
+    from detection.epoch import train_one_epoch
+
+    model = _Scale()
+    batches = [(torch.ones(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.bool), [{"scale": torch.tensor(s)}])
+               for s in scales]
+    try:
+        train_one_epoch(model, _ScaledLoss(), batches, torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"),
+                        epoch=0, progress=False)
+    except RuntimeError as err:
+        return str(err)
+    return "no error"
+
+
+def _nan_worker(rank: int, out: Path) -> None:
+    (out / f"rank{rank}.txt").write_text(_nan_epoch([1.0, 1.0 if rank == 0 else float("nan"), 1.0, 1.0]))
+
+
+def test_a_non_finite_loss_on_one_process_stops_every_process_with_one_error(tmp_path):
+    """The finite check runs on the device and is read with the next step's agreement: the step is named,
+    and a NaN on rank 1 only stops rank 0 too (instead of leaving it waiting in a collective)."""
+    assert _nan_epoch([1.0, float("inf"), 1.0]) == "loss is inf at epoch 1 step 2: lower the lr or disable AMP"
+    assert _nan_epoch([1.0, 1.0, float("nan")]) == "loss is nan at epoch 1 step 3: lower the lr or disable AMP"
+    spawn(_nan_worker, 2, tmp_path, timeout=60)
+    assert (tmp_path / "rank1.txt").read_text() == "loss is nan at epoch 1 step 2: lower the lr or disable AMP"
+    assert (tmp_path / "rank0.txt").read_text() == ("the loss on another process is not finite at epoch 1 step 2: "
+                                                    "lower the lr or disable AMP")
