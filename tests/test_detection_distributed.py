@@ -104,6 +104,8 @@ def _train_paths(paths: dict) -> dict:
 
 
 def test_a_rank_whose_listing_lags_follows_rank_0_and_nothing_hangs(sets, tmp_path):
+    """A finished eval, COCO-C run and training run, run again on 2 processes while rank 1 cannot list them:
+    every rank returns the one-process numbers and nothing is evaluated or trained again."""
     paths = sets["data"][5]
     finished = tmp_path / "finished"
     expected = {"eval": evaluate_checkpoint(sets["checkpoint"], paths["val_ann"], paths["val_images"],
@@ -136,7 +138,7 @@ def _ddp_worker(rank: int, paths: dict, out: Path) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps({"missing": missing}))
 
 
-def test_ddp_trains_every_parameter_without_find_unused_parameters(sets, tmp_path):
+def test_ddp_trains_every_parameter_without_find_unused_parameters(tmp_path):
     """8 images, 2 processes, batch 1, 2 accumulation steps (``no_sync`` on the first): two optimizer steps;
     DDP without ``find_unused_parameters`` fails at the next backward if a parameter got no gradient."""
     paths = make_tiny_coco(tmp_path / "data", num_images=8, size=(48, 64), seed=4, max_objects=2)
