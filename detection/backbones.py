@@ -17,6 +17,11 @@ It returns a list of ``(feature (B, C, h, w), mask (B, h, w))``:
 ResNets are set up as in the official DETR / Deformable DETR: every BatchNorm frozen
 (``torchvision.ops.FrozenBatchNorm2d``), stem and ``layer1`` not trained, ``dilation=True``
 dilates the last stage (DC5).
+
+What ``forward_intermediates`` never runs is removed when the backbone is built (:func:`prune_unused`: the
+classifier's final norm and head, stages after the last map taken), so every trainable parameter gets a
+gradient and DDP runs without ``find_unused_parameters``; :func:`without_pruned` drops those keys from a
+checkpoint written before.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
 import pit
+from pit.pit import PoolingTransformer
 
 FeatureList = list[tuple[Tensor, Tensor]]
 TRAINED_RESNET_STAGES = ("layer2", "layer3", "layer4")  # official: stem and layer1 stay frozen
@@ -70,6 +76,7 @@ class Backbone(nn.Module):
             self.indices, self.strides = [depth - 1], [16]
         elif not multi_scale:
             self.indices = self.indices[-1:]
+        self.pruned_keys = [f"body.{k}" for k in prune_unused(model, self.indices)]
 
     def forward(self, images: Tensor, mask: Tensor) -> FeatureList:
         """images (B, 3, H, W) in [0, 1], mask (B, H, W) bool True = padding → [(map, mask)]."""
@@ -79,6 +86,28 @@ class Backbone(nn.Module):
             maps = [F.interpolate(maps[0], scale_factor=2.0, mode="bilinear", align_corners=False),
                     maps[1], F.max_pool2d(maps[2], kernel_size=2, stride=2, ceil_mode=True)]
         return [(m, F.interpolate(mask[None].float(), size=m.shape[-2:])[0].to(torch.bool)) for m in maps]
+
+
+def prune_unused(model: nn.Module, indices: list[int]) -> list[str]:
+    """Remove from ``model`` what ``forward_intermediates(indices, intermediates_only=True)`` never runs (timm's
+    ``prune_intermediate_layers`` with the final norm and head; PiT's final norm, which normalises the class
+    tokens only); returns the state-dict keys that went."""
+    before = set(model.state_dict())
+    if hasattr(model, "prune_intermediate_layers"):
+        model.prune_intermediate_layers(indices, prune_norm=True, prune_head=True)
+    elif isinstance(model, PoolingTransformer):
+        model.norm = nn.Identity()
+    return sorted(before - set(model.state_dict()))
+
+
+def without_pruned(detector: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` without the backbone keys :func:`prune_unused` removed from ``detector`` (a checkpoint written
+    before the pruning holds them; they never changed an output)."""
+    prefix = next((name + "." for name, module in detector.named_modules() if isinstance(module, Backbone)), None)
+    if prefix is None:
+        return state
+    pruned = {prefix + key for key in detector.get_submodule(prefix[:-1]).pruned_keys}
+    return {k: v for k, v in state.items() if k not in pruned}
 
 
 def _check_serves(name: str, kw: dict) -> None:

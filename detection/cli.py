@@ -16,6 +16,7 @@ import dataclasses
 import json
 from typing import Callable
 
+from common.distributed import init_distributed, main_decides
 from common.options import non_negative_float, non_negative_int, positive_float, positive_int
 from common.rundir import default_out, note
 from common.synthetic import DetectionSpec
@@ -239,7 +240,7 @@ def train_config(args: argparse.Namespace) -> DetectionTrainConfig:
     if not args.out:
         from detection.engine import TRAIN_KIND
 
-        out = default_out("detection-train", [args.backbone], TRAIN_KIND, config.options())
+        out = main_decides(lambda: default_out("detection-train", [args.backbone], TRAIN_KIND, config.options()))
         config = dataclasses.replace(config, out=str(out))
     return config
 
@@ -250,7 +251,7 @@ def _eval_out(args: argparse.Namespace, options: dict) -> str:
     from detection.engine import EVAL_KIND
     from detection.coco_c import run_name
 
-    return str(default_out("detection-eval", [run_name(args.checkpoint[0])], EVAL_KIND, options))
+    return str(main_decides(lambda: default_out("detection-eval", [run_name(args.checkpoint[0])], EVAL_KIND, options)))
 
 
 def _coco_c(args: argparse.Namespace) -> int:
@@ -260,8 +261,9 @@ def _coco_c(args: argparse.Namespace) -> int:
     names, severities = parse_corruptions(args.corruptions), parse_severities(args.severities)
     seed = 0 if args.seed is None else args.seed
     paths, _, _ = _data(args, train=False)
-    labels = run_names(args.checkpoint, args.label)
-    out = args.out or str(default_out("detection-coco-c", labels, KIND, coco_c_options(args.checkpoint, seed)))
+    labels = main_decides(lambda: run_names(args.checkpoint, args.label))
+    out = args.out or str(main_decides(lambda: default_out("detection-coco-c", labels, KIND,
+                                                           coco_c_options(args.checkpoint, seed))))
     run_coco_c(args.checkpoint, None, out, names, severities, seed, args.device, **paths, batch_size=args.batch_size,
                num_workers=args.workers, progress=args.progress, labels=labels, amp=args.amp,
                resume=args.resume, overwrite=args.overwrite)
@@ -296,6 +298,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.action in ("train", "eval"):  # joined first: rank 0 makes every choice read from the disk for all
+        init_distributed(args.device)
     if args.action == "compare":
         from detection.compare import compare_runs
 

@@ -30,7 +30,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 import corruptions
-from common.distributed import all_gather_objects, get_rank, get_world_size, init_distributed, is_main_process
+from common.distributed import ShardSampler, all_gather_objects, init_distributed, is_main_process, main_decides
 from common.io import atomic_write_json, atomic_write_text
 from common.progress import Progress
 from common.run import open_run, say_resumed
@@ -115,8 +115,7 @@ def _native_collate(batch: list[tuple[Tensor, dict] | None]) -> tuple[list[Tenso
 def native_loader(dataset: CocoDetection, batch_size: int, num_workers: int) -> DataLoader:
     """uint8 images at native size, in dataset order; under ``torchrun`` process r gets images r, r+W, ...
     (no padding samples, so the gathered detections cover every image exactly once)."""
-    shard = list(range(get_rank(), len(dataset), get_world_size()))
-    return DataLoader(dataset, batch_size=batch_size, sampler=shard, num_workers=num_workers,
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(dataset), num_workers=num_workers,
                       collate_fn=_native_collate, pin_memory=torch.cuda.is_available())
 
 
@@ -138,7 +137,8 @@ def evaluate_cell(model: torch.nn.Module, postprocessor: torch.nn.Module, datase
                   resize: v2.Transform, cat_ids: list[int], device: torch.device, cell: CellKey, seed: int,
                   progress: bool = True, amp: bool = False) -> dict:
     """One cell → ``{"corruption", "severity", "AP", ..., "stats": [12], "images", "seconds",
-    "corrupt_seconds", "inference_seconds"}`` (detections of every process gathered before COCOeval)."""
+    "corrupt_seconds", "inference_seconds"}`` (detections of every process gathered and scored on rank 0; the
+    same cell on every process, whatever their number)."""
     batches = CellBatches(loader, resize, device, cell.corruption, cell.severity, seed)
     start = time.perf_counter()
     stats, _ = evaluate(model, postprocessor, batches, CocoEvaluator(dataset.coco, cat_ids), device, amp=amp,
@@ -146,7 +146,7 @@ def evaluate_cell(model: torch.nn.Module, postprocessor: torch.nn.Module, datase
     seconds = time.perf_counter() - start
     timing = {"images": len(dataset), "seconds": seconds,
               "corrupt_seconds": sum(all_gather_objects(batches.corrupt_seconds)),
-              "inference_seconds": sum(all_gather_objects(len(loader.sampler) / stats["fps"] if stats["fps"] else 0.0))}
+              "inference_seconds": len(dataset) / stats["fps"] if stats["fps"] else 0.0}
     metrics = {k: v for k, v in stats.items() if k not in ("summary", "fps", "latency_ms")}
     return {"corruption": cell.corruption, "severity": cell.severity, **metrics, **timing}
 
@@ -167,18 +167,9 @@ def _read_previous(path: Path, options: dict) -> list[dict]:
 
 
 def _previous_cells(path: Path, options: dict) -> list[dict]:
-    """:func:`_read_previous` on the main process, shared with every process (errors included, so that
-    no process waits on the others)."""
-    found: tuple[list[dict] | None, str | None] = ([], None)
-    if is_main_process():
-        try:
-            found = (_read_previous(path, options), None)
-        except ValueError as err:
-            found = (None, str(err))
-    cells, error = all_gather_objects(found)[0]
-    if error:
-        raise ValueError(error)
-    return cells
+    """:func:`_read_previous` on rank 0, shared with every process (errors included): a process whose
+    listing lags must not evaluate a cell the others skip."""
+    return main_decides(lambda: _read_previous(path, options))
 
 
 def checkpoint_options(checkpoint: str, val_ann: str, seed: int) -> dict:
@@ -281,9 +272,9 @@ def run_coco_c(checkpoints: Sequence[str], coco_root: str | None, out: str, corr
     "clean_ap", "mpc", "rpc", "out"}}, "table": md}`` (AP values in [0, 1]). Names and severities are
     validated before any work (ValueError); the same command again keeps the finished cells."""
     names, sevs = parse_corruptions(corruptions), parse_severities(severities)
-    val_ann, val_images = _check_inputs(checkpoints, coco_root, val_ann, val_images)
-    tags = run_names(checkpoints, labels)
     torch_device = init_distributed(device)
+    val_ann, val_images = main_decides(lambda: _check_inputs(checkpoints, coco_root, val_ann, val_images))
+    tags = main_decides(lambda: run_names(checkpoints, labels))
     folders = ["."] if len(checkpoints) == 1 else tags
     opened = open_run(out, KIND, coco_c_options(checkpoints, seed), resume=resume, overwrite=overwrite,
                       files=[f"{f}/{RESULT_FILE}" for f in folders] + ["report.md"], compatible=lambda old, new: True)

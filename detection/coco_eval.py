@@ -1,4 +1,6 @@
-"""pycocotools bbox evaluation with torchvision's update → synchronize → accumulate → summarize lifecycle."""
+"""pycocotools bbox evaluation with torchvision's update → synchronize → summarize lifecycle, exactly once
+under ``torchrun``: every process's detections are gathered on rank 0, which alone runs COCOeval and
+hands its numbers to every process."""
 from __future__ import annotations
 
 import contextlib
@@ -9,19 +11,22 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 
-from common.distributed import all_gather_objects
+from common.distributed import gather_to_main, main_decides
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 
 
 class CocoEvaluator:
-    """Collects detections (contiguous labels → COCO ids via ``cat_ids``) and scores them with COCOeval."""
+    """Collects detections (contiguous labels → COCO ids via ``cat_ids``) and scores them with COCOeval.
+
+    After :meth:`synchronize`, rank 0's ``results`` hold every process's detections in the COCO results
+    format, sorted by image id (each image's in the detector's order): the same list on any number of
+    processes; the other ranks hold none."""
 
     def __init__(self, coco_gt: COCO, cat_ids: list[int]) -> None:
         self.coco_gt, self.cat_ids = coco_gt, list(cat_ids)
         self.results: list[dict] = []
         self.image_ids: list[int] = []
-        self.stats: np.ndarray | None = None
 
     def update(self, predictions: dict[int, dict[str, Tensor]]) -> None:
         """``{image_id: {"scores": (N,), "labels": (N,) contiguous, "boxes": (N, 4) absolute xywh}}``."""
@@ -33,22 +38,37 @@ class CocoEvaluator:
                                 for box, score, label in zip(boxes, scores, labels))
 
     def synchronize(self) -> None:
-        """Gather every process's detections (a no-op on one process)."""
-        self.results = [r for part in all_gather_objects(self.results) for r in part]
-        self.image_ids = sorted({i for part in all_gather_objects(self.image_ids) for i in part})
+        """Every process's detections and image ids on rank 0 (a collective; a no-op on one process)."""
+        parts = gather_to_main((self.results, self.image_ids))
+        if parts is None:
+            self.results, self.image_ids = [], []
+            return
+        self.results = sorted((r for results, _ in parts for r in results), key=lambda r: r["image_id"])
+        self.image_ids = sorted(i for _, ids in parts for i in ids)
 
     def summarize(self) -> dict:
-        """Accumulate + summarise → ``{"AP", "AP50", ..., "ARl", "stats": [12 floats], "summary": text}``."""
+        """COCOeval on rank 0 over the synchronised detections → ``{"AP", "AP50", ..., "ARl", "stats": [12
+        floats], "summary": text}`` on every process (a collective). Raises ValueError on every process when
+        no image was scored, or one was scored twice (a loader that pads its shards)."""
+        return main_decides(self._score)
+
+    def _score(self) -> dict:
+        twice = sorted({i for i, j in zip(self.image_ids, self.image_ids[1:]) if i == j})
+        if twice:
+            raise ValueError(f"images {twice[:5]} were scored more than once: the evaluation loader must give each "
+                             "image to one process only (common.distributed.ShardSampler)")
+        if not self.image_ids:
+            raise ValueError("every evaluation image was unreadable (see the warnings above): nothing to score")
         if not self.results:
-            self.stats, text = np.zeros(12), "no detections: every metric is 0\n"
+            stats, text = np.zeros(12), "no detections: every metric is 0\n"
         else:
             with contextlib.redirect_stdout(io.StringIO()) as buffer:
                 coco_dt = self.coco_gt.loadRes(self.results)
                 evaluator = COCOeval(self.coco_gt, coco_dt, "bbox")
-                evaluator.params.imgIds = self.image_ids or sorted(self.coco_gt.getImgIds())
+                evaluator.params.imgIds = self.image_ids
                 evaluator.evaluate()
                 evaluator.accumulate()
                 evaluator.summarize()
-            self.stats, text = evaluator.stats, buffer.getvalue()
-        stats = [float(s) for s in self.stats]
+            stats, text = evaluator.stats, buffer.getvalue()
+        stats = [float(s) for s in stats]
         return {**dict(zip(STAT_NAMES, stats)), "stats": stats, "summary": text}

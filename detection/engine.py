@@ -29,14 +29,15 @@ from torch.utils.data import DataLoader
 
 from common.autocast import grad_scaler
 from common.checkpoint import CheckpointError, safe_load
-from common.distributed import (all_gather_objects, get_rank, get_world_size, init_distributed, is_distributed,
-                                is_main_process)
+from common.distributed import (ShardSampler, all_gather_objects, get_rank, get_world_size, init_distributed,
+                                is_distributed, is_main_process, main_decides)
 from common.interrupt import StopRequest, rng_state, set_rng_state
 from common.io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_jsonl
 from common.progress import Progress
 from common.run import Run, open_run, say_resumed
 from common.rundir import announce, note
 from common.tables import fmt
+from detection.backbones import without_pruned
 from detection.build import build_criterion, build_detector, build_postprocessor
 from detection.coco_eval import CocoEvaluator
 from detection.config import DetectionTrainConfig, more_epochs, same_run
@@ -49,6 +50,10 @@ MODEL_FIELDS = ("model", "arch", "backbone", "num_classes", "cat_ids")  # what e
 RESUME_FIELDS = (*MODEL_FIELDS, "optimizer", "scheduler", "epoch", "rng")  # what exact resumption needs
 TRAIN_KIND, EVAL_KIND = "detection-train", "detection-eval"  # run-folder kinds (common.run)
 TRAIN_FILES = ("checkpoint.pth", "log.jsonl", "eval.json", "run.json")  # what a training run writes
+# every detection of `detection eval`, COCO results format: [{"image_id", "category_id", "bbox": [x, y, w, h] in
+# original-image pixels, "score"}], sorted by image id, each image's in the detector's order
+DETECTIONS_FILE = "detections.json"
+EVAL_FILES = ("eval.json", DETECTIONS_FILE)  # what `detection eval` writes (--overwrite deletes them)
 
 
 def param_groups(model: nn.Module, lr: float, lr_backbone: float, weight_decay: float) -> list[dict]:
@@ -67,11 +72,23 @@ def _seed(seed: int) -> None:
     random.seed(seed)
 
 
-def _loader(dataset: CocoDetection | EpochSeeded, batch_size: int, num_workers: int, train: bool, seed: int) -> DataLoader:
-    """A loader with its own generator (no draw from the global RNG, which checkpoints save for dropout):
-    training shuffles with a :class:`ResumableSampler` over an :class:`EpochSeeded` set; evaluation reads in order."""
-    sampler = ResumableSampler(dataset, num_replicas=get_world_size(), rank=get_rank(), shuffle=train, seed=seed,
+def _train_loader(dataset: EpochSeeded, batch_size: int, num_workers: int, seed: int) -> DataLoader:
+    """Shuffled by a :class:`ResumableSampler` (shards evened out by repeating samples, as DDP needs the same
+    step count on every process)."""
+    sampler = ResumableSampler(dataset, num_replicas=get_world_size(), rank=get_rank(), shuffle=True, seed=seed,
                                drop_last=False)
+    return _loader(dataset, sampler, batch_size, num_workers, seed)
+
+
+def eval_loader(dataset: CocoDetection, batch_size: int, num_workers: int) -> DataLoader:
+    """In dataset order; under ``torchrun`` process r reads images r, r+W, ... (``ShardSampler``: no padding
+    samples, so every image is scored exactly once)."""
+    return _loader(dataset, ShardSampler(dataset), batch_size, num_workers, 0)
+
+
+def _loader(dataset: CocoDetection | EpochSeeded, sampler: torch.utils.data.Sampler, batch_size: int,
+            num_workers: int, seed: int) -> DataLoader:
+    """A loader with its own generator (no draw from the global RNG, which checkpoints save for dropout)."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
                       persistent_workers=False, pin_memory=torch.cuda.is_available(),
                       generator=torch.Generator().manual_seed(seed))
@@ -172,7 +189,7 @@ class _Run:
                 "model_kwargs": self.config.model_kwargs}
 
     def evaluate(self) -> dict:
-        loader = _loader(self.val_set, self.config.batch_size, self.config.num_workers, False, self.config.seed)
+        loader = eval_loader(self.val_set, self.config.batch_size, self.config.num_workers)
         evaluator = CocoEvaluator(self.val_set.coco, self.val_set.cat_ids)
         return evaluate(self.model, self.postprocessor, loader, evaluator, self.device, amp=self.amp,
                         progress=self.config.progress)[0]
@@ -198,12 +215,27 @@ def _build_run(config: DetectionTrainConfig, out: Path, device: torch.device) ->
                 build_postprocessor(config.arch, config.num_select), optimizer, scheduler, grad_scaler(device, config.amp))
 
 
-def _restore(run: _Run, source: str) -> tuple[int, EpochPosition | None]:
+def _resume_at(run: _Run, source: str | None) -> tuple[int, EpochPosition | None]:
+    """The epoch to run next and, part-way through it, where it stands: rank 0 restores from ``source`` and
+    says (``main_decides``); the other processes restore too only when epochs remain (a finished run needs
+    nothing more from the checkpoint, so a process whose listing lags behind need not read it)."""
+    if not source:
+        return 0, None
+    start_epoch, partial = main_decides(lambda: _restore(run, source))
+    if not is_main_process() and start_epoch < run.config.epochs:
+        _restore(run, source)
+    return start_epoch, EpochPosition.from_state(partial, run.device) if partial else None
+
+
+def _restore(run: _Run, source: str) -> tuple[int, dict | None]:
     """Continue from checkpoint ``source`` exactly (weights, optimizer, schedule, RNG); returns the epoch to
-    run next and, for a checkpoint saved part-way through it (Ctrl-C), where that epoch stands."""
+    run next and, for a checkpoint saved part-way through it (Ctrl-C), where that epoch stands (plain data)."""
     ckpt = load_checkpoint(source, fields=RESUME_FIELDS)
     _check_compatible(ckpt, source, arch=run.config.arch, backbone=run.config.backbone,
                       num_classes=run.train_set.num_classes, cat_ids=run.train_set.cat_ids)
+    if len(without_pruned(run.model, ckpt["model"])) < len(ckpt["model"]):
+        raise ValueError(f"checkpoint {source} was written before the backbone's unused final layers were removed: "
+                         "its optimizer state cannot be resumed exactly; --finetune it to start a new run from its weights")
     run.model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
@@ -211,8 +243,7 @@ def _restore(run: _Run, source: str) -> tuple[int, EpochPosition | None]:
         run.scaler.load_state_dict(ckpt["scaler"])
     rng = ckpt["rng"]
     set_rng_state(rng[get_rank()] if get_rank() < len(rng) else rng[0])
-    partial = ckpt.get("partial")
-    return int(ckpt["epoch"]) + 1, EpochPosition.from_state(partial, run.device) if partial else None
+    return int(ckpt["epoch"]) + 1, ckpt.get("partial")
 
 
 def _write_run_files(run: _Run) -> None:
@@ -248,9 +279,9 @@ def _train_epochs(run: _Run, start_epoch: int, position: EpochPosition | None, s
     """Epochs ``start_epoch``.. (the first from ``position`` when resuming part-way), a checkpoint after each;
     on Ctrl-C the epoch so far is saved and ``KeyboardInterrupt`` raised."""
     config = run.config
-    train_model = nn.parallel.DistributedDataParallel(run.model, find_unused_parameters=True) if is_distributed() else run.model
+    train_model = _ddp(run.model) if is_distributed() else run.model
     seeded = EpochSeeded(run.train_set, config.seed)
-    train_loader = _loader(seeded, config.batch_size, config.num_workers, True, config.seed)
+    train_loader = _train_loader(seeded, config.batch_size, config.num_workers, config.seed)
     epochs = Progress(config.epochs, unit="epoch", done=start_epoch, enabled=config.progress)
     stats: dict = {}
     for epoch in range(start_epoch, config.epochs):
@@ -275,11 +306,17 @@ def _train_epochs(run: _Run, start_epoch: int, position: EpochPosition | None, s
             record.update({k: stats[k] for k in PRINTED}, fps=stats["fps"])
         _save(run, run.checkpoint(epoch), record)
         epochs.update(label=f"loss {train_stats['loss']:.3f}" + (f", AP {fmt(100 * stats['AP'])}" if "AP" in record else ""))
-        if agree(False, stop.requested, run.device)[1] and epoch + 1 < config.epochs:
+        if agree(run.device, stop.requested)[0] and epoch + 1 < config.epochs:
             epochs.close()
             raise KeyboardInterrupt
     epochs.close()
     return stats
+
+
+def _ddp(model: nn.Module) -> nn.Module:
+    """DDP that expects a gradient for every trainable parameter (the backbones drop what they never run,
+    ``detection.backbones.prune_unused``), unless the detector says its forward runs some that get none."""
+    return nn.parallel.DistributedDataParallel(model, find_unused_parameters=getattr(model, "gradless_in_forward", False))
 
 
 def _report(out: Path, stats: dict, header: dict) -> None:
@@ -316,12 +353,11 @@ def train_detector(config: DetectionTrainConfig) -> dict:
         announce(out)
         print(config.recipe_line(), flush=True)
     run = _build_run(config, out, device)
-    saved = out / "checkpoint.pth"
-    source = config.resume_from or (str(saved) if opened.resumed and saved.is_file() else None)
-    start_epoch, position = _restore(run, source) if source else (0, None)
+    source, logged = main_decides(lambda: _resume_source(config, out, opened.resumed))
+    start_epoch, position = _resume_at(run, source)
     if config.finetune and not source:
         load_state_dropping_mismatched(run.model, _finetune_state(config.finetune, config.arch, config.backbone))
-    if not source or not (out / "log.jsonl").is_file():
+    if not source or not logged:
         _write_run_files(run)
     elif main:
         _keep_log_before(out, start_epoch)
@@ -331,8 +367,7 @@ def train_detector(config: DetectionTrainConfig) -> dict:
         if main:
             note(f"the run in {out} already finished its {config.epochs} epochs: nothing to train "
                  "(--resume --epochs N continues it, --overwrite starts it over)")
-        saved_eval = out / "eval.json"
-        stats = json.loads(saved_eval.read_text()) if saved_eval.is_file() else run.evaluate()
+        stats = main_decides(lambda: _saved_json(out / "eval.json")) or run.evaluate()
     else:
         with StopRequest() as stop:
             stats = _train_epochs(run, start_epoch, position, stop) or run.evaluate()
@@ -340,6 +375,18 @@ def train_detector(config: DetectionTrainConfig) -> dict:
     if main:
         announce(out, finished=True)
     return stats
+
+
+def _resume_source(config: DetectionTrainConfig, out: Path, resumed: bool) -> tuple[str | None, bool]:
+    """(the checkpoint to resume from, None for a fresh start; whether the run's log.jsonl exists), read from the
+    disk by rank 0 (``main_decides``): a process whose listing lags must not start over while the others resume."""
+    saved = out / "checkpoint.pth"
+    source = config.resume_from or (str(saved) if resumed and saved.is_file() else None)
+    return source, (out / "log.jsonl").is_file()
+
+
+def _saved_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _done(start_epoch: int, position: EpochPosition | None, config: DetectionTrainConfig) -> str:
@@ -353,23 +400,31 @@ def eval_options(checkpoint: str, val_ann: str, val_images: str) -> dict:
             {"checkpoint": checkpoint, "val_ann": val_ann, "val_images": val_images}.items()}
 
 
+def _saved_eval(out: Path) -> dict | None:
+    """The stats of a finished evaluation in ``out`` (both its files there), else None."""
+    return _saved_json(out / "eval.json") if (out / DETECTIONS_FILE).is_file() else None
+
+
 def evaluate_checkpoint(checkpoint: str, val_ann: str, val_images: str, out: str, *, device: str | None = None,
                         batch_size: int = 2, num_workers: int | None = None, save_vis: int = 0, progress: bool = True,
                         amp: bool = False, data_note: str = "", resume: bool = False, overwrite: bool = False) -> dict:
     """Evaluate a detector (any ``detection.load.load_detector`` format: suite, official DETR / Deformable DETR
-    .pth, Hugging Face folder) on a COCO-format set; writes ``eval.json`` (+ ``vis/*.png``) under ``out``
-    (opened before the evaluation starts: the same command again reports the saved result)."""
+    .pth, Hugging Face folder) on a COCO-format set; writes ``eval.json``, ``detections.json`` (COCO results
+    format, :data:`DETECTIONS_FILE`) and ``vis/*.png`` under ``out`` (opened before the evaluation starts: the
+    same command again reports the saved result). Under ``torchrun`` every image is scored exactly once and
+    every process returns rank 0's numbers."""
     from common.vocabulary import default_workers
     from detection.load import load_detector
 
     device = init_distributed(device)
-    opened = open_run(out, EVAL_KIND, eval_options(checkpoint, val_ann, val_images), files=("eval.json",),
+    opened = open_run(out, EVAL_KIND, eval_options(checkpoint, val_ann, val_images), files=EVAL_FILES,
                       resume=resume, overwrite=overwrite)
     out_dir = opened.path
     if is_main_process():
         announce(out_dir)
-    if opened.resumed and save_vis == 0:
-        stats = json.loads((out_dir / "eval.json").read_text())
+    saved = main_decides(lambda: _saved_eval(out_dir)) if opened.resumed and save_vis == 0 else None
+    if saved is not None:
+        stats = saved
         say_resumed(opened, "already evaluated (--overwrite evaluates again)")
         if is_main_process():
             print(headline(stats))
@@ -383,9 +438,12 @@ def evaluate_checkpoint(checkpoint: str, val_ann: str, val_images: str, out: str
     if unknown:
         raise ValueError(f"checkpoint {checkpoint} ({loaded.source}) was trained on category ids {loaded.cat_ids} but "
                          f"{val_ann} also has {unknown}: evaluate on the dataset it was trained on")
-    loader = _loader(val_set, batch_size, default_workers(num_workers), False, 0)
-    stats, predictions = evaluate(loaded.model, loaded.postprocessor, loader, CocoEvaluator(val_set.coco, loaded.cat_ids),
-                                  device, amp=amp, progress=progress)
+    loader = eval_loader(val_set, batch_size, default_workers(num_workers))
+    evaluator = CocoEvaluator(val_set.coco, loaded.cat_ids)
+    stats, predictions = evaluate(loaded.model, loaded.postprocessor, loader, evaluator, device, amp=amp,
+                                  progress=progress)
+    if is_main_process():
+        atomic_write_json(out_dir / DETECTIONS_FILE, evaluator.results)
     _report(out_dir, stats, {"data": data_note or f"val {val_ann}", "weights": f"detector checkpoint {checkpoint}"})
     if save_vis > 0 and is_main_process():
         from detection.visualize import save_visualizations

@@ -17,6 +17,7 @@ from pathlib import Path
 from torch import nn
 
 from common.checkpoint import safe_load
+from detection.backbones import without_pruned
 from detection.build import build_detector, build_postprocessor
 from detection.data import resolve_sizes
 from detection.official import hugging_face_state, load_strict, official_model
@@ -67,7 +68,7 @@ def _suite(ckpt: dict, path: str) -> LoadedDetector:
                          "(and DETR the official positional encoding): its weights would not give the same outputs; "
                          "train it again")
     model = build_detector(arch, backbone=config["backbone"], num_classes=config["num_classes"], **config["model_kwargs"])
-    load_strict(model, ckpt["model"], f"{path} (suite checkpoint, {arch} over {config['backbone']})")
+    load_strict(model, without_pruned(model, ckpt["model"]), f"{path} (suite checkpoint, {arch} over {config['backbone']})")
     args = dict(ckpt.get("args") or {})
     preset = get_preset(args.get("preset") or ARCH_DEFAULT[arch])
     sizes = resolve_sizes(preset.sizes, scales=args.get("scales"), max_size=args.get("max_size"),

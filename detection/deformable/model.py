@@ -86,6 +86,13 @@ class DeformableDETR(nn.Module):
             for head in self.bbox_embed:
                 nn.init.zeros_(head[-2].bias[2:])
 
+    @property
+    def gradless_in_forward(self) -> bool:
+        """Whether ``forward`` runs parameters that never get a gradient: with box refinement but without the
+        aux loss, the earlier layers' heads only refine (detached) reference points. DDP must then be told
+        (``find_unused_parameters``); every other configuration trains all it runs."""
+        return self.with_box_refine and not self.aux_loss
+
     def _multi_scale_inputs(self, images: Tensor, mask: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         features = self.backbone(images, mask)
         features = features[-min(self.num_feature_levels, len(features)):]
