@@ -71,7 +71,7 @@ def corrupt_native(images: Sequence[Tensor], corruption: str, severity: int, see
     for members in groups.values():
         batch = TF.to_dtype(torch.stack([images[i] for i in members]), torch.float32, scale=True)
         generators = [torch.Generator(batch.device).manual_seed(seeds[i]) for i in members]
-        corrupted = corruptions.corrupt(batch, corruption, severity, generators)
+        corrupted = corruptions.corrupt(batch, corruption, severity, generators, check_range=False)  # uint8 / 255
         for k, i in enumerate(members):
             out[i] = _quantise(corrupted[k])
     return out  # type: ignore[return-value]
