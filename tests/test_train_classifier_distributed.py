@@ -223,3 +223,12 @@ def test_float16_scaler_state_is_saved_and_restored(data, tmp_path, monkeypatch)
     resumed = train_classifier(ClassifierTrainConfig(**run, epochs=2, resume=True))
     scaler = torch.load(resumed["checkpoint"], weights_only=True)["scaler"]
     assert scaler["scale"] == 1024.0 and scaler["_growth_tracker"] == 6  # continued, not a fresh 2**16 / 1
+
+
+def test_the_demo_refuses_torchrun(tmp_path, monkeypatch):
+    """`eval.py demo` is one process: under torchrun (WORLD_SIZE > 1) it stops in one line, touching nothing."""
+    from tests.cli_helpers import assert_one_line_error
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert_one_line_error(["demo", "--quick", "--out", str(tmp_path / "demo")], 2, "WORLD_SIZE=2", "without torchrun")
+    assert not (tmp_path / "demo").exists()
