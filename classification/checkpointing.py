@@ -2,8 +2,8 @@
 
 Every decision read from the disk is rank 0's (``common.run.open_run``, ``common.distributed.main_decides``):
 a process whose view of a shared filesystem lags still resumes from rank 0's checkpoint, which reaches it
-through a broadcast. Only rank 0 writes; the others wait at a barrier, so when a save returns on any
-process the files are complete.
+through a broadcast. Only rank 0 writes; the others wait for it (and share its error, if any), so when a
+save returns on any process the files are complete.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from classification.train_config import KIND, ClassifierTrainConfig
 from common.checkpoint import safe_load
-from common.distributed import barrier, is_main_process, main_decides
+from common.distributed import is_main_process, main_decides
 from common.io import atomic_torch_save, atomic_write_text
 from common.run import Run, open_run
 from common.rundir import OutputError
@@ -29,11 +29,13 @@ def write_log(out: Path, history: list[dict[str, Any]]) -> None:
 
 
 def save(out: Path, state: dict[str, Any]) -> dict[str, Any]:
-    """Checkpoint (atomic), then ``log.jsonl`` rewritten from the checkpoint's history, by rank 0; returns ``state``."""
-    if is_main_process():
+    """Checkpoint (atomic), then ``log.jsonl`` rewritten from the checkpoint's history, by rank 0 while the
+    others wait; a failed write (a full disk) is raised on every process. Returns ``state``."""
+    def write() -> None:
         atomic_torch_save(state, out / CHECKPOINT_NAME)
         write_log(out, state["history"])
-    barrier()
+
+    main_decides(write)
     return state
 
 

@@ -26,10 +26,10 @@ run is returned as is); other options are refused unless ``--resume`` (continue 
 Ctrl-C stops after the step in flight and saves the partial epoch (``"partial"``: the steps done, the
 running loss and every random stream); the DataLoader workers ignore the signal and are shut down in
 order (``common.interrupt``). Resume is exact: every epoch reseeds all random streams from
-``(seed, epoch)``, a partial epoch replays its first batches through the loader (so the workers' streams
-advance as before) and restores the saved streams, and evaluation draws from its own generator, so an
-interrupted and resumed run ends with bitwise the same weights (with the same ``--workers`` and number of
-processes).
+``(seed, epoch)`` and the process's rank, a partial epoch replays its first batches through the loader (so
+the workers' streams advance as before) and restores the saved streams, and evaluation draws from its
+own generator, so an interrupted and resumed run ends with bitwise the same weights (with the same
+``--workers`` and number of processes).
 
 ``torchrun --nproc_per_node W eval.py train-classifier ...`` trains with ``DistributedDataParallel``:
 ``--batch-size`` stays the global batch (each process takes ``batch_size / W`` images of it, so the updates
