@@ -21,6 +21,7 @@ from tqdm import tqdm
 from classification.data import ImageFolderSet, build_class_index, make_loader, to_float
 from classification.metrics import topk_correct
 from common.autocast import autocast
+from common.distributed import all_reduce_sum
 
 __all__ = ["imagenet_val_set", "imagenet_val_loader", "evaluate_topk"]
 
@@ -51,14 +52,14 @@ def evaluate_topk(
 
     ``model`` takes [0, 1] pixels (B,3,H,W) and returns (B, K) logits; images are scaled to [0, 1] on
     the device, ``amp`` uses the suite's autocast policy. The model's train/eval mode is restored.
-    Returns ``{"top1", "top5", "loss", "images"}``; an empty set (no readable image) is a ValueError.
+    Under ``torchrun`` each process reads its shard (``make_loader``) and the counts are summed over the
+    processes, so every process returns the one-process numbers. Returns ``{"top1", "top5", "loss",
+    "images"}``; an empty set (no readable image) is a ValueError.
     """
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    counts = torch.zeros(2, dtype=torch.int64, device=device)
-    loss = torch.zeros((), dtype=torch.float64, device=device)
-    seen = 0
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # top-1 hits, top-5 hits, summed loss, images
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     for images, targets, _ in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
         if not len(targets):
@@ -67,12 +68,12 @@ def evaluate_topk(
         targets = targets.to(device, non_blocking=True)
         with autocast(device, enabled=amp):
             logits = model(images)
-        counts += topk_correct(logits, targets)
-        loss += F.cross_entropy(logits.float(), targets, reduction="sum").double()
-        seen += targets.numel()
+        sums[:2] += topk_correct(logits, targets)
+        sums[2] += F.cross_entropy(logits.float(), targets, reduction="sum").double()
+        sums[3] += targets.numel()
     model.train(was_training)
+    top1, top5, loss, seen = all_reduce_sum(sums).tolist()
     if seen == 0:
         where = getattr(loader.dataset, "root", "the evaluation set")
         raise ValueError(f"{where}: no readable image to evaluate (every image was skipped or the set is empty)")
-    top1, top5 = (100.0 * counts.double() / seen).tolist()
-    return {"top1": top1, "top5": top5, "loss": loss.item() / seen, "images": seen}
+    return {"top1": 100.0 * top1 / seen, "top5": 100.0 * top5 / seen, "loss": loss / seen, "images": int(seen)}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -133,6 +134,15 @@ def _open(out: str | Path, config: DemoConfig, device: str, quick: bool, resume:
                     overwrite=overwrite)
 
 
+def _refuse_torchrun() -> None:
+    """The demo is one CPU process: its stages read and write one folder and take every decision from disk
+    alone, so a ``torchrun`` launch (``WORLD_SIZE`` > 1) is refused before anything is touched."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.strip() not in ("", "1"):
+        raise ValueError(f"the demo runs as one process, not under torchrun (WORLD_SIZE={world}): run "
+                         "`python eval.py demo` without torchrun")
+
+
 def _stage_count(config: DemoConfig) -> int:
     """data, a classifier per model, robustness, background challenge, a detector per model and seed, COCO-C."""
     return 4 + len(DEMO_MODELS) * (1 + len(config.detector.seeds))
@@ -149,6 +159,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, device: str 
     """
     from common.distributed import default_device
 
+    _refuse_torchrun()
     config = config or (QUICK_CONFIG if quick else DEFAULT_CONFIG)
     if workers is not None:
         config = replace(config, num_workers=workers)

@@ -18,6 +18,7 @@ from torchvision.datasets import ImageFolder
 
 import classification.recipe as recipe
 import classification.train as tc
+import classification.train_loop as loop
 import pit
 from classification.recipe import DistillationLoss
 from classification.train import ClassifierTrainConfig, train_classifier
@@ -101,16 +102,16 @@ def _interrupting(real, at: int, how: str):
 
 
 @pytest.mark.parametrize("eval_every, target, at", [
-    (1, "_train_step", 6),  # mid epoch 2 (4 updates per epoch)
-    (1, "_validate", 2),  # validating epoch 2, before its checkpoint
-    (99, "_train_step", 9),  # first update of epoch 3
-    (99, "_validate", 1),  # the final validation, after the last update
+    (1, "train_step", 6),  # mid epoch 2 (4 updates per epoch)
+    (1, "validate", 2),  # validating epoch 2, before its checkpoint
+    (99, "train_step", 9),  # first update of epoch 3
+    (99, "validate", 1),  # the final validation, after the last update
 ])
 def test_kill_anywhere_then_rerun_gives_bitwise_equal_weights(data, tmp_path, monkeypatch, uninterrupted, eval_every,
                                                              target, at):
     """Killed mid-run, the same command run again resumes from the last checkpoint and ends bitwise equal."""
     cfg = config(data, tmp_path, epochs=3, eval_every=eval_every, mixup=0.2)
-    monkeypatch.setattr(tc, target, _interrupting(getattr(tc, target), at, "raise"))
+    monkeypatch.setattr(loop, target, _interrupting(getattr(loop, target), at, "raise"))
     with pytest.raises(KeyboardInterrupt):
         train_classifier(cfg)
     monkeypatch.undo()
@@ -129,7 +130,7 @@ def test_ctrl_c_saves_the_partial_epoch_and_the_rerun_ends_bitwise_equal(data, t
     cfg = config(data, tmp_path / "run", epochs=3, mixup=0.2, workers=workers)
     reference = uninterrupted[1] if workers == 0 else _weights(train_classifier(
         config(data, tmp_path / "ref", epochs=3, mixup=0.2, workers=workers)))
-    monkeypatch.setattr(tc, "_train_step", _interrupting(tc._train_step, at, "signal"))
+    monkeypatch.setattr(loop, "train_step", _interrupting(loop.train_step, at, "signal"))
     with pytest.raises(KeyboardInterrupt):
         train_classifier(cfg)
     monkeypatch.undo()
