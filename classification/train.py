@@ -125,7 +125,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_shared_flags(parser, "out", out_help="run folder: checkpoint.pth, log.jsonl (default: runs/train-classifier-<model>)")
     g = parser.add_argument_group("recipe")
     g.add_argument("--epochs", type=positive_int, default=d("epochs"))
-    add_shared_flags(g, "batch_size", batch_size=d("batch_size"))
+    add_shared_flags(g, "batch_size", batch_size=d("batch_size"),
+                     batch_size_help="images per step over all processes (the global batch; each of W processes takes 1/W)")
     g.add_argument("--img-size", type=positive_int, default=d("img_size"), help="square training/eval side in pixels")
     g.add_argument("--lr", type=positive_float, default=d("lr"), help="peak AdamW learning rate (cosine, linear warm-up)")
     g.add_argument("--weight-decay", type=non_negative_float, default=d("weight_decay"))

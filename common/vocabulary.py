@@ -102,7 +102,8 @@ def _flag_specs(defaults: dict[str, Any]) -> dict[str, tuple[tuple[str, ...], di
         "device": (("--device",), dict(default=d("device"), help=SHARED_FLAGS["--device"])),
         "amp": (("--amp",), dict(action="store_true", help=SHARED_FLAGS["--amp"])),
         "batch_size": (("--batch-size",), dict(type=positive_int, default=d("batch_size"),
-                                               help=SHARED_FLAGS["--batch-size"] + _default_text(d("batch_size")))),
+                                               help=(d("batch_size_help") or SHARED_FLAGS["--batch-size"])
+                                               + _default_text(d("batch_size")))),
         "workers": (("--workers", "--num-workers"), dict(dest="workers", type=non_negative_int, default=d("workers"),
                                                          help=SHARED_FLAGS["--workers / --num-workers"])),
         "out": (("--out",), dict(default=d("out"), metavar="DIR", help=d("out_help") or SHARED_FLAGS["--out"])),
@@ -120,7 +121,8 @@ def add_shared_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
     """Add the named shared flags to ``parser`` (or an argument group) with their one spelling and meaning.
 
     ``defaults`` sets a command's default per flag name (``batch_size=64``); ``out_help`` replaces the
-    ``--out`` help text (to name the files a command writes). ``models`` is required unless given a default."""
+    ``--out`` help text (to name the files a command writes), ``batch_size_help`` the ``--batch-size`` one
+    (``train-classifier``'s is the global batch). ``models`` is required unless given a default."""
     specs = _flag_specs(defaults)
     unknown = [n for n in names if n not in specs]
     if unknown:

@@ -190,7 +190,7 @@ def _builtin_data(keys: list[str]) -> tuple[dict[str, str], str, int]:
     from common import synthetic
     from detection.data import coco_paths
 
-    root = synthetic.make_detection(spec=BUILTIN_DATA)
+    root = main_decides(lambda: synthetic.make_detection(spec=BUILTIN_DATA))  # one process generates it
     paths = {k: v for k, v in coco_paths(root).items() if k in keys}
     text = (f"built-in generated COCO-format set ({BUILTIN_DATA.num_train} train / {BUILTIN_DATA.num_val} val "
             f"shapes images, {BUILTIN_DATA.img_size} px, cached in {root})")

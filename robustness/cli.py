@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pit
 from common import rundir, synthetic
-from common.distributed import cleanup_distributed, is_main_process
+from common.distributed import cleanup_distributed, init_distributed, is_main_process, main_decides
 from common.options import positive_int
 from common.tables import fmt
 from common.vocabulary import add_shared_flags, parse_severities
@@ -195,9 +195,11 @@ def build_config(args: argparse.Namespace) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    fields = build_config(args)
-    rundir.announce(fields["out"])
+    init_distributed(args.device)  # first: the defaults below (data, weights, --out) are read on rank 0
     try:
+        fields = main_decides(lambda: build_config(args))
+        if is_main_process():
+            rundir.announce(fields["out"])
         result = run_robustness(**fields)
         main_process = is_main_process()
     finally:
