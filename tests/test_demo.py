@@ -9,7 +9,7 @@ import pytest
 
 import eval as eval_cli
 from demo.detection import STATS
-from demo.pipeline import DEMO_MODELS
+from demo.pipeline import DEMO_MODELS, QUICK_CONFIG
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +70,9 @@ def test_quick_demo_report_tables_are_filled_and_in_range(demo_run):
         for column, cell in list(row.items())[1:]:
             value = _number(cell)  # relative mCE may be < 0: a near-chance model can err less when corrupted
             assert column == "Relative mCE" or (value >= 0 and (value <= 100 or column.startswith("mCE"))), (column, cell)
-        assert _number(row["PGD"]) <= _number(row["Clean"]) + 1e-6
+        # PGD's random start may turn one of the 40 val images of a near-chance --quick model right
+        one_image = 100 / (QUICK_CONFIG.classification.num_classes * QUICK_CONFIG.classification.val_per_class)
+        assert _number(row["PGD"]) <= _number(row["Clean"]) + one_image + 1e-6
     for row in detect[:len(labels)]:
         assert 0 <= _number(row["AP"]) <= _number(row["AP50"]) <= 100 and _number(row["AP75"]) <= _number(row["AP50"])
         assert _number(row["FPS"]) > 0
