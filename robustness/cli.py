@@ -93,6 +93,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=positive_int, default=default("steps"), help="PGD steps")
     g.add_argument("--occlusion", action="store_true", default=None, help="centred-square and random-patch occlusion")
     g = parser.add_argument_group("run")
+    g.add_argument("--models-at-once", type=positive_int, default=default("models_at_once"), metavar="N",
+                   help="hold at most N models on the device together (default: all; every group re-reads the images)")
+    g.add_argument("--chunk-images", type=positive_int, default=default("chunk_images"), metavar="N",
+                   help=f"save a pass's progress every N images; a stopped run resumes after the last saved chunk "
+                        f"(default {default('chunk_images')})")
     add_shared_flags(g, "out", "overwrite", "resume", "device", "seed", "batch_size", "workers", "progress",
                      seed=default("seed"), batch_size=default("batch_size"),
                      out_help="output folder: results.json, cells.jsonl, report.md, plots/ (default: "
@@ -185,6 +190,7 @@ def build_config(args: argparse.Namespace) -> dict:
         imagenet_a=args.imagenet_a, imagenet_r=args.imagenet_r, in9=args.in9,
         in9_challenge_limit=args.in9_challenge_limit, severities=parse_severities(args.severities),
         eps=args.eps, alpha=args.alpha, steps=args.steps, limit=limit, batch_size=args.batch_size,
+        models_at_once=args.models_at_once, chunk_images=args.chunk_images,
         device=args.device, amp=args.amp, num_workers=args.workers, seed=args.seed, progress=args.progress,
         overwrite=args.overwrite, resume=args.resume, data_note=data_note, **evaluations(args, bool(data)))
     if not args.out:

@@ -49,7 +49,9 @@ class RobustnessConfig:
     ``imagenet_c_size`` is the benchmark's crop (ImageNet-C: 224), at which stored files are read and
     on-the-fly corruptions are made, with ``imagenet_c_jpeg`` the JPEG-85 storage step of the stored set
     (``robustness.geometry``); ``alpha`` None means 2.5·eps/steps; ``img_size``/``crop_pct`` None mean the model's own values;
-    ``num_workers`` None means ``common.vocabulary.default_workers()``. ``data_note`` says in the report
+    ``num_workers`` None means ``common.vocabulary.default_workers()``; ``models_at_once`` caps how many models
+are held on the device together (None: all; each group of models re-reads the data); a pass saves its
+progress every ``chunk_images`` images (a stopped run resumes after the last saved chunk). ``data_note`` says in the report
     what data a run used. Random draws are keyed per image by ``seed`` (``common.seeding``).
     """
 
@@ -76,6 +78,8 @@ class RobustnessConfig:
     occlusion: bool = False
     limit: int | None = None
     batch_size: int = 64
+    models_at_once: int | None = None
+    chunk_images: int = 2000
     device: str | None = None
     amp: bool = False
     num_workers: int | None = None
@@ -122,7 +126,8 @@ class RobustnessConfig:
                                  ("--steps", self.steps, 1),
                                  ("--limit", self.limit, 1), ("--batch-size", self.batch_size, 1),
                                  ("--in9-challenge-limit", self.in9_challenge_limit, 1),
-                                 ("--workers", self.num_workers, 0)):
+                                 ("--workers", self.num_workers, 0), ("--models-at-once", self.models_at_once, 1),
+                                 ("--chunk-images", self.chunk_images, 1)):
             if value is not None and (not isinstance(value, int) or value < low):
                 raise ValueError(f"{flag} must be an integer >= {low}, got {value!r}")
 

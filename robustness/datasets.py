@@ -2,7 +2,7 @@
 (``<root>/<corruption>/<severity>/<wnid>/*.JPEG``), the fixed 200-class lists of ImageNet-A/R, and the
 one DataLoader (one worker pool) that serves every pass of a run.
 
-The loader reads *keys* ``(path, label, index, geometry)`` (``robustness.geometry``) that the main process hands it
+The loader reads *keys* ``(path, label, index, geometries)`` (``robustness.geometry``) that the main process hands it
 pass after pass, so the worker processes start once per run and stay (persistent workers): no worker
 pool is forked per pass, which is what made some Ctrl-C go unnoticed.
 """
@@ -22,13 +22,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets.folder import default_loader
 
-from classification.data import class_folders, skip_none_collate
+from classification.data import class_folders
 from common.distributed import get_rank, get_world_size
 from common.interrupt import ignore_sigint
 from robustness.geometry import Geometry
 
 SUBSETS = ("imagenet-a", "imagenet-r")
-Key = tuple[str, int, int, Geometry]  # (path, label, index in the pass, how the file becomes pixels)
+Key = tuple[str, int, int, tuple[Geometry, ...]]  # (path, label, index in the pass, the views wanted of it)
 
 
 def imagenet_c_root(root: str | os.PathLike, corruption: str, severity: int) -> Path:
@@ -95,9 +95,10 @@ def file_state(path: str | os.PathLike) -> list[int] | None:
 
 
 class KeyedImages(Dataset):
-    """Decodes a key ``(path, label, index, geometry)`` → ``(uint8 (3,S,S), label, index)`` like
-    ``ImageFolderSet`` (torchvision's loader: PIL → RGB, then the geometry's transform), or None for an
-    unreadable file (reported, skipped by ``skip_none_collate``)."""
+    """Decodes a key ``(path, label, index, geometries)`` → ``((uint8 (3,S,S) per geometry), label, index)``
+    like ``ImageFolderSet`` (torchvision's loader: PIL → RGB, decoded once, then each geometry's transform:
+    one view per model eval geometry and the benchmark's), or None for an unreadable file (reported,
+    skipped by ``views_collate``)."""
 
     def __init__(self) -> None:
         self._transforms: dict[Geometry, object] = {}
@@ -106,15 +107,30 @@ class KeyedImages(Dataset):
         return 0
 
     def __getitem__(self, key: Key) -> tuple[torch.Tensor, int, int] | None:
-        path, label, index, geometry = key
-        transform = self._transforms.get(geometry)
-        if transform is None:
-            transform = self._transforms[geometry] = geometry.transform()
+        path, label, index, geometries = key
         try:
-            return transform(default_loader(path)), label, index
+            image = default_loader(path)
+            return tuple(self._transform(g)(image) for g in geometries), label, index
         except (OSError, ValueError, SyntaxError) as err:
             warnings.warn(f"skipping unreadable image {path}: {err}", RuntimeWarning, stacklevel=2)
             return None
+
+
+    def _transform(self, geometry: Geometry):
+        transform = self._transforms.get(geometry)
+        if transform is None:
+            transform = self._transforms[geometry] = geometry.transform()
+        return transform
+
+
+def views_collate(batch: list) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
+    """Stack ``KeyedImages`` items view by view, dropping unreadable ones → ((uint8 (B,3,S_v,S_v) per view),
+    int64 labels (B,), int64 indices (B,)); an all-unreadable batch has B = 0 and no views."""
+    batch = [item for item in batch if item is not None]
+    if not batch:
+        return (), torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
+    views, labels, indices = zip(*batch)
+    return tuple(torch.stack(v) for v in zip(*views)), torch.tensor(labels), torch.tensor(indices)
 
 
 class PassBatches(Sampler):
@@ -146,7 +162,7 @@ def pass_loader(batch_size: int, num_workers: int, pin_memory: bool) -> tuple[Da
     """
     batches = PassBatches(batch_size)
     loader = DataLoader(KeyedImages(), batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
-                        collate_fn=skip_none_collate, persistent_workers=num_workers > 0,
+                        collate_fn=views_collate, persistent_workers=num_workers > 0,
                         worker_init_fn=ignore_sigint if num_workers > 0 else None)
     if num_workers > 0:
         with _sigint_held():

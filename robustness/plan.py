@@ -1,8 +1,8 @@
 """What a robustness run evaluates: its models' geometry and identity, its passes over the data and cells.
 
-``plan_passes`` is the one place that says which passes and cells a run has. Cells that read the same
-images share one *pass* (clean, occlusion and attacks on the clean set; the severities of one on-the-fly
-corruption), so each image is decoded once per pass. ``cell_options`` says what makes a cell's number
+``plan_passes`` is the one place that says which passes and cells a run has, per model; ``shared_passes``
+merges the passes of every model over the same folder (clean cells and on-the-fly corruptions of --data
+together), so each image is decoded once per run. ``cell_options`` says what makes a cell's number
 (a finished cell is kept only while they are unchanged); ``not_run`` names the cells of the paper's table
 that the data given cannot make.
 """
@@ -90,6 +90,37 @@ def plan_passes(label: str, config: RobustnessConfig) -> list[Pass]:
     return passes
 
 
+@dataclass
+class SharedPass:
+    """One loop over ``root`` that serves every model and every cell reading it: the per-model passes
+    (``members``: (model, pass)) of the same folder merged, so each image is decoded once per run and each
+    on-the-fly (image, corruption, severity) is computed once and fed to every model."""
+
+    name: str
+    root: str
+    subset: str | None
+    members: list[tuple[ModelRun, Pass]]
+
+
+def shared_passes(runs: list[ModelRun], plans: dict[str, list[Pass]]) -> list[SharedPass]:
+    """The per-model passes of ``runs`` grouped by folder (clean cells and on-the-fly corruptions of --data in
+    one pass; each ImageNet-C folder, ImageNet-A and ImageNet-R in their own), in evaluation order."""
+    merged: dict[tuple[str, str | None], SharedPass] = {}
+    for r in runs:
+        for p in plans[r.spec.display]:
+            key = (p.root, p.subset)
+            if key not in merged:
+                merged[key] = SharedPass(p.name, p.root, p.subset, [])
+            merged[key].members.append((r, p))
+    for sp in merged.values():
+        unique = {p.name: p for _, p in sp.members}
+        if len(unique) > 1:
+            fly = sum(p.on_the_fly for p in unique.values())
+            rest = [name for name, p in unique.items() if not p.on_the_fly]
+            sp.name = " + ".join(rest + ([f"{fly} corruption(s) on the fly"] if fly else []))
+    return list(merged.values())
+
+
 def pass_geometry(p: Pass, r: ModelRun, config: RobustnessConfig) -> geo.Geometry:
     """The pixels ``p``'s files become for ``r``: the model's eval view, or ImageNet-C's (the same for every model)."""
     if p.geometry == "model":
@@ -133,7 +164,7 @@ def cell_options(cell: CellKey, p: Pass, r: ModelRun, config: RobustnessConfig) 
 
 def marker_options(config: RobustnessConfig) -> dict[str, Any]:
     """What identifies the run for its folder (``default_out`` reuses a folder only for the same run)."""
-    skip = {"models", "out", "device", "num_workers", "progress", "overwrite", "resume", "data_note"}
+    skip = {"models", "out", "device", "num_workers", "models_at_once", "chunk_images", "progress", "overwrite", "resume", "data_note"}
     options = {k: v for k, v in asdict(config).items() if k not in skip}
     options["models"] = [model_run(spec, config).identity | {"label": spec.display} for spec in config.models]
     options.update(data=absolute(config.data), imagenet_c=absolute(config.imagenet_c),

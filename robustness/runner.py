@@ -2,7 +2,11 @@
 
 ``run_robustness`` is the one entry point. A *cell* (``robustness.cells``) is one (model, dataset,
 corruption, severity, variant) and yields exact top-1/top-5 counts; ``robustness.plan`` says which
-passes and cells a run has. Every pass goes through the run's one DataLoader (one worker pool).
+passes and cells a run has. The models share the passes (``SharedPass``: one per folder): each image
+is decoded once per run and turned into every view the cells need (each model's eval view, ImageNet-C's
+crop), each on-the-fly (image, corruption, severity) is computed once and fed to every model, and the
+models are held on the device together (``models_at_once`` caps how many; each group re-reads the data).
+Every pass goes through the run's one DataLoader (one worker pool).
 Finished cells are kept in the run folder (``robustness.store``), so a rerun computes only what is
 missing, stale or new. Every random draw (on-the-fly corruptions, PGD starts, random occlusion) is keyed
 per image (``common.seeding.image_seed(seed, dataset, corruption, severity, variant, image index)``), so
@@ -24,7 +28,7 @@ from classification.data import ImageFolderSet, build_class_index, to_float
 from classification.metrics import topk_correct
 from common import io, rundir
 from common.autocast import autocast
-from common.distributed import barrier, init_distributed, is_main_process, main_decides
+from common.distributed import barrier, get_world_size, init_distributed, is_main_process, main_decides
 from common.progress import Progress
 from common.run import say_resumed
 from common.seeding import image_generators
@@ -37,7 +41,7 @@ from robustness.cells import CellKey, CellRecord
 from robustness.config import ModelSpec, RobustnessConfig, absolute
 from robustness.metrics import reduce_counts
 from robustness.plan import (ModelRun, Pass, cell_options, corruptions_run, describe, in9_plan, marker_options,
-                             model_cfg, model_run, not_run, pass_geometry, plan_passes)
+                             SharedPass, model_cfg, model_run, not_run, pass_geometry, plan_passes, shared_passes)
 from robustness.report import summarize, write_report
 from robustness.store import RunStore, jsonable
 
@@ -77,11 +81,12 @@ def run_robustness(models: list[ModelSpec], data: str | None = None, out: str = 
     _start(ctx, wanted, describe(next(iter(plans.values())), len(next(iter(in9_plans.values()))), len(runs)))
     ctx.loader, ctx.batches = ds.pass_loader(config.batch_size, config.workers, device.type == "cuda")
     try:
-        for r in runs:
-            for p in plans[r.spec.display]:
-                _run_pass(p, r, ctx, wanted)
-            _run_in9(r, ctx, in9_plans[r.spec.display])
-            r.module = None
+        for group in _model_groups(runs, config.models_at_once):
+            for sp in shared_passes(group, plans):
+                _run_shared(sp, ctx, wanted)
+            for r in group:
+                _run_in9(r, ctx, in9_plans[r.spec.display])
+                r.module = None
     finally:
         ds.close_loader(ctx.loader)
         ctx.progress.close()
@@ -180,35 +185,68 @@ def _check_model(spec: ModelSpec) -> None:
     pit.read_state_dict(path)  # unreadable files are named now; a file that does not fit, when the model loads
 
 
-def _run_pass(p: Pass, r: ModelRun, ctx: RunContext, wanted: dict[CellKey, dict]) -> None:
-    """List the pass's images, compute the cells that are missing or stale, and save them.
+def _model_groups(runs: list[ModelRun], at_once: int | None) -> list[list[ModelRun]]:
+    """The models held on the device together: all of them, or ``at_once`` at a time (each group re-reads the data)."""
+    size = at_once or len(runs)
+    return [runs[i:i + size] for i in range(0, len(runs), size)]
+
+
+@dataclass
+class _Member:
+    """One model's part of a shared pass: its pass, the cells to compute, its view among the pass's views."""
+
+    run: ModelRun
+    p: Pass
+    cells: list[CellKey]
+    view: int
+    mask: torch.Tensor | None = None
+
+
+def _run_shared(sp: SharedPass, ctx: RunContext, wanted: dict[CellKey, dict]) -> None:
+    """List the folder's images, compute every member's missing or stale cells in one loop, and save them.
 
     What to compute is read from the disk on rank 0 and broadcast: a process whose view of a shared
     filesystem lags cannot skip a pass the others run (and leave them waiting in a collective)."""
-    samples, classes, root, fingerprint, todo = main_decides(lambda: _pass_todo(p, ctx, wanted))
+    cells = [c for _, p in sp.members for c in p.cells]
+    samples, classes, root, fingerprint, todo = main_decides(lambda: _pass_todo(sp.root, cells, ctx, wanted))
     if not todo:
         return
-    module = _ensure_model(r, ctx)
-    _check_labels(r.num_outputs, classes, root)  # before the loop: every process raises alike, none hangs
-    geometry = pass_geometry(p, r, ctx.config)
-    keys = [(path, label, i, geometry) for i, (path, label) in enumerate(samples)]
-    counts, seen = _evaluate_pass(p, todo, keys, module, r, ctx, classes)
+    geometries: list[geo.Geometry] = []
+    members = []
+    for r, p in sp.members:
+        mine = [c for c in p.cells if c in todo]
+        if not mine:
+            continue
+        _ensure_model(r, ctx)
+        _check_labels(r.num_outputs, classes, root)  # before the loop: every process raises alike, none hangs
+        g = pass_geometry(p, r, ctx.config)
+        if g not in geometries:
+            geometries.append(g)
+        members.append(_Member(r, p, mine, geometries.index(g), _pass_mask(p, classes, r.num_outputs, ctx)))
+    keys = [(path, label, i, tuple(geometries)) for i, (path, label) in enumerate(samples)]
+    order = [c for m in members for c in m.cells]
+    pass_key = jsonable({"root": sp.root, "inputs": fingerprint, "cells": [str(c) for c in order],
+                         "options": [wanted[c] for c in order]})
+    counts, unread = _evaluate_pass(sp, order, keys, members, ctx, pass_key)
     paths = [path for path, _ in samples]
-    skipped = main_decides(lambda: {paths[i]: ds.file_state(paths[i]) for i in (~seen).nonzero().flatten().tolist()})
-    ctx.store.add([CellRecord(cell, r.spec.name, n, c1, c5, p.root, fingerprint, wanted[cell], skipped)
-                   for cell, (n, c1, c5) in zip(todo, counts.tolist())])
-    _advance(ctx, todo, p.name)
+    skipped = main_decides(lambda: {paths[i]: ds.file_state(paths[i]) for i in unread})
+    by_cell = dict(zip(order, counts.tolist()))
+    ctx.store.add([CellRecord(cell, m.run.spec.name, *by_cell[cell], sp.root, fingerprint, wanted[cell], skipped)
+                   for m in members for cell in m.cells])
+    ctx.store.save_partial(pass_key, {"finished": True})
+    _advance(ctx, order, sp.name)
 
 
-def _pass_todo(p: Pass, ctx: RunContext, wanted: dict[CellKey, dict]) -> tuple[list, list[int], str, str, list[CellKey]]:
-    """(samples, classes, root, input fingerprint, cells to compute) of a pass, from this process's disk view."""
-    listing = ImageFolderSet(p.root, ctx.class_index, 8, 1.0, limit=ctx.config.limit)
-    fingerprint = ds.input_fingerprint(p.root, [path for path, _ in listing.samples])
-    todo = []
-    for cell in p.cells:
+def _pass_todo(root: str, cells: list[CellKey], ctx: RunContext, wanted: dict[CellKey, dict]
+               ) -> tuple[list, list[int], str, str, set[CellKey]]:
+    """(samples, classes, root, input fingerprint, cells to compute) of a folder, from this process's disk view."""
+    listing = ImageFolderSet(root, ctx.class_index, 8, 1.0, limit=ctx.config.limit)
+    fingerprint = ds.input_fingerprint(root, [path for path, _ in listing.samples])
+    todo = set()
+    for cell in cells:
         keep, why = ctx.store.reusable(cell, wanted[cell], fingerprint)
         if not keep:
-            todo.append(cell)
+            todo.add(cell)
         if why:
             rundir.note(f"recomputing {cell.label}: {why}")
     return listing.samples, listing.classes, str(listing.root), fingerprint, todo
@@ -252,34 +290,75 @@ def _ensure_model(r: ModelRun, ctx: RunContext) -> nn.Module:
     return r.module
 
 
-def _evaluate_pass(p: Pass, cells: list[CellKey], keys: list[ds.Key], model: nn.Module, r: ModelRun,
-                   ctx: RunContext, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``cells`` over the pass's images. Returns int64 (len(cells), 3) counts [n, top1, top5] and a bool
-    (len(keys),) tensor of the images read, both summed over processes."""
+def _evaluate_pass(sp: SharedPass, cells: list[CellKey], keys: list[ds.Key], members: list[_Member],
+                   ctx: RunContext, pass_key: dict) -> tuple[torch.Tensor, list[int]]:
+    """Run ``cells`` (the members' cells, in order) over the folder's images, ``chunk_images`` at a time: after
+    each chunk the running counts are saved (``RunStore.save_partial``), and a rerun continues after the last
+    saved chunk. Returns int64 (len(cells), 3) counts [n, top1, top5] summed over processes and the indices
+    of the images that could not be read."""
+    progress = main_decides(lambda: ctx.store.partial(pass_key))
+    start = progress["next"] if progress else 0
+    totals = torch.tensor(progress["counts"], dtype=torch.int64) if progress else torch.zeros(len(cells), 3, dtype=torch.int64)
+    unread = list(progress["unread"]) if progress else []
+    if start and is_main_process():
+        rundir.note(f"{sp.name}: resuming at image {start} of {len(keys)} (the saved chunks are kept)")
+    chunk = ctx.config.chunk_images
+    bar = tqdm(total=len(keys), initial=start, desc=sp.name, unit="img", leave=False,
+               disable=not (ctx.config.progress and is_main_process()))
+    for lo in range(start, len(keys), chunk):
+        part = keys[lo:lo + chunk]
+        counts, seen = _evaluate_chunk(cells, part, lo, members, ctx, bar)
+        totals += counts
+        unread += (lo + (~seen).nonzero().flatten()).tolist()
+        ctx.store.save_partial(pass_key, {"next": lo + len(part), "counts": totals.tolist(), "unread": unread})
+    bar.close()
+    return totals, unread
+
+
+def _evaluate_chunk(cells: list[CellKey], keys: list[ds.Key], offset: int, members: list[_Member], ctx: RunContext,
+                    bar: tqdm) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk of a shared pass: each batch is decoded once into the members' views; the own-view cells of
+    every model read their model's view; each on-the-fly (corruption, severity) is computed once per batch
+    and fed to every model that has it. Returns the chunk's (len(cells), 3) counts and a bool (len(keys),)
+    mask of the images read, both summed over processes."""
     device = ctx.device
+    row = {cell: i for i, cell in enumerate(cells)}
     counts = torch.zeros(len(cells), 3, dtype=torch.int64, device=device)
     seen = torch.zeros(len(keys), dtype=torch.int64, device=device)
-    mask = _pass_mask(p, classes, r.num_outputs, ctx)
+    corruptions: dict[tuple[str, int], list[tuple[_Member, CellKey]]] = {}
+    for m in members:
+        for cell in m.cells if m.p.on_the_fly else ():
+            corruptions.setdefault((cell.corruption, cell.severity), []).append((m, cell))
     ctx.batches.start(keys)
-    show = ctx.config.progress and is_main_process()
-    for images_u8, labels, index in tqdm(ctx.loader, desc=f"{cells[0].model} | {p.name}", disable=not show,
-                                         leave=False):
+    for views_u8, labels, index in ctx.loader:
+        bar.update(len(index) * get_world_size())  # this process's images × W (approximate under torchrun)
         if labels.numel() == 0:
             continue
-        seen[index.to(device)] = 1
-        images = to_float(images_u8, device)
-        if p.geometry == "stored":
-            images = geo.to_model_size(images, r.img_size)
+        seen[(index - offset).to(device)] = 1
+        views = [to_float(v, device) for v in views_u8]
         labels = labels.to(device, non_blocking=True)
-        for i, cell in enumerate(cells):
-            x = _apply_variant(cell, images, labels, model, ctx, p.on_the_fly, index.tolist(), r.img_size)
-            with torch.no_grad(), autocast(device, ctx.config.amp):
-                logits = model(x).float()
-            if mask is not None:  # ImageNet-A/R: only the subset's classes can be predicted
-                logits = logits.masked_fill(~mask, float("-inf"))
-            counts[i, 0] += labels.numel()
-            counts[i, 1:] += topk_correct(logits, labels)
+        indices = index.tolist()
+        for m in members:
+            if m.p.on_the_fly:
+                continue
+            x = geo.to_model_size(views[m.view], m.run.img_size) if m.p.geometry == "stored" else views[m.view]
+            for cell in m.cells:
+                _score(m, _apply_variant(cell, x, labels, m.run.module, ctx, indices), labels, counts[row[cell]], ctx)
+        for users in corruptions.values():
+            x = _corrupted(users[0][1], views[users[0][0].view], indices, ctx)
+            for m, cell in users:
+                _score(m, geo.to_model_size(x, m.run.img_size), labels, counts[row[cell]], ctx)
     return reduce_counts(counts).cpu(), reduce_counts(seen).cpu() > 0
+
+
+def _score(m: _Member, x: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, ctx: RunContext) -> None:
+    """Add the batch's [n, top1, top5] of ``m``'s model on input ``x`` to ``counts`` (in place)."""
+    with torch.no_grad(), autocast(ctx.device, ctx.config.amp):
+        logits = m.run.module(x).float()
+    if m.mask is not None:  # ImageNet-A/R: only the subset's classes can be predicted
+        logits = logits.masked_fill(~m.mask, float("-inf"))
+    counts[0] += labels.numel()
+    counts[1:] += topk_correct(logits, labels)
 
 
 def _pass_mask(p: Pass, classes: list[int], num_outputs: int, ctx: RunContext) -> torch.Tensor | None:
@@ -298,17 +377,20 @@ def cell_generators(seed: int, cell: CellKey, indices: list[int], device: torch.
     return image_generators(seed, [(*parts, i) for i in indices], device)
 
 
-def _apply_variant(cell: CellKey, images: torch.Tensor, labels: torch.Tensor, model: nn.Module, ctx: RunContext,
-                   on_the_fly: bool, indices: list[int], model_size: int) -> torch.Tensor:
-    """The input the model sees for this cell: float (B,3,H,W) in [0,1]. On the fly: ImageNet-C's chain
-    (corrupt the benchmark crop, store it as the benchmark did, one resize to the model's size)."""
-    config = ctx.config
-    if on_the_fly:
-        from corruptions import corrupt
+def _corrupted(cell: CellKey, images: torch.Tensor, indices: list[int], ctx: RunContext) -> torch.Tensor:
+    """ImageNet-C's chain on the benchmark crop, the same for every model: corrupt (draws keyed per image and
+    cell, not per model), then store as the benchmark did (uint8, JPEG 85)."""
+    from corruptions import corrupt
 
-        x = corrupt(images, cell.corruption, cell.severity, check_range=False,  # uint8 / 255: in range
-                    generator=cell_generators(config.seed, cell, indices, images.device))
-        return geo.to_model_size(geo.imagenet_c_storage(x, config.imagenet_c_jpeg), model_size)
+    x = corrupt(images, cell.corruption, cell.severity, check_range=False,  # uint8 / 255: in range
+                generator=cell_generators(ctx.config.seed, cell, indices, images.device))
+    return geo.imagenet_c_storage(x, ctx.config.imagenet_c_jpeg)
+
+
+def _apply_variant(cell: CellKey, images: torch.Tensor, labels: torch.Tensor, model: nn.Module, ctx: RunContext,
+                   indices: list[int]) -> torch.Tensor:
+    """The input the model sees for a cell of its own view: float (B,3,H,W) in [0,1]."""
+    config = ctx.config
     if cell.variant == "clean":
         return images
     if cell.variant == "occlusion_center":

@@ -3,7 +3,9 @@
 The folder is opened with the suite's one run lifecycle (``common.run.open_run``, kind ``robustness``):
 a folder of another kind of run is refused and never touched; any options resume, because cells are
 checked one by one. ``cells.jsonl`` gets one record per finished cell (``CellRecord.to_json``; appended,
-so an interrupted run keeps every cell it finished); the latest record of a key wins. Each record
+so an interrupted run keeps every cell it finished); the latest record of a key wins. A pass's progress
+is saved every ``chunk_images`` images to ``partial.jsonl`` (its cells' running counts), so a run stopped
+in the middle of a long shared pass resumes after its last finished chunk. Each record
 carries the options that made its number, the images it read and skipped and a fingerprint of its input
 file list. On a rerun a cell is kept when its options are unchanged and its inputs are the same; it is
 recomputed, with a note, when its inputs changed or it read nothing; a cell computed with other options
@@ -23,7 +25,7 @@ from robustness.cells import CellKey, CellRecord
 from robustness.datasets import file_state
 
 KIND = "robustness"
-FILES = ("cells.jsonl", "run.json")
+FILES = ("cells.jsonl", "run.json", "partial.jsonl")
 
 
 def jsonable(obj: Any) -> Any:
@@ -97,6 +99,21 @@ class RunStore:
         if any(file_state(path) != state for path, state in rec.skipped_files.items()):
             return False, "a skipped image was replaced"
         return True, None
+
+    def partial(self, key: dict) -> dict | None:
+        """The latest saved progress of the unfinished pass identified by ``key`` (its folder, fingerprint, cells
+        and their options), or None (none saved, or the pass finished since: a pass computed again starts
+        over). Read on the calling process: call it through ``main_decides``."""
+        latest = None
+        for rec in io.read_jsonl(self.out_dir / "partial.jsonl"):
+            if rec.get("key") == key:
+                latest = None if rec.get("finished") else rec
+        return latest
+
+    def save_partial(self, key: dict, progress: dict) -> None:
+        """Append a pass's progress (rank 0 writes; one fsynced line per chunk)."""
+        if is_main_process():
+            io.append_jsonl(self.out_dir / "partial.jsonl", {"key": key, **progress})
 
     def record_model(self, label: str, identity: dict) -> None:
         """Note in ``run.json`` that ``label`` loaded with ``identity`` (called after a successful load)."""

@@ -127,9 +127,9 @@ def test_pass_loader_reads_like_image_folder_set_and_skips_broken_files(tmp_path
     data = cdata.ImageFolderSet(root, cdata.build_class_index("imagenet", root), 16, 0.9)
     loader, batches = ds.pass_loader(batch_size=4, num_workers=0, pin_memory=False)
     for _ in range(2):  # the same loader serves pass after pass
-        batches.start([(path, label, i, model_view(16, 0.9)) for i, (path, label) in enumerate(data.samples)])
+        batches.start([(path, label, i, (model_view(16, 0.9),)) for i, (path, label) in enumerate(data.samples)])
         with pytest.warns(RuntimeWarning, match="broken.JPEG"):
-            got = list(loader)
+            got = [(views[0], labels, index) for views, labels, index in loader]
         images, labels, index = (torch.cat([b[k] for b in got]) for k in range(3))
         assert len(index) == 9 and data.samples[sorted(set(range(10)) - set(index.tolist()))[0]][0].endswith("broken.JPEG")
         assert torch.equal(images, torch.stack([data[i][0] for i in index.tolist()]))

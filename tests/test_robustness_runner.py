@@ -138,10 +138,14 @@ def test_random_draws_are_per_image_not_per_batch(cell):
     images, labels = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 0, 1])
     config = RobustnessConfig([MODEL], data="x", steps=2, eps=8 / 255)
     ctx = runner.RunContext(config, torch.device("cpu"), store=None)
-    on_the_fly = cell.dataset == "imagenet-c"
-    whole = runner._apply_variant(cell, images, labels, model, ctx, on_the_fly, list(range(5)), 32)
-    parts = [runner._apply_variant(cell, images[i:i + 2], labels[i:i + 2], model, ctx, on_the_fly, list(range(i, min(i + 2, 5))), 32)
-             for i in range(0, 5, 2)]
+
+    def inputs(x, y, indices):
+        if cell.dataset == "imagenet-c":
+            return runner._corrupted(cell, x, indices, ctx)
+        return runner._apply_variant(cell, x, y, model, ctx, indices)
+
+    whole = inputs(images, labels, list(range(5)))
+    parts = [inputs(images[i:i + 2], labels[i:i + 2], list(range(i, min(i + 2, 5)))) for i in range(0, 5, 2)]
     assert not torch.equal(whole, images)
     torch.testing.assert_close(torch.cat(parts), whole, atol=1e-5, rtol=0)
 
