@@ -125,7 +125,7 @@ def test_resume_skips_finished_cells_and_refuses_other_options(trained, monkeypa
     out = trained["tmp"] / "resume"
     computed: list[tuple] = []
     interrupt = [True]
-    real = coco_c.evaluate_cell
+    real = coco_c.infer_cell
 
     def counting(*args, **kwargs):
         cell = (args[7].corruption, args[7].severity)
@@ -134,7 +134,7 @@ def test_resume_skips_finished_cells_and_refuses_other_options(trained, monkeypa
         computed.append(cell)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(coco_c, "evaluate_cell", counting)
+    monkeypatch.setattr(coco_c, "infer_cell", counting)
     with pytest.raises(KeyboardInterrupt):
         _run(trained, out, "contrast", "1")
     assert [c["corruption"] for c in json.loads((out / "coco_c.json").read_text())["cells"]] == ["clean"]
