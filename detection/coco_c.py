@@ -14,6 +14,10 @@ result), then resized and padded exactly as ``detection eval`` does and scored w
 - Resumable by cell: ``--out`` is opened with ``common.run.open_run``; ``coco_c.json`` is rewritten
   atomically after every finished cell and a rerun with the same checkpoint, data and seed skips the
   cells it holds (new corruptions or severities add cells). Cells are typed (``detection.coco_c_cells``).
+- COCOeval overlaps inference: rank 0 hands each cell's gathered detections to a background process
+  (``detection.background_eval``) and every rank goes on with the next cell; records are written in cell
+  order once scored, and rank 0 waits for the last before the summary. A cell scored by no COCOeval yet
+  has no record, so an interrupted run computes it again.
 - Detectors are named by their run (:func:`run_name`: the run folder's name, else the file stem) or ``labels``.
 """
 from __future__ import annotations
