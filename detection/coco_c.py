@@ -14,14 +14,20 @@ result), then resized and padded exactly as ``detection eval`` does and scored w
 - Resumable by cell: ``--out`` is opened with ``common.run.open_run``; ``coco_c.json`` is rewritten
   atomically after every finished cell and a rerun with the same checkpoint, data and seed skips the
   cells it holds (new corruptions or severities add cells). Cells are typed (``detection.coco_c_cells``).
+- COCOeval overlaps inference: rank 0 hands each cell's gathered detections to a background process
+  (``detection.background_eval``) and every rank goes on with the next cell; records are written in cell
+  order once scored, and rank 0 waits for the last before the summary. A cell scored by no COCOeval yet
+  has no record, so an interrupted run computes it again.
 - Detectors are named by their run (:func:`run_name`: the run folder's name, else the file stem) or ``labels``.
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -40,7 +46,8 @@ from common.tables import fmt
 from common.vocabulary import default_workers, parse_corruptions, parse_severities
 from detection.coco_c_cells import CLEAN, CellKey, cell_keys, summarize_cells
 from detection.coco_c_report import comparison_table, write_report
-from detection.coco_eval import CocoEvaluator
+from detection.background_eval import BackgroundScorer
+from detection.coco_eval import CocoEvaluator, check_scored_once
 from detection.data import CocoDetection, coco_paths, collate, make_transforms
 from detection.epoch import evaluate
 from detection.load import LoadedDetector, load_detector
@@ -133,22 +140,54 @@ def load_for_eval(checkpoint: str, val_ann: str, val_images: str,
     return loaded, dataset, make_transforms(False, loaded.sizes).transforms[-1]
 
 
-def evaluate_cell(model: torch.nn.Module, postprocessor: torch.nn.Module, dataset: CocoDetection, loader: DataLoader,
-                  resize: v2.Transform, cat_ids: list[int], device: torch.device, cell: CellKey, seed: int,
-                  progress: bool = True, amp: bool = False) -> dict:
-    """One cell → ``{"corruption", "severity", "AP", ..., "stats": [12], "images", "seconds",
-    "corrupt_seconds", "inference_seconds"}`` (detections of every process gathered and scored on rank 0; the
-    same cell on every process, whatever their number)."""
+class _GatheringEvaluator(CocoEvaluator):
+    """A :class:`CocoEvaluator` whose ``summarize`` only checks that every image was scored once (after
+    ``before_check``, which re-raises a background job's error) and leaves COCOeval to the caller: rank 0
+    keeps the gathered ``results`` and ``image_ids`` to score them in the background."""
+
+    def __init__(self, coco_gt, cat_ids: list[int], before_check: Callable[[], None] | None) -> None:
+        super().__init__(coco_gt, cat_ids)
+        self.before_check = before_check
+
+    def summarize(self) -> dict:
+        return main_decides(self._check)
+
+    def _check(self) -> dict:
+        if self.before_check is not None:
+            self.before_check()
+        check_scored_once(self.image_ids)
+        return {}
+
+
+@dataclass
+class InferredCell:
+    """A cell whose inference is done (its detections handed to COCOeval separately) and its timing."""
+    cell: CellKey
+    timing: dict
+
+    def record(self, stats: dict, score_seconds: float) -> dict:
+        """The cell's record once COCOeval gave ``stats``: ``{"corruption", "severity", "AP", ..., "stats":
+        [12], "images", "seconds" (inference + COCOeval), "corrupt_seconds", "inference_seconds"}``."""
+        metrics = {k: v for k, v in stats.items() if k != "summary"}
+        return {"corruption": self.cell.corruption, "severity": self.cell.severity, **metrics,
+                **self.timing, "seconds": self.timing["seconds"] + score_seconds}
+
+
+def infer_cell(model: torch.nn.Module, postprocessor: torch.nn.Module, dataset: CocoDetection, loader: DataLoader,
+               resize: v2.Transform, cat_ids: list[int], device: torch.device, cell: CellKey, seed: int,
+               progress: bool = True, amp: bool = False,
+               before_check: Callable[[], None] | None = None) -> tuple[InferredCell, list[dict], list[int]]:
+    """One cell's inference on every process → (the cell, its detections in the COCO results format and the
+    scored image ids: every process's, sorted, on rank 0; empty elsewhere), checked (each image once;
+    ``before_check`` runs first on rank 0, its error raised on every process) but not yet scored."""
     batches = CellBatches(loader, resize, device, cell.corruption, cell.severity, seed)
+    evaluator = _GatheringEvaluator(dataset.coco, cat_ids, before_check)
     start = time.perf_counter()
-    stats, _ = evaluate(model, postprocessor, batches, CocoEvaluator(dataset.coco, cat_ids), device, amp=amp,
-                        progress=progress)
-    seconds = time.perf_counter() - start
-    timing = {"images": len(dataset), "seconds": seconds,
+    stats, _ = evaluate(model, postprocessor, batches, evaluator, device, amp=amp, progress=progress)
+    timing = {"images": len(dataset), "seconds": time.perf_counter() - start,
               "corrupt_seconds": sum(all_gather_objects(batches.corrupt_seconds)),
               "inference_seconds": len(dataset) / stats["fps"] if stats["fps"] else 0.0}
-    metrics = {k: v for k, v in stats.items() if k not in ("summary", "fps", "latency_ms")}
-    return {"corruption": cell.corruption, "severity": cell.severity, **metrics, **timing}
+    return InferredCell(cell, timing), evaluator.results, evaluator.image_ids
 
 
 def _read_previous(path: Path, options: dict) -> list[dict]:
@@ -190,17 +229,36 @@ def coco_c_checkpoint(checkpoint: str, val_ann: str, val_images: str, out: str |
     cells = _previous_cells(out / RESULT_FILE, options)
     done = {CellKey.of(c) for c in cells}
     loader = native_loader(dataset, batch_size, default_workers(num_workers))
-    for cell in cell_keys(names, severities):
-        if cell in done:
-            continue
-        cells.append(evaluate_cell(loaded.model, loaded.postprocessor, dataset, loader, resize, loaded.cat_ids, device,
-                                   cell, seed, progress, amp))
+    scorer = BackgroundScorer(dataset.coco) if is_main_process() else None
+
+    def commit(inferred: InferredCell, stats: dict, score_seconds: float) -> None:
+        """Rank 0, in cell order: the scored cell's record appended and the results file rewritten."""
+        cells.append(inferred.record(stats, score_seconds))
         _write(out, label, checkpoint, options, cells, names, severities)
-        if is_main_process() and progress:
-            print(f"{label} {cell}: AP {fmt(100 * cells[-1]['AP'], missing_below=0)} ({cells[-1]['seconds']:.1f} s)",
-                  flush=True)
+        if progress:
+            print(f"{label} {inferred.cell}: AP {fmt(100 * cells[-1]['AP'], missing_below=0)} "
+                  f"({cells[-1]['seconds']:.1f} s)", flush=True)
         if cells_progress is not None:
-            cells_progress.update(label=f"{label} {cell}")
+            cells_progress.update(label=f"{label} {inferred.cell}")
+
+    def finished() -> list[dict]:
+        """Rank 0 waits until every cell is scored and written (re-raising a scoring error)."""
+        scorer.drain()
+        return cells
+
+    try:
+        for cell in cell_keys(names, severities):
+            if cell in done:
+                continue
+            inferred, results, image_ids = infer_cell(loaded.model, loaded.postprocessor, dataset, loader, resize,
+                                                      loaded.cat_ids, device, cell, seed, progress, amp,
+                                                      scorer.raise_error if scorer else None)
+            if scorer is not None:
+                scorer.submit(results, image_ids, functools.partial(commit, inferred))
+        cells = main_decides(finished)
+    finally:
+        if scorer is not None:
+            scorer.close()
     result = _write(out, label, checkpoint, options, cells, names, severities)
     if is_main_process():
         write_report(out, result, names, severities)

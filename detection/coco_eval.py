@@ -53,22 +53,34 @@ class CocoEvaluator:
         return main_decides(self._score)
 
     def _score(self) -> dict:
-        twice = sorted({i for i, j in zip(self.image_ids, self.image_ids[1:]) if i == j})
-        if twice:
-            raise ValueError(f"images {twice[:5]} were scored more than once: the evaluation loader must give each "
-                             "image to one process only (common.distributed.ShardSampler)")
-        if not self.image_ids:
-            raise ValueError("every evaluation image was unreadable (see the warnings above): nothing to score")
-        if not self.results:
-            stats, text = np.zeros(12), "no detections: every metric is 0\n"
-        else:
-            with contextlib.redirect_stdout(io.StringIO()) as buffer:
-                coco_dt = self.coco_gt.loadRes(self.results)
-                evaluator = COCOeval(self.coco_gt, coco_dt, "bbox")
-                evaluator.params.imgIds = self.image_ids
-                evaluator.evaluate()
-                evaluator.accumulate()
-                evaluator.summarize()
-            stats, text = evaluator.stats, buffer.getvalue()
-        stats = [float(s) for s in stats]
-        return {**dict(zip(STAT_NAMES, stats)), "stats": stats, "summary": text}
+        check_scored_once(self.image_ids)
+        return coco_stats(self.coco_gt, self.results, self.image_ids)
+
+
+def check_scored_once(image_ids: list[int]) -> None:
+    """ValueError when no image was scored, or one was scored twice (sorted ``image_ids``: a loader that pads
+    its shards)."""
+    twice = sorted({i for i, j in zip(image_ids, image_ids[1:]) if i == j})
+    if twice:
+        raise ValueError(f"images {twice[:5]} were scored more than once: the evaluation loader must give each "
+                         "image to one process only (common.distributed.ShardSampler)")
+    if not image_ids:
+        raise ValueError("every evaluation image was unreadable (see the warnings above): nothing to score")
+
+
+def coco_stats(coco_gt: COCO, results: list[dict], image_ids: list[int]) -> dict:
+    """COCOeval bbox of ``results`` (COCO results format) over ``image_ids`` → ``{"AP", ..., "ARl", "stats":
+    [12 floats], "summary": text}`` (all 0 without detections). ``loadRes`` adds keys to the result dicts."""
+    if not results:
+        stats, text = np.zeros(12), "no detections: every metric is 0\n"
+    else:
+        with contextlib.redirect_stdout(io.StringIO()) as buffer:
+            coco_dt = coco_gt.loadRes(results)
+            evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+            evaluator.params.imgIds = image_ids
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        stats, text = evaluator.stats, buffer.getvalue()
+    stats = [float(s) for s in stats]
+    return {**dict(zip(STAT_NAMES, stats)), "stats": stats, "summary": text}

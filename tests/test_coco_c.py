@@ -5,20 +5,25 @@ image alone (any H×W, any grouping), resume skips finished cells, bad names fai
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
 import torch
 
 import corruptions
-from detection import coco_c
+from detection import background_eval, coco_c
 from detection.coco_c import corrupt_native, image_seed, run_coco_c
+from detection.coco_eval import CocoEvaluator, coco_stats
 from detection.config import DetectionTrainConfig
 from detection.engine import evaluate_checkpoint, train_detector
+from detection.epoch import evaluate
 from tests.cli_helpers import assert_one_line_error, run_cli
 from tests.coco_fixtures import make_tiny_coco
 
@@ -125,16 +130,17 @@ def test_resume_skips_finished_cells_and_refuses_other_options(trained, monkeypa
     out = trained["tmp"] / "resume"
     computed: list[tuple] = []
     interrupt = [True]
-    real = coco_c.evaluate_cell
+    real = coco_c.infer_cell
 
     def counting(*args, **kwargs):
         cell = (args[7].corruption, args[7].severity)
         if interrupt[0] and cell != ("clean", 0):
+            _wait_for(lambda: _cells(out) == [("clean", 0)])  # the clean cell is scored in the background
             raise KeyboardInterrupt  # the run is stopped after its clean cell
         computed.append(cell)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(coco_c, "evaluate_cell", counting)
+    monkeypatch.setattr(coco_c, "infer_cell", counting)
     with pytest.raises(KeyboardInterrupt):
         _run(trained, out, "contrast", "1")
     assert [c["corruption"] for c in json.loads((out / "coco_c.json").read_text())["cells"]] == ["clean"]
@@ -212,3 +218,129 @@ def test_deformable_detector_clean_cell_equals_detection_eval(data, tmp_path):
     cells = json.loads((tmp_path / "cc" / "coco_c.json").read_text())["cells"]
     assert [(c["corruption"], c["severity"]) for c in cells] == [("clean", 0), ("motion_blur", 2)]
     assert cells[0]["stats"] == plain["stats"]
+
+
+# COCOeval in the background process (detection.background_eval). The scorers below replace ``coco_stats`` in
+# that spawned process (a module-level function travels by name); they count their calls per process.
+_calls = [0]
+
+
+def _scored_after_release(coco_gt, results, image_ids) -> dict:
+    """The first cell's COCOeval waits (at most 30 s) for the file ``$COCOC_RELEASE``, then notes in
+    ``$COCOC_LOG`` whether it appeared: a cross-process event that the next cell's inference sets."""
+    _calls[0] += 1
+    if _calls[0] == 1:
+        release = Path(os.environ["COCOC_RELEASE"])
+        _wait_for(release.exists, seconds=30, fail=False)
+        Path(os.environ["COCOC_LOG"]).write_text("released" if release.exists() else "timed out")
+    return coco_stats(coco_gt, results, image_ids)
+
+
+def _second_cocoeval_fails(coco_gt, results, image_ids) -> dict:
+    _calls[0] += 1
+    if _calls[0] == 2:
+        raise ValueError("COCOeval failed on purpose")
+    return coco_stats(coco_gt, results, image_ids)
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = 60, fail: bool = True) -> None:
+    """Poll ``condition`` (no timing is asserted: the limit only keeps a broken run from hanging the test)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            assert not fail, "condition not met"
+            return
+        time.sleep(0.05)
+
+
+def _cells(out: Path) -> list[tuple]:
+    path = out / "coco_c.json"
+    if not path.is_file():
+        return []
+    return [(c["corruption"], c["severity"]) for c in json.loads(path.read_text())["cells"]]
+
+
+def _counting_inference(monkeypatch, interrupt_at: tuple | None = None) -> list[tuple]:
+    """Cells whose inference ran, in order (``infer_cell`` wrapped); Ctrl-C when ``interrupt_at`` begins."""
+    computed: list[tuple] = []
+    real = coco_c.infer_cell
+
+    def counting(*args, **kwargs):
+        cell = (args[7].corruption, args[7].severity)
+        if cell == interrupt_at:
+            raise KeyboardInterrupt
+        computed.append(cell)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(coco_c, "infer_cell", counting)
+    return computed
+
+
+def test_cocoeval_overlaps_the_next_inference_and_records_equal_sequential_evaluation(trained, tmp_path, monkeypatch):
+    release, log = tmp_path / "release", tmp_path / "log"
+    monkeypatch.setenv("COCOC_RELEASE", str(release))
+    monkeypatch.setenv("COCOC_LOG", str(log))
+    monkeypatch.setattr(background_eval, "coco_stats", _scored_after_release)
+    started: list[str] = []
+    real_iter = coco_c.CellBatches.__iter__
+
+    def iterating(self):
+        started.append(self.corruption)
+        if len(started) == 2:
+            release.touch()  # the second cell's inference begins
+        yield from real_iter(self)
+
+    monkeypatch.setattr(coco_c.CellBatches, "__iter__", iterating)
+    _run(trained, tmp_path / "cc", "gaussian_noise,contrast", "3")
+    # the clean cell's COCOeval was still running when the next cell's inference started
+    assert log.read_text() == "released" and started == ["clean", "gaussian_noise", "contrast"]
+    cells = json.loads((tmp_path / "cc" / "coco_c.json").read_text())["cells"]
+    assert [(c["corruption"], c["severity"]) for c in cells] == [("clean", 0), ("gaussian_noise", 3), ("contrast", 3)]
+    # the reference: each cell inferred and scored in turn by detection eval's own path (CocoEvaluator)
+    device = torch.device("cpu")
+    loaded, dataset, resize = coco_c.load_for_eval(trained["checkpoint"], trained["val_ann"], trained["val_images"],
+                                                   device)
+    loader = coco_c.native_loader(dataset, 2, 0)
+    for record in cells:
+        batches = coco_c.CellBatches(loader, resize, device, record["corruption"], record["severity"], 3)
+        stats, _ = evaluate(loaded.model, loaded.postprocessor, batches, CocoEvaluator(dataset.coco, loaded.cat_ids),
+                            device, progress=False)
+        assert record["stats"] == stats["stats"] and record["AP"] == stats["AP"], record["corruption"]
+    assert any(c["AP"] > 0 for c in cells)
+
+
+def test_a_cocoeval_error_is_the_runs_one_line_error_and_the_rerun_scores_that_cell(trained, tmp_path, monkeypatch):
+    out = tmp_path / "failed"
+    argv = ["detection", "eval", "--checkpoint", trained["checkpoint"], "--coco", trained["root"], "--seed", "3",
+            "--device", "cpu", "--workers", "0", "--no-progress", "--corruptions", "gaussian_noise,contrast",
+            "--severities", "2"]
+    monkeypatch.setattr(background_eval, "coco_stats", _second_cocoeval_fails)
+    assert_one_line_error([*argv, "--out", str(out)], 2, "COCOeval failed on purpose")
+    assert _cells(out) == [("clean", 0)]  # the cells scored before the error, nothing after it
+    monkeypatch.setattr(background_eval, "coco_stats", coco_stats)
+    computed = _counting_inference(monkeypatch)
+    assert run_cli([*argv, "--out", str(out)])[0] == 0
+    assert computed == [("gaussian_noise", 2), ("contrast", 2)]  # the failed cell inferred and scored again
+    assert run_cli([*argv, "--out", str(tmp_path / "whole")])[0] == 0
+    resumed, whole = (json.loads((d / "coco_c.json").read_text())["cells"] for d in (out, tmp_path / "whole"))
+    assert [c["stats"] for c in resumed] == [c["stats"] for c in whole]
+
+
+def test_ctrl_c_does_not_wait_for_cocoeval_and_the_unscored_cell_is_recomputed(trained, tmp_path, monkeypatch):
+    log = tmp_path / "log"
+    monkeypatch.setenv("COCOC_RELEASE", str(tmp_path / "never"))
+    monkeypatch.setenv("COCOC_LOG", str(log))
+    monkeypatch.setattr(background_eval, "coco_stats", _scored_after_release)  # clean's COCOeval blocks 30 s
+    real_infer = coco_c.infer_cell
+    computed = _counting_inference(monkeypatch, interrupt_at=("contrast", 1))
+    with pytest.raises(KeyboardInterrupt):
+        _run(trained, tmp_path / "cc", "contrast", "1")
+    # the run ended while clean's COCOeval was blocked: the process was ended, not waited for, and the cell
+    # whose inference finished but whose COCOeval did not is not recorded
+    assert not log.exists() and not multiprocessing.active_children()
+    assert computed == [("clean", 0)] and _cells(tmp_path / "cc") == []
+    monkeypatch.setattr(background_eval, "coco_stats", coco_stats)
+    monkeypatch.setattr(coco_c, "infer_cell", real_infer)
+    computed = _counting_inference(monkeypatch)
+    _run(trained, tmp_path / "cc", "contrast", "1")
+    assert computed == [("clean", 0), ("contrast", 1)] and _cells(tmp_path / "cc") == [("clean", 0), ("contrast", 1)]
