@@ -82,8 +82,9 @@ def ms_deform_attn_reference(
 
 
 class _MSDeformAttnFunction(torch.autograd.Function):
-    """Forward without keeping the samples; backward recomputes each level's samples and
-    backpropagates through that level alone, so at most one level's (B·H, D, Q, P) samples live."""
+    """Forward without keeping the samples; backward recomputes one level's samples at a time (for
+    the weights' gradient) and runs ``grid_sample``'s own backward kernel for the value's and the
+    locations' gradients, so at most one level's (B·H, D, Q, P) samples live."""
 
     @staticmethod
     def forward(ctx, value: Tensor, sampling_locations: Tensor, attention_weights: Tensor,
@@ -101,22 +102,29 @@ class _MSDeformAttnFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         value, locations, weights = ctx.saved_tensors
-        heads = value.shape[2]
-        grad_out = rearrange(grad_output, "b q (m d) -> (b m) d q", m=heads)
-        with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(need) for t, need in zip((value, locations, weights), ctx.needs_input_grad)]
-            wanted = [leaf for leaf in leaves if leaf.requires_grad]
-            grads = [torch.zeros_like(leaf) for leaf in wanted]
-            for level_inputs in _per_level(leaves[0], ctx.level_shapes, leaves[1], leaves[2]):
-                part = _level_output(*level_inputs)
-                # the levels share the split / grid nodes: keep those; `part` going frees this level's samples
-                level_grads = torch.autograd.grad(part, wanted, grad_out, retain_graph=True, allow_unused=True)
-                for total, grad in zip(grads, level_grads):
-                    if grad is not None:
-                        total.add_(grad)
-                del part, level_grads
-        by_leaf = dict(zip(map(id, wanted), grads))
-        return (*(by_leaf.get(id(leaf)) for leaf in leaves), None)
+        batch, _, heads, _ = value.shape
+        need_value, need_locations, need_weights = ctx.needs_input_grad[:3]
+        grad_out = rearrange(grad_output, "b q (m d) -> (b m) d q", m=heads)[..., None]  # (B·H, D, Q, 1)
+        grad_values, grad_grids, grad_weights = [], [], []
+        for value_l, grid_l, weights_l in _per_level(value, ctx.level_shapes, locations, weights):
+            if need_weights:  # Σ_d grad · sample, from this level's samples recomputed
+                sampled = F.grid_sample(value_l, grid_l, **_GRID_SAMPLE)
+                grad_weights.append((sampled * grad_out).sum(1))  # (B·H, Q, P)
+                del sampled
+            if need_value or need_locations:
+                grad_value_l, grad_grid_l = torch.ops.aten.grid_sampler_2d_backward(
+                    grad_out * weights_l, value_l, grid_l, 0, 0, False, [need_value, need_locations]
+                )  # bilinear, zeros, align_corners=False
+                grad_values.append(grad_value_l)
+                grad_grids.append(grad_grid_l)
+        grad_value = grad_locations = grad_weight = None
+        if need_value:
+            grad_value = torch.cat([rearrange(g, "(b m) d h w -> b (h w) m d", b=batch) for g in grad_values], 1)
+        if need_locations:  # d grid / d location = 2
+            grad_locations = 2 * rearrange(torch.stack(grad_grids, 1), "(b m) l q p xy -> b q m l p xy", b=batch)
+        if need_weights:
+            grad_weight = rearrange(torch.stack(grad_weights, 1), "(b m) l q p -> b q m l p", b=batch)
+        return grad_value, grad_locations, grad_weight, None
 
 
 def ms_deform_attn_pytorch(
