@@ -7,8 +7,14 @@ papers' default sizes (DETR: 6+6 layers, FFN 2048, 100 queries; Deformable DETR:
 FFN 1024, 4 levels × 4 points, 300 queries), randomly initialised, inference or one training
 step (forward + backward) per iteration.
 
+``--attention lean reference`` runs Deformable DETR twice: with the default attention (samples
+recomputed in backward) and with plain autograd (``ms_deform_attn_reference``, which keeps every
+sample for backward, as the suite did before), swapped in for that subprocess only.
+
     python benchmarks/bench_deformable.py                      # GPU at 800×1216 if available
     python benchmarks/bench_deformable.py --size 320 --min-run-time 3 # CPU at a reduced size
+    python benchmarks/bench_deformable.py --train --archs deformable --backbones pit_s \
+        --attention lean reference --size 800 1333             # lean vs plain-autograd training memory
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from common.timing import time_call
 
 BACKBONES = ("pit_s", "deit_small_patch16_224", "resnet50")
 ARCHS = ("detr", "deformable")
+ATTENTIONS = ("lean", "reference")
 
 
 def _peak_rss_mib() -> float:
@@ -36,10 +43,20 @@ def _current_rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+def _use_attention(attention: str) -> None:
+    """Make every ``MSDeformAttn`` of this process sample with ``attention`` (``ATTENTIONS``)."""
+    from detection.deformable import ms_deform_attn as msda
+
+    if attention == "reference":
+        msda.ms_deform_attn_pytorch = msda.ms_deform_attn_reference
+
+
 def measure(arch: str, backbone: str, height: int, width: int, batch: int, min_run_time: float, train: bool,
-            device: str) -> dict:
+            device: str, attention: str = "lean") -> dict:
     """Build one detector and time passes (``common.timing.time_call``) on a (batch, 3, height, width) batch."""
     from detection.build import build_detector
+
+    _use_attention(attention)
 
     torch.manual_seed(0)
     model = build_detector(arch=arch, backbone=backbone, num_classes=91).to(device)
@@ -67,9 +84,9 @@ def measure(arch: str, backbone: str, height: int, width: int, batch: int, min_r
     else:
         memory = max(_peak_rss_mib() - base_rss, 0.0)
     return {
-        "arch": arch, "backbone": backbone, "size": [height, width], "batch": batch, "mode": "train" if train else "infer",
+        "arch": arch, "backbone": backbone, "attention": attention if arch == "deformable" else "-", "size": [height, width], "batch": batch, "mode": "train" if train else "infer",
         "device": device, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-        "images_per_s": batch / seconds, "peak_memory_mib": memory,
+        "images_per_s": batch / seconds, "seconds_per_pass": seconds, "peak_memory_mib": memory,
     }
 
 
@@ -82,8 +99,11 @@ def main() -> int:
     parser.add_argument("--train", action="store_true", help="time forward+backward instead of inference")
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
     parser.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
+    parser.add_argument("--attention", nargs="+", default=["lean"], choices=ATTENTIONS,
+                        help="Deformable DETR attention path(s): lean (default: samples recomputed in backward), "
+                             "reference (plain autograd, keeps the samples)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    parser.add_argument("--one", nargs=2, metavar=("ARCH", "BACKBONE"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=3, metavar=("ARCH", "BACKBONE", "ATTENTION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -92,21 +112,24 @@ def main() -> int:
     batch = args.batch or (2 if cuda else 1)
     min_run_time = args.min_run_time or (5.0 if cuda else 3.0)
     if args.one:
-        print(json.dumps(measure(args.one[0], args.one[1], height, width, batch, min_run_time, args.train, device)))
+        print(json.dumps(measure(args.one[0], args.one[1], height, width, batch, min_run_time, args.train, device,
+                                 args.one[2])))
         return 0
     rows = []
-    for backbone in args.backbones:
-        for arch in args.archs:
-            cmd = [sys.executable, __file__, "--one", arch, backbone, "--size", str(height), str(width),
-                   "--batch", str(batch), "--min-run-time", str(min_run_time)] + (["--train"] if args.train else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode:
-                raise RuntimeError(f"{arch}/{backbone} failed:\n{proc.stderr[-2000:]}")
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    runs = [(arch, backbone, attention) for backbone in args.backbones for arch in args.archs
+            for attention in (args.attention if arch == "deformable" else ["lean"])]
+    for arch, backbone, attention in runs:
+        cmd = [sys.executable, __file__, "--one", arch, backbone, attention, "--size", str(height), str(width),
+               "--batch", str(batch), "--min-run-time", str(min_run_time)] + (["--train"] if args.train else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"{arch}/{backbone}/{attention} failed:\n{proc.stderr[-2000:]}")
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     print(f"device {device}, input {height}×{width}, batch {batch}, ≥{min_run_time:g} s timed, {'train' if args.train else 'inference'}\n")
-    print(markdown_table(["backbone", "head", "params (M)", "images/s", "peak memory (MiB)"],
-                         [[r["backbone"], r["arch"], f"{r['params_m']:.1f}", f"{r['images_per_s']:.2f}",
-                           f"{r['peak_memory_mib']:.0f}"] for r in rows], align="llrrr"))
+    print(markdown_table(["backbone", "head", "attention", "params (M)", "images/s", "s/pass", "peak memory (MiB)"],
+                         [[r["backbone"], r["arch"], r["attention"], f"{r['params_m']:.1f}", f"{r['images_per_s']:.2f}",
+                           f"{r['seconds_per_pass']:.2f}", f"{r['peak_memory_mib']:.0f}"] for r in rows],
+                         align="lllrrrr"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

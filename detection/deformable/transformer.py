@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from detection.deformable.ms_deform_attn import MSDeformAttn
+from detection.deformable.ms_deform_attn import LevelShapes, MSDeformAttn
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
@@ -47,8 +47,9 @@ class DeformableEncoderLayer(_FFN):
         self.dropout1, self.dropout2, self.dropout3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
 
-    def forward(self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: Tensor, padding_mask: Tensor) -> Tensor:
-        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, padding_mask)
+    def forward(self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: Tensor,
+                level_shapes: LevelShapes, padding_mask: Tensor) -> Tensor:
+        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, padding_mask, level_shapes)
         src = self.norm1(src + self.dropout1(attended))
         return self.ffn(src, (self.dropout2, self.dropout3), self.norm2)
 
@@ -67,11 +68,13 @@ class DeformableDecoderLayer(_FFN):
 
     def forward(
         self, tgt: Tensor, query_pos: Tensor, reference_points: Tensor, memory: Tensor,
-        spatial_shapes: Tensor, memory_padding_mask: Tensor,
+        spatial_shapes: Tensor, level_shapes: LevelShapes, memory_padding_mask: Tensor,
     ) -> Tensor:
         q = k = tgt + query_pos
         tgt = self.norm2(tgt + self.dropout2(self.self_attn(q, k, tgt, need_weights=False)[0]))
-        attended = self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes, memory_padding_mask)
+        attended = self.cross_attn(
+            tgt + query_pos, reference_points, memory, spatial_shapes, memory_padding_mask, level_shapes
+        )
         tgt = self.norm1(tgt + self.dropout1(attended))
         return self.ffn(tgt, (self.dropout3, self.dropout4), self.norm3)
 
@@ -84,17 +87,17 @@ class _Layers(nn.Module):
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
 
 
-def encoder_reference_points(spatial_shapes: Tensor, valid_ratios: Tensor) -> Tensor:
+def encoder_reference_points(level_shapes: LevelShapes, valid_ratios: Tensor) -> Tensor:
     """Pixel centres of every level as reference points for every level.
 
     Args:
-        spatial_shapes: (L, 2) long (h, w); valid_ratios: (B, L, 2) valid fraction (x, y) per level.
+        level_shapes: (h, w) per level (Python ints); valid_ratios: (B, L, 2) valid fraction (x, y) per level.
 
     Returns:
         (B, S, L, 2) normalised (x, y) of each level's valid area.
     """
     points = []
-    for level, (h, w) in enumerate(spatial_shapes.tolist()):
+    for level, (h, w) in enumerate(level_shapes):
         ys, xs = torch.meshgrid(
             torch.arange(h, dtype=valid_ratios.dtype, device=valid_ratios.device) + 0.5,
             torch.arange(w, dtype=valid_ratios.dtype, device=valid_ratios.device) + 0.5,
@@ -122,8 +125,9 @@ def proposal_pos_embed(proposals: Tensor, num_pos_feats: int, temperature: float
     return pos.flatten(2)
 
 
-def encoder_proposals(memory: Tensor, padding_mask: Tensor, spatial_shapes: Tensor) -> tuple[Tensor, Tensor]:
-    """One box proposal per encoder token (its pixel centre, size 0.05·2^level).
+def encoder_proposals(memory: Tensor, padding_mask: Tensor, level_shapes: LevelShapes) -> tuple[Tensor, Tensor]:
+    """One box proposal per encoder token (its pixel centre, size 0.05·2^level); ``level_shapes``:
+    (h, w) per level (Python ints).
 
     Returns:
         masked memory (B, S, C) (zero at padding or invalid proposals) and the proposals
@@ -131,7 +135,7 @@ def encoder_proposals(memory: Tensor, padding_mask: Tensor, spatial_shapes: Tens
     """
     batch = memory.shape[0]
     proposals, start = [], 0
-    for level, (h, w) in enumerate(spatial_shapes.tolist()):
+    for level, (h, w) in enumerate(level_shapes):
         mask_l = padding_mask[:, start:start + h * w].view(batch, h, w)
         valid_wh = torch.stack([(~mask_l[:, 0, :]).sum(1), (~mask_l[:, :, 0]).sum(1)], -1).to(memory.dtype)
         ys, xs = torch.meshgrid(
@@ -202,21 +206,24 @@ class DeformableTransformer(nn.Module):
             nn.init.zeros_(self.reference_points.bias)
         nn.init.normal_(self.level_embed)
 
-    def encode(self, srcs: list[Tensor], masks: list[Tensor], pos_embeds: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def encode(self, srcs: list[Tensor], masks: list[Tensor], pos_embeds: list[Tensor]
+               ) -> tuple[Tensor, Tensor, Tensor, LevelShapes, Tensor]:
         """Flatten the levels and run the encoder → memory (B, S, C), padding mask (B, S),
-        spatial shapes (L, 2), valid ratios (B, L, 2)."""
-        shapes = torch.tensor([src.shape[-2:] for src in srcs], dtype=torch.long, device=srcs[0].device)
+        spatial shapes (L, 2) and the same as Python ints (read once here from the maps' sizes, so
+        no layer syncs with the device to learn them), valid ratios (B, L, 2)."""
+        level_shapes = tuple((int(src.shape[-2]), int(src.shape[-1])) for src in srcs)
+        shapes = torch.tensor(level_shapes, dtype=torch.long, device=srcs[0].device)
         src_flat = torch.cat([rearrange(s, "b c h w -> b (h w) c") for s in srcs], 1)
         mask_flat = torch.cat([m.flatten(1) for m in masks], 1)
         pos_flat = torch.cat(
             [rearrange(p, "b c h w -> b (h w) c") + self.level_embed[lvl] for lvl, p in enumerate(pos_embeds)], 1
         )
         valid_ratios = torch.stack([valid_ratio(m) for m in masks], 1).to(src_flat.dtype)
-        reference_points = encoder_reference_points(shapes, valid_ratios)
+        reference_points = encoder_reference_points(level_shapes, valid_ratios)
         memory = src_flat
         for layer in self.encoder.layers:
-            memory = layer(memory, pos_flat, reference_points, shapes, mask_flat)
-        return memory, mask_flat, shapes, valid_ratios
+            memory = layer(memory, pos_flat, reference_points, shapes, level_shapes, mask_flat)
+        return memory, mask_flat, shapes, level_shapes, valid_ratios
 
     def forward(
         self, srcs: list[Tensor], masks: list[Tensor], pos_embeds: list[Tensor], query_embed: Tensor | None,
@@ -230,13 +237,13 @@ class DeformableTransformer(nn.Module):
             box_heads: per decoder layer, the box MLP used for iterative refinement (None = no refinement).
             proposal_heads: (class head, box head) scoring the encoder proposals (two-stage only).
         """
-        memory, mask_flat, shapes, valid_ratios = self.encode(srcs, masks, pos_embeds)
+        memory, mask_flat, shapes, level_shapes, valid_ratios = self.encode(srcs, masks, pos_embeds)
         batch = memory.shape[0]
         enc_logits = enc_boxes_unact = None
         if self.two_stage:
             if proposal_heads is None:
                 raise ValueError("two-stage decoding needs proposal_heads=(class head, box head)")
-            output_memory, proposals = encoder_proposals(memory, mask_flat, shapes)
+            output_memory, proposals = encoder_proposals(memory, mask_flat, level_shapes)
             output_memory = self.enc_output_norm(self.enc_output(output_memory))
             enc_logits = proposal_heads[0](output_memory)
             enc_boxes_unact = proposal_heads[1](output_memory) + proposals
@@ -257,7 +264,7 @@ class DeformableTransformer(nn.Module):
                 ref_input = reference_points[:, :, None] * torch.cat([valid_ratios, valid_ratios], -1)[:, None]
             else:
                 ref_input = reference_points[:, :, None] * valid_ratios[:, None]
-            tgt = layer(tgt, query_pos, ref_input, memory, shapes, mask_flat)
+            tgt = layer(tgt, query_pos, ref_input, memory, shapes, level_shapes, mask_flat)
             if box_heads is not None:
                 delta = box_heads[lid](tgt)
                 if reference_points.shape[-1] == 4:
