@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from detection.deformable.ms_deform_attn import LevelShapes, MSDeformAttn
 
@@ -51,6 +52,10 @@ class DeformableEncoderLayer(_FFN):
                 level_shapes: LevelShapes, padding_mask: Tensor) -> Tensor:
         attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, padding_mask, level_shapes)
         src = self.norm1(src + self.dropout1(attended))
+        if self.training and torch.is_grad_enabled():
+            # Recomputed in backward (dropout's random state restored, so the result is the same): its
+            # (B, S, d_ffn) activations, as large as the attention's samples, are not kept per layer.
+            return checkpoint(self.ffn, src, (self.dropout2, self.dropout3), self.norm2, use_reentrant=False)
         return self.ffn(src, (self.dropout2, self.dropout3), self.norm2)
 
 
