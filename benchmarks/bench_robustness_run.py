@@ -8,7 +8,8 @@ another checkout's (the loop order before the shared passes), in one invocation 
 A generated ImageNet-like folder (JPEG quality 90 at ``--size``, 500×375 by default, 10 wnid folders) is
 evaluated by three models (pit_ti, deit_tiny_patch16_224, resnet18; random init: the cost does not depend on
 the weights) on clean + the 15 ImageNet-C corruptions × 5 severities on the fly, with one loader process
-(``--workers 0``) so that the counters see every call: JPEG decodes (the loader's ``default_loader``),
+(``--workers 0``) so that the counters see every call: JPEG decodes (the loader's ``default_loader``, or
+``robustness.decoding.decode_views`` for files decoded on the device, the default on CUDA),
 corrupted images (``corruptions.corrupt``), and the seconds inside the models' forward passes (a timing
 wrapper around each model). Each runner runs in its own subprocess (its own imports); the rows print as a
 table and, with ``--json``, as JSON.
@@ -76,6 +77,18 @@ def measure(data: str, out: str, device: str, batch_size: int) -> dict:
             return y
 
     datasets.default_loader = counting_decode
+    try:  # files decoded on the device (--decode device, the default on CUDA) are counted there
+        from robustness import decoding
+
+        decode_views = decoding.decode_views
+
+        def counting_views(items, *args, **kwargs):
+            tally["decodes"] += len(items)
+            return decode_views(items, *args, **kwargs)
+
+        decoding.decode_views = counting_views
+    except ImportError:  # a checkout from before device decoding
+        pass
     corruptions.corrupt = counting_corrupt
     runner._build_model = lambda *a, **k: Timed(build(*a, **k))
     specs = [runner.ModelSpec(name, model_kwargs={"num_classes": 10}) for name in MODELS]

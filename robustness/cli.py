@@ -27,7 +27,7 @@ from common.distributed import cleanup_distributed, init_distributed, is_main_pr
 from common.options import positive_int
 from common.tables import fmt
 from common.vocabulary import add_shared_flags, parse_severities
-from robustness.config import ATTACKS, ModelSpec, RobustnessConfig, default, paper_table
+from robustness.config import ATTACKS, DECODERS, ModelSpec, RobustnessConfig, default, paper_table
 from robustness.plan import marker_options
 from robustness.runner import run_robustness
 from robustness.store import KIND
@@ -98,6 +98,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--chunk-images", type=positive_int, default=default("chunk_images"), metavar="N",
                    help=f"save a pass's progress every N images; a stopped run resumes after the last saved chunk "
                         f"(default {default('chunk_images')})")
+    g.add_argument("--decode", choices=DECODERS, default=default("decode"),
+                   help="where JPEG files are decoded: device = torchvision's batched decoder and the resize/crop on "
+                        "the run's device (nvJPEG on CUDA), pil = PIL in the loader workers (as timm and the "
+                        "benchmarks read images), auto = device on CUDA, else pil (default: auto)")
     add_shared_flags(g, "out", "overwrite", "resume", "device", "seed", "batch_size", "workers", "progress",
                      seed=default("seed"), batch_size=default("batch_size"),
                      out_help="output folder: results.json, cells.jsonl, report.md, plots/ (default: "
@@ -191,7 +195,7 @@ def build_config(args: argparse.Namespace) -> dict:
         in9_challenge_limit=args.in9_challenge_limit, severities=parse_severities(args.severities),
         eps=args.eps, alpha=args.alpha, steps=args.steps, limit=limit, batch_size=args.batch_size,
         models_at_once=args.models_at_once, chunk_images=args.chunk_images,
-        device=args.device, amp=args.amp, num_workers=args.workers, seed=args.seed, progress=args.progress,
+        device=args.device, decode=args.decode, amp=args.amp, num_workers=args.workers, seed=args.seed, progress=args.progress,
         overwrite=args.overwrite, resume=args.resume, data_note=data_note, **evaluations(args, bool(data)))
     if not args.out:
         config = RobustnessConfig(**fields)

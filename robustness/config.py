@@ -18,6 +18,7 @@ ATTACKS = ("fgsm", "pgd")
 OCCLUSIONS = {"occlusion_center": "centred square, half of each side (25% of the area), zero fill",
               "occlusion_random": "one random square patch of 25% of the area, zero fill"}
 CLASS_MAPS = ("imagenet", "folder")
+DECODERS = ("auto", "pil", "device")
 
 
 @dataclass
@@ -48,10 +49,12 @@ class RobustnessConfig:
     ``corrupt_on_the_fly`` gives them a source; ``severities`` anything ``parse_severities`` reads;
     ``imagenet_c_size`` is the benchmark's crop (ImageNet-C: 224), at which stored files are read and
     on-the-fly corruptions are made, with ``imagenet_c_jpeg`` the JPEG-85 storage step of the stored set
-    (``robustness.geometry``); ``alpha`` None means 2.5·eps/steps; ``img_size``/``crop_pct`` None mean the model's own values;
-    ``num_workers`` None means ``common.vocabulary.default_workers()``; ``models_at_once`` caps how many models
-are held on the device together (None: all; each group of models re-reads the data); a pass saves its
-progress every ``chunk_images`` images (a stopped run resumes after the last saved chunk). ``data_note`` says in the report
+    (``robustness.geometry``); ``alpha`` None means 2.5·eps/steps; ``img_size``/``crop_pct`` None mean the
+    model's own values; ``num_workers`` None means ``common.vocabulary.default_workers()``; ``models_at_once``
+    caps how many models are held on the device together (None: all; each group of models re-reads the data);
+    a pass saves its progress every ``chunk_images`` images (a stopped run resumes after the last saved chunk).
+    ``decode``: where JPEG files are decoded ("pil": the loader's workers, "device": ``robustness.decoding``,
+    "auto": device on CUDA). ``data_note`` says in the report
     what data a run used. Random draws are keyed per image by ``seed`` (``common.seeding``).
     """
 
@@ -81,6 +84,7 @@ progress every ``chunk_images`` images (a stopped run resumes after the last sav
     models_at_once: int | None = None
     chunk_images: int = 2000
     device: str | None = None
+    decode: str = "auto"
     amp: bool = False
     num_workers: int | None = None
     seed: int = 0
@@ -105,6 +109,8 @@ progress every ``chunk_images`` images (a stopped run resumes after the last sav
         if dupes:
             raise ValueError(f"model {dupes[0]!r} is given twice: list each --model once, or give the copies "
                              "different --weights files (they are then labelled NAME:FILE-STEM)")
+        if self.decode not in DECODERS:
+            raise ValueError(f"unknown decoder {self.decode!r}: use --decode {' / '.join(DECODERS)}")
         if self.class_map not in CLASS_MAPS:
             raise ValueError(f"unknown class map {self.class_map!r}: use --class-map imagenet or folder")
         if not (self.data or self.imagenet_c or self.imagenet_a or self.imagenet_r or self.in9):

@@ -25,6 +25,7 @@ from torchvision.datasets.folder import default_loader
 from classification.data import class_folders
 from common.distributed import get_rank, get_world_size
 from common.interrupt import ignore_sigint
+from robustness.decoding import read_encoded
 from robustness.geometry import Geometry
 
 SUBSETS = ("imagenet-a", "imagenet-r")
@@ -98,23 +99,26 @@ class KeyedImages(Dataset):
     """Decodes a key ``(path, label, index, geometries)`` → ``((uint8 (3,S,S) per geometry), label, index)``
     like ``ImageFolderSet`` (torchvision's loader: PIL → RGB, decoded once, then each geometry's transform:
     one view per model eval geometry and the benchmark's), or None for an unreadable file (reported,
-    skipped by ``views_collate``)."""
+    skipped by ``views_collate``). ``encoded``: the file as ``robustness.decoding.read_encoded`` gives it
+    instead (a JPEG's bytes, decoded later on the device)."""
 
-    def __init__(self) -> None:
+    def __init__(self, encoded: bool = False) -> None:
+        self.encoded = encoded
         self._transforms: dict[Geometry, object] = {}
 
     def __len__(self) -> int:  # keys come from the batch sampler; the length is never used
         return 0
 
-    def __getitem__(self, key: Key) -> tuple[torch.Tensor, int, int] | None:
+    def __getitem__(self, key: Key) -> tuple[torch.Tensor | tuple[torch.Tensor, ...], int, int] | None:
         path, label, index, geometries = key
         try:
+            if self.encoded:
+                return read_encoded(path), label, index
             image = default_loader(path)
             return tuple(self._transform(g)(image) for g in geometries), label, index
-        except (OSError, ValueError, SyntaxError) as err:
+        except (OSError, ValueError, SyntaxError, RuntimeError) as err:
             warnings.warn(f"skipping unreadable image {path}: {err}", RuntimeWarning, stacklevel=2)
             return None
-
 
     def _transform(self, geometry: Geometry):
         transform = self._transforms.get(geometry)
@@ -123,14 +127,16 @@ class KeyedImages(Dataset):
         return transform
 
 
-def views_collate(batch: list) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
+def views_collate(batch: list) -> tuple[tuple[torch.Tensor, ...] | list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """Stack ``KeyedImages`` items view by view, dropping unreadable ones → ((uint8 (B,3,S_v,S_v) per view),
-    int64 labels (B,), int64 indices (B,)); an all-unreadable batch has B = 0 and no views."""
+    int64 labels (B,), int64 indices (B,)); an all-unreadable batch has B = 0 and no views. Encoded items
+    (files of different sizes) stay a list of B tensors."""
     batch = [item for item in batch if item is not None]
     if not batch:
         return (), torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
     views, labels, indices = zip(*batch)
-    return tuple(torch.stack(v) for v in zip(*views)), torch.tensor(labels), torch.tensor(indices)
+    stacked = list(views) if isinstance(views[0], torch.Tensor) else tuple(torch.stack(v) for v in zip(*views))
+    return stacked, torch.tensor(labels), torch.tensor(indices)
 
 
 class PassBatches(Sampler):
@@ -152,8 +158,10 @@ class PassBatches(Sampler):
         return math.ceil(len(self.keys) / self.batch_size)
 
 
-def pass_loader(batch_size: int, num_workers: int, pin_memory: bool) -> tuple[DataLoader, PassBatches]:
+def pass_loader(batch_size: int, num_workers: int, pin_memory: bool, encoded: bool = False
+                ) -> tuple[DataLoader, PassBatches]:
     """The run's one loader and its batch sampler: call ``batches.start(keys)`` then iterate the loader.
+    ``encoded``: items are the files' bytes, decoded on the device (``robustness.decoding``).
 
     The worker processes start here, once, with SIGINT held during the forks: a Ctrl-C that lands in a
     fork is otherwise swallowed by an at-fork hook ("Exception ignored in _releaseLock"); held, it is
@@ -161,7 +169,7 @@ def pass_loader(batch_size: int, num_workers: int, pin_memory: bool) -> tuple[Da
     handles Ctrl-C and shuts them down.
     """
     batches = PassBatches(batch_size)
-    loader = DataLoader(KeyedImages(), batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
+    loader = DataLoader(KeyedImages(encoded), batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
                         collate_fn=views_collate, persistent_workers=num_workers > 0,
                         worker_init_fn=ignore_sigint if num_workers > 0 else None)
     if num_workers > 0:

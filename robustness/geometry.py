@@ -54,13 +54,18 @@ class Geometry:
             return round(self.size * BENCHMARK_RESIZE / BENCHMARK_SIZE)
         return None
 
+    @property
+    def interpolation(self) -> InterpolationMode:
+        """The resize's interpolation: timm's eval transform is bicubic, ``make_imagenet_c.py``'s bilinear."""
+        return InterpolationMode.BICUBIC if self.kind == "model" else InterpolationMode.BILINEAR
+
     def transform(self) -> v2.Compose:
         """PIL RGB image → uint8 (3, size, size)."""
         if self.kind == "model":
             return eval_transform(self.size, self.crop_pct)
         steps = []
         if self.kind == "made":  # torchvision's Resize on a PIL image: PIL bilinear (antialiased)
-            steps.append(v2.Resize(self.resize, interpolation=InterpolationMode.BILINEAR, antialias=True))
+            steps.append(v2.Resize(self.resize, interpolation=self.interpolation, antialias=True))
         return v2.Compose([*steps, v2.CenterCrop(self.size), v2.PILToTensor()])
 
 
@@ -76,9 +81,12 @@ def benchmark_view(kind: str, size: int = BENCHMARK_SIZE) -> Geometry:
     return Geometry(kind, size)
 
 
-def describe(geometry: Geometry, model_size: int, jpeg: bool = False) -> dict[str, Any]:
-    """The geometry as a cell option (a cell is recomputed when it changes)."""
+def describe(geometry: Geometry, model_size: int, jpeg: bool = False, decoder: str = "pil") -> dict[str, Any]:
+    """The geometry as a cell option (a cell is recomputed when it changes); ``decoder`` "device": files
+    decoded and resized on the device (``robustness.decoding``; PIL, the default, is not named)."""
     out: dict[str, Any] = {"kind": geometry.kind, "size": geometry.size, "resize": geometry.resize}
+    if decoder != "pil":
+        out["decoder"] = "torchvision decode_jpeg + tensor resize on the device"
     if geometry.kind == "model":
         out["crop_pct"] = geometry.crop_pct
     else:
@@ -91,9 +99,10 @@ def describe(geometry: Geometry, model_size: int, jpeg: bool = False) -> dict[st
 def text(described: dict[str, Any]) -> str:
     """One line for the report from ``describe``'s dict."""
     size = described["size"]
+    decoder = f" ({described['decoder']})" if described.get("decoder") else ""
     if described["kind"] == "model":
         return (f"the model's eval transform: resize the short side to {described['resize']} (bicubic), "
-                f"centre crop {size}")
+                f"centre crop {size}{decoder}")
     if described["kind"] == "stored":
         line = f"files read at their stored pixels: centre crop {size} only (ImageNet-C/test.py)"
     else:
@@ -101,6 +110,7 @@ def text(described: dict[str, Any]) -> str:
         line = (f"ImageNet-C's own chain: resize the short side to {described['resize']} (bilinear), centre crop "
                 f"{size}, corrupt, truncate to uint8" + (f", JPEG quality {jpeg} (as stored)" if jpeg else
                                                          ", no JPEG storage step"))
+    line += decoder
     if described["model_size"] != size:
         line += f"; then one bicubic resize {size} → {described['model_size']} px for the model"
     return line

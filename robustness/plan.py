@@ -145,12 +145,13 @@ def in9_plan(r: ModelRun, config: RobustnessConfig) -> dict[CellKey, tuple[str, 
             for key, v in cells.items()}
 
 
-def cell_options(cell: CellKey, p: Pass, r: ModelRun, config: RobustnessConfig) -> dict[str, Any]:
+def cell_options(cell: CellKey, p: Pass, r: ModelRun, config: RobustnessConfig, decoder: str = "pil") -> dict[str, Any]:
     """The options that make ``cell``'s number: a finished cell is kept only if they are unchanged.
 
     Random draws are keyed per image (``common.seeding``), so the batch size and the number of
-    processes are not among them."""
-    geometry = geo.describe(pass_geometry(p, r, config), r.img_size, jpeg=p.on_the_fly and config.imagenet_c_jpeg)
+    processes are not among them; ``decoder`` is where files are decoded (``robustness.decoding``)."""
+    geometry = geo.describe(pass_geometry(p, r, config), r.img_size, jpeg=p.on_the_fly and config.imagenet_c_jpeg,
+                            decoder=decoder)
     options: dict[str, Any] = {"model": r.identity, "root": p.root, "class_map": config.class_map,
                                "geometry": geometry, "limit": config.limit, "amp": config.amp}
     if cell.variant in ATTACKS:
@@ -164,7 +165,7 @@ def cell_options(cell: CellKey, p: Pass, r: ModelRun, config: RobustnessConfig) 
 
 def marker_options(config: RobustnessConfig) -> dict[str, Any]:
     """What identifies the run for its folder (``default_out`` reuses a folder only for the same run)."""
-    skip = {"models", "out", "device", "num_workers", "models_at_once", "chunk_images", "progress", "overwrite", "resume", "data_note"}
+    skip = {"models", "out", "device", "decode", "num_workers", "models_at_once", "chunk_images", "progress", "overwrite", "resume", "data_note"}
     options = {k: v for k, v in asdict(config).items() if k not in skip}
     options["models"] = [model_run(spec, config).identity | {"label": spec.display} for spec in config.models]
     options.update(data=absolute(config.data), imagenet_c=absolute(config.imagenet_c),

@@ -35,6 +35,7 @@ from common.seeding import image_generators
 from robustness import attacks as attacks_lib
 from robustness import background
 from robustness import datasets as ds
+from robustness import decoding
 from robustness import geometry as geo
 from robustness import occlusion as occ
 from robustness.cells import CellKey, CellRecord
@@ -48,12 +49,14 @@ from robustness.store import RunStore, jsonable
 
 @dataclass
 class RunContext:
-    """What the passes of a run share: the config, the device, the run folder, the one loader, the progress."""
+    """What the passes of a run share: the config, the device, the run folder, the one loader, the progress;
+    ``decoder``: "pil" (the loader's workers decode) or "device" (``robustness.decoding``)."""
 
     config: RobustnessConfig
     device: torch.device
     store: RunStore
     class_index: dict[str, int] = field(default_factory=dict)
+    decoder: str = "pil"
     loader: Any = None
     batches: ds.PassBatches | None = None
     progress: Progress | None = None
@@ -74,12 +77,13 @@ def run_robustness(models: list[ModelSpec], data: str | None = None, out: str = 
     device = init_distributed(config.device)
     runs, class_index, plans, in9_plans = main_decides(lambda: _plan(config))  # rank 0 reads the disk for all
     store = RunStore.open(config.out, marker_options(config), overwrite=config.overwrite, resume=config.resume)
-    ctx = RunContext(config, device, store, class_index)
-    wanted = {c: cell_options(c, p, r, config) for r in runs for p in plans[r.spec.display] for c in p.cells}
+    ctx = RunContext(config, device, store, class_index, decoder=decoding.resolve_decoder(config.decode, device))
+    wanted = {c: cell_options(c, p, r, config, ctx.decoder) for r in runs for p in plans[r.spec.display] for c in p.cells}
     wanted.update({key: opts for plan in in9_plans.values() for key, (_, opts) in plan.items()})
     store.conflicts(wanted, config.overwrite)
     _start(ctx, wanted, describe(next(iter(plans.values())), len(next(iter(in9_plans.values()))), len(runs)))
-    ctx.loader, ctx.batches = ds.pass_loader(config.batch_size, config.workers, device.type == "cuda")
+    ctx.loader, ctx.batches = ds.pass_loader(config.batch_size, config.workers, device.type == "cuda",
+                                             encoded=ctx.decoder == "device")
     try:
         for group in _model_groups(runs, config.models_at_once):
             for sp in shared_passes(group, plans):
@@ -332,6 +336,9 @@ def _evaluate_chunk(cells: list[CellKey], keys: list[ds.Key], offset: int, membe
     ctx.batches.start(keys)
     for views_u8, labels, index in ctx.loader:
         bar.update(len(index) * get_world_size())  # this process's images × W (approximate under torchrun)
+        if ctx.decoder == "device" and labels.numel():
+            views_u8, decoded = decoding.decode_views(views_u8, keys[0][3], device)
+            labels, index = labels[decoded], index[decoded]
         if labels.numel() == 0:
             continue
         seen[(index - offset).to(device)] = 1
