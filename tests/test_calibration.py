@@ -3,6 +3,7 @@ bin edges, torchmetrics' MulticlassCalibrationError on random logits, the runner
 model's own logits, and bitwise-equal statistics after a resume by chunk and over 2 gloo processes."""
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -193,10 +194,18 @@ def test_resume_inside_a_pass_gives_bitwise_the_same_ece_and_nll(data, tmp_path,
     monkeypatch.setattr(runner, "_score", dying)
     with pytest.raises(Interrupted):
         run_robustness([MODEL], data["val"], str(tmp_path / "killed"), **RESUME)
+    shutil.copytree(tmp_path / "killed", tmp_path / "older")  # progress saved by a version without calibration:
+    partial = tmp_path / "older" / "partial.jsonl"             # 3 count columns, not resumed from
+    lines = [json.loads(line) for line in partial.read_text().splitlines()]
+    partial.write_text("".join(json.dumps({**rec, "counts": [row[:3] for row in rec["counts"]]}) + "\n"
+                               for rec in lines))
     calls.update(n=0, die_at=-1)
     resumed = run_robustness([MODEL], data["val"], str(tmp_path / "killed"), **RESUME)
     assert calls["n"] == 2 * 2  # the second and third chunks only
     assert calibrations(resumed) == calibrations(full)
+    calls.update(n=0)
+    assert calibrations(run_robustness([MODEL], data["val"], str(tmp_path / "older"), **RESUME)) == calibrations(full)
+    assert calls["n"] == 3 * 2  # started over
     assert all(ece is not None for _, ece, _ in calibrations(full).values())
     assert resumed["summary"]["tiny"]["corruption_ece"] == full["summary"]["tiny"]["corruption_ece"] is not None
 
