@@ -4,12 +4,15 @@ A *cell* is one (model, dataset, corruption, severity, variant) and yields exact
 ``CellKey`` has one string form, ``model|dataset|corruption|severity|variant`` with ``None`` for an
 absent part (``pit_s|imagenet|None|None|clean``), used in ``cells.jsonl`` and ``results.json``;
 ``CellKey.parse`` reads it back. ``CellRecord`` is a finished cell; ``to_json`` / ``from_json`` give and
-read the file form (accuracies in percent, counts exact).
+read the file form (accuracies in percent, counts exact; ECE in percent and NLL in nats from the exact
+calibration statistic of ``robustness.calibration``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from robustness import calibration
 
 DATASETS = ("imagenet", "imagenet-c", "imagenet-a", "imagenet-r", "in9")
 
@@ -49,7 +52,8 @@ class CellKey:
 class CellRecord:
     """A finished cell. ``n`` images read, ``skipped_files`` {path: [size, mtime_ns]} of unreadable ones;
     ``inputs`` a hash of the file list read; ``options`` what made the number (None: an older version's
-    record); ``challenge`` the Background Challenge's statistics (IN-9 only)."""
+    record); ``challenge`` the Background Challenge's statistics (IN-9 only); ``calibration`` the exact
+    ECE/NLL statistic (``robustness.calibration.to_record``; None for IN-9 and older versions' records)."""
 
     key: CellKey
     model_name: str
@@ -61,6 +65,7 @@ class CellRecord:
     options: dict[str, Any] | None = None
     skipped_files: dict[str, Any] = field(default_factory=dict)
     challenge: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None
 
     @property
     def top1(self) -> float | None:
@@ -69,6 +74,17 @@ class CellRecord:
     @property
     def top5(self) -> float | None:
         return 100.0 * self.top5_correct / self.n if self.n and self.top5_correct is not None else None
+
+    @property
+    def ece(self) -> float | None:
+        """Expected calibration error in percent (15 equal-width bins, Guo et al. 2017)."""
+        value = calibration.ece(self.calibration) if self.calibration else None
+        return None if value is None else 100.0 * value
+
+    @property
+    def nll(self) -> float | None:
+        """Mean negative log-likelihood of the true class, in nats."""
+        return calibration.nll(self.calibration) if self.calibration else None
 
     @property
     def skipped(self) -> int:
@@ -84,11 +100,14 @@ class CellRecord:
                "skipped_files": self.skipped_files, "options": self.options}
         if self.challenge is not None:
             out["challenge"] = self.challenge
+        if self.calibration is not None:
+            out.update(ece=self.ece, nll=self.nll, calibration=self.calibration)
         return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "CellRecord":
-        """A record from its file form (also the records of older versions, which may lack ``options``)."""
+        """A record from its file form (also the records of older versions, which may lack ``options`` or
+        ``calibration``)."""
         return cls(CellKey.parse(data["key"]), data.get("model_name", ""), int(data["n"]), int(data["top1_correct"]),
                    data.get("top5_correct"), data.get("root"), data.get("inputs"), data.get("options"),
-                   dict(data.get("skipped_files") or {}), data.get("challenge"))
+                   dict(data.get("skipped_files") or {}), data.get("challenge"), data.get("calibration"))

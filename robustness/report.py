@@ -3,7 +3,9 @@
 Records are the runner's cells (accuracies in percent). Summary values are percentages: top-1/top-5
 accuracies; ``mCE`` / ``relative_mCE`` are AlexNet-normalised corruption errors ×100 (Hendrycks &
 Dietterich 2019, over the 15 ImageNet-C corruptions evaluated at all five severities);
-``mean_corruption_error`` is the raw mean top-1 error over every corruption cell evaluated.
+``mean_corruption_error`` is the raw mean top-1 error over every corruption cell evaluated;
+``clean_ece`` / ``corruption_ece`` the expected calibration error in percent (clean cell; mean over the
+corruption cells evaluated), ``clean_nll`` / ``corruption_nll`` the NLL in nats (``robustness.calibration``).
 """
 from __future__ import annotations
 
@@ -19,12 +21,17 @@ from robustness.background.report import in9_report_lines, plot_in9
 from robustness.cells import CellRecord
 
 SUMMARY_KEYS = ("clean_top1", "clean_top5", "mCE", "relative_mCE", "mean_corruption_error", "corruption_top1",
-                "fgsm_top1", "pgd_top1", "occlusion_top1", "occlusion_random_top1", "imagenet_a_top1", "imagenet_r_top1")
+                "fgsm_top1", "pgd_top1", "occlusion_top1", "occlusion_random_top1", "imagenet_a_top1", "imagenet_r_top1",
+                "clean_ece", "clean_nll", "corruption_ece", "corruption_nll")
 COLUMNS = (("Clean top-1", "clean_top1"), ("Clean top-5", "clean_top5"), ("Occlusion", "occlusion_top1"),
            ("Random patch", "occlusion_random_top1"), ("IN-A", "imagenet_a_top1"), ("IN-R", "imagenet_r_top1"),
            ("BGC", "bgc_top1"), ("BG-gap", "bg_gap"), ("FGSM", "fgsm_top1"), ("PGD", "pgd_top1"),
            ("Corruption top-1", "corruption_top1"), ("Mean corruption error (raw)", "mean_corruption_error"),
-           ("mCE (AlexNet-norm.)", "mCE"), ("Relative mCE", "relative_mCE"))
+           ("mCE (AlexNet-norm.)", "mCE"), ("Relative mCE", "relative_mCE"),
+           ("Clean ECE", "clean_ece"), ("Corruption ECE", "corruption_ece"))
+ECE_NOTE = ("*ECE*: expected calibration error, % (15 equal-width bins of the top softmax probability; Guo et al., "
+            "ICML 2017), lower is better; *Corruption ECE* is the mean over the corruption cells evaluated. "
+            "NLL per cell and in the summary of results.json.")
 DIGITS = 2  # the terminal summary prints the same digits
 
 
@@ -71,9 +78,22 @@ def _summary(mine: list[CellRecord], label: str) -> dict:
              occlusion_random_top1=top1("imagenet", "occlusion_random"),
              imagenet_a_top1=top1("imagenet-a"), imagenet_r_top1=top1("imagenet-r"))
     s["mCE_corruptions"] = len([c for c in full if c in metrics.ALEXNET_ERRORS])
+    s.update(calibration_summary(mine))
     if any(r.key.dataset == IN9 for r in mine):
         s.update(in9_summary([r.to_json() for r in mine], label))
     return s
+
+
+def calibration_summary(mine: list[CellRecord]) -> dict[str, float | None]:
+    """One model's clean ECE (%) / NLL and their means over its ImageNet-C cells (None when a cell lacks them)."""
+    clean = _pick(mine, "imagenet")
+    corrupted = [r for r in mine if r.key.dataset == "imagenet-c"]
+
+    def mean(values: list[float | None]) -> float | None:
+        return sum(values) / len(values) if values and None not in values else None
+
+    return {"clean_ece": clean.ece if clean else None, "clean_nll": clean.nll if clean else None,
+            "corruption_ece": mean([r.ece for r in corrupted]), "corruption_nll": mean([r.nll for r in corrupted])}
 
 
 def provenance(options: dict) -> list[str]:
@@ -105,6 +125,8 @@ def comparison_table(summary: dict[str, dict], not_run: dict[str, str]) -> list[
     rows = [[label, *("not run" if k in not_run else fmt(s.get(k), DIGITS) for _, k in cols)]
             for label, s in summary.items()]
     lines = [markdown_table(["Model", *(t for t, _ in cols)], rows)]
+    if any(k.endswith("_ece") for _, k in cols):
+        lines += ["", ECE_NOTE]
     reasons = sorted(set(not_run.values()))
     if reasons:
         lines += ["", "*not run*: " + "; ".join(reasons) + "."]

@@ -1,7 +1,8 @@
 """The robustness evaluation loop: models × datasets × corruptions × severities × attacks/occlusion.
 
 ``run_robustness`` is the one entry point. A *cell* (``robustness.cells``) is one (model, dataset,
-corruption, severity, variant) and yields exact top-1/top-5 counts; ``robustness.plan`` says which
+corruption, severity, variant) and yields exact top-1/top-5 counts and the exact calibration statistic
+(ECE/NLL, ``robustness.calibration``); ``robustness.plan`` says which
 passes and cells a run has. The models share the passes (``SharedPass``: one per folder): each image
 is decoded once per run and turned into every view the cells need (each model's eval view, ImageNet-C's
 crop), each on-the-fly (image, corruption, severity) is computed once and fed to every model, and the
@@ -34,6 +35,7 @@ from common.run import say_resumed
 from common.seeding import image_generators
 from robustness import attacks as attacks_lib
 from robustness import background
+from robustness import calibration
 from robustness import datasets as ds
 from robustness import decoding
 from robustness import geometry as geo
@@ -45,6 +47,8 @@ from robustness.plan import (ModelRun, Pass, cell_options, corruptions_run, desc
                              SharedPass, model_cfg, model_run, not_run, pass_geometry, plan_passes, shared_passes)
 from robustness.report import summarize, write_report
 from robustness.store import RunStore, jsonable
+
+COUNTS = 3 + calibration.WIDTH  # a cell's counts: [n, top1, top5] then its calibration statistic
 
 
 @dataclass
@@ -235,7 +239,8 @@ def _run_shared(sp: SharedPass, ctx: RunContext, wanted: dict[CellKey, dict]) ->
     paths = [path for path, _ in samples]
     skipped = main_decides(lambda: {paths[i]: ds.file_state(paths[i]) for i in unread})
     by_cell = dict(zip(order, counts.tolist()))
-    ctx.store.add([CellRecord(cell, m.run.spec.name, *by_cell[cell], sp.root, fingerprint, wanted[cell], skipped)
+    ctx.store.add([CellRecord(cell, m.run.spec.name, *by_cell[cell][:3], sp.root, fingerprint, wanted[cell], skipped,
+                              calibration=calibration.to_record(by_cell[cell][3:]))
                    for m in members for cell in m.cells])
     ctx.store.save_partial(pass_key, {"finished": True})
     _advance(ctx, order, sp.name)
@@ -298,11 +303,15 @@ def _evaluate_pass(sp: SharedPass, cells: list[CellKey], keys: list[ds.Key], mem
                    ctx: RunContext, pass_key: dict) -> tuple[torch.Tensor, list[int]]:
     """Run ``cells`` (the members' cells, in order) over the folder's images, ``chunk_images`` at a time: after
     each chunk the running counts are saved (``RunStore.save_partial``), and a rerun continues after the last
-    saved chunk. Returns int64 (len(cells), 3) counts [n, top1, top5] summed over processes and the indices
-    of the images that could not be read."""
+    saved chunk (progress saved by a version with other count columns is not used). Returns int64 (len(cells),
+    COUNTS) counts [n, top1, top5, calibration statistic...] summed over processes and the indices of the
+    images that could not be read."""
     progress = main_decides(lambda: ctx.store.partial(pass_key))
+    if progress and any(len(row) != COUNTS for row in progress["counts"]):
+        progress = None
     start = progress["next"] if progress else 0
-    totals = torch.tensor(progress["counts"], dtype=torch.int64) if progress else torch.zeros(len(cells), 3, dtype=torch.int64)
+    totals = (torch.tensor(progress["counts"], dtype=torch.int64) if progress
+              else torch.zeros(len(cells), COUNTS, dtype=torch.int64))
     unread = list(progress["unread"]) if progress else []
     if start and is_main_process():
         rundir.note(f"{sp.name}: resuming at image {start} of {len(keys)} (the saved chunks are kept)")
@@ -323,11 +332,11 @@ def _evaluate_chunk(cells: list[CellKey], keys: list[ds.Key], offset: int, membe
                     bar: tqdm) -> tuple[torch.Tensor, torch.Tensor]:
     """One chunk of a shared pass: each batch is decoded once into the members' views; the own-view cells of
     every model read their model's view; each on-the-fly (corruption, severity) is computed once per batch
-    and fed to every model that has it. Returns the chunk's (len(cells), 3) counts and a bool (len(keys),)
+    and fed to every model that has it. Returns the chunk's (len(cells), COUNTS) counts and a bool (len(keys),)
     mask of the images read, both summed over processes."""
     device = ctx.device
     row = {cell: i for i, cell in enumerate(cells)}
-    counts = torch.zeros(len(cells), 3, dtype=torch.int64, device=device)
+    counts = torch.zeros(len(cells), COUNTS, dtype=torch.int64, device=device)
     seen = torch.zeros(len(keys), dtype=torch.int64, device=device)
     corruptions: dict[tuple[str, int], list[tuple[_Member, CellKey]]] = {}
     for m in members:
@@ -359,13 +368,15 @@ def _evaluate_chunk(cells: list[CellKey], keys: list[ds.Key], offset: int, membe
 
 
 def _score(m: _Member, x: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, ctx: RunContext) -> None:
-    """Add the batch's [n, top1, top5] of ``m``'s model on input ``x`` to ``counts`` (in place)."""
+    """Add the batch's [n, top1, top5, calibration statistic] of ``m``'s model on input ``x`` to ``counts``
+    (in place)."""
     with torch.no_grad(), autocast(ctx.device, ctx.config.amp):
         logits = m.run.module(x).float()
     if m.mask is not None:  # ImageNet-A/R: only the subset's classes can be predicted
         logits = logits.masked_fill(~m.mask, float("-inf"))
     counts[0] += labels.numel()
-    counts[1:] += topk_correct(logits, labels)
+    counts[1:3] += topk_correct(logits, labels)
+    counts[3:] += calibration.batch_statistic(logits, labels)
 
 
 def _pass_mask(p: Pass, classes: list[int], num_outputs: int, ctx: RunContext) -> torch.Tensor | None:
