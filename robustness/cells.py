@@ -11,13 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-DATASETS = ("imagenet", "imagenet-c", "imagenet-a", "imagenet-r", "in9")
+DATASETS = ("imagenet", "imagenet-c", "imagenet-a", "imagenet-r", "imagenet-v2", "imagenet-sketch", "cue-conflict", "in9")
 
 
 @dataclass(frozen=True)
 class CellKey:
-    """``dataset``: one of ``DATASETS``; ``variant``: "clean", "fgsm", "pgd", "occlusion_center",
-    "occlusion_random", or an IN-9 variant / "bg_challenge"; corruption and severity only for ImageNet-C."""
+    """``dataset``: one of ``DATASETS``; ``variant``: "clean", "real" (ReaL labels), "fgsm", "pgd",
+    "occlusion_center", "occlusion_random", or an IN-9 variant / "bg_challenge"; corruption and severity
+    only for ImageNet-C."""
 
     model: str
     dataset: str
@@ -49,7 +50,8 @@ class CellKey:
 class CellRecord:
     """A finished cell. ``n`` images read, ``skipped_files`` {path: [size, mtime_ns]} of unreadable ones;
     ``inputs`` a hash of the file list read; ``options`` what made the number (None: an older version's
-    record); ``challenge`` the Background Challenge's statistics (IN-9 only)."""
+    record); ``challenge`` the Background Challenge's statistics (IN-9 only); ``decisions`` the exact
+    shape and texture decision counts (cue-conflict only: ``top1_correct`` is the shape count, no top-5)."""
 
     key: CellKey
     model_name: str
@@ -61,6 +63,7 @@ class CellRecord:
     options: dict[str, Any] | None = None
     skipped_files: dict[str, Any] = field(default_factory=dict)
     challenge: dict[str, Any] | None = None
+    decisions: dict[str, int] | None = None
 
     @property
     def top1(self) -> float | None:
@@ -84,6 +87,8 @@ class CellRecord:
                "skipped_files": self.skipped_files, "options": self.options}
         if self.challenge is not None:
             out["challenge"] = self.challenge
+        if self.decisions is not None:
+            out["decisions"] = self.decisions
         return out
 
     @classmethod
@@ -91,4 +96,4 @@ class CellRecord:
         """A record from its file form (also the records of older versions, which may lack ``options``)."""
         return cls(CellKey.parse(data["key"]), data.get("model_name", ""), int(data["n"]), int(data["top1_correct"]),
                    data.get("top5_correct"), data.get("root"), data.get("inputs"), data.get("options"),
-                   dict(data.get("skipped_files") or {}), data.get("challenge"))
+                   dict(data.get("skipped_files") or {}), data.get("challenge"), data.get("decisions"))

@@ -1,7 +1,8 @@
 """Summaries, markdown tables and matplotlib plots (Agg backend) of robustness results.
 
 Records are the runner's cells (accuracies in percent). Summary values are percentages: top-1/top-5
-accuracies; ``mCE`` / ``relative_mCE`` are AlexNet-normalised corruption errors ×100 (Hendrycks &
+accuracies (ReaL: against the re-assessed label lists), shape bias and the shape/texture decision
+fractions; ``mCE`` / ``relative_mCE`` are AlexNet-normalised corruption errors ×100 (Hendrycks &
 Dietterich 2019, over the 15 ImageNet-C corruptions evaluated at all five severities);
 ``mean_corruption_error`` is the raw mean top-1 error over every corruption cell evaluated.
 """
@@ -12,16 +13,20 @@ from pathlib import Path
 
 from common.io import atomic_write_text
 from common.tables import fmt, markdown_table
-from robustness import metrics
+from robustness import metrics, real_labels, shape_bias
 from robustness.background.evaluate import DATASET as IN9
 from robustness.background.evaluate import in9_summary
 from robustness.background.report import in9_report_lines, plot_in9
 from robustness.cells import CellRecord
 
 SUMMARY_KEYS = ("clean_top1", "clean_top5", "mCE", "relative_mCE", "mean_corruption_error", "corruption_top1",
-                "fgsm_top1", "pgd_top1", "occlusion_top1", "occlusion_random_top1", "imagenet_a_top1", "imagenet_r_top1")
+                "fgsm_top1", "pgd_top1", "occlusion_top1", "occlusion_random_top1", "imagenet_a_top1", "imagenet_r_top1",
+                "imagenet_v2_top1", "imagenet_sketch_top1", "real_top1", "real_top5", "shape_bias", "shape_fraction",
+                "texture_fraction")
 COLUMNS = (("Clean top-1", "clean_top1"), ("Clean top-5", "clean_top5"), ("Occlusion", "occlusion_top1"),
            ("Random patch", "occlusion_random_top1"), ("IN-A", "imagenet_a_top1"), ("IN-R", "imagenet_r_top1"),
+           ("IN-V2", "imagenet_v2_top1"), ("IN-Sketch", "imagenet_sketch_top1"), ("ReaL", "real_top1"),
+           ("Shape bias", "shape_bias"),
            ("BGC", "bgc_top1"), ("BG-gap", "bg_gap"), ("FGSM", "fgsm_top1"), ("PGD", "pgd_top1"),
            ("Corruption top-1", "corruption_top1"), ("Mean corruption error (raw)", "mean_corruption_error"),
            ("mCE (AlexNet-norm.)", "mCE"), ("Relative mCE", "relative_mCE"))
@@ -69,7 +74,14 @@ def _summary(mine: list[CellRecord], label: str) -> dict:
     s.update(fgsm_top1=top1("imagenet", "fgsm"), pgd_top1=top1("imagenet", "pgd"),
              occlusion_top1=top1("imagenet", "occlusion_center"),
              occlusion_random_top1=top1("imagenet", "occlusion_random"),
-             imagenet_a_top1=top1("imagenet-a"), imagenet_r_top1=top1("imagenet-r"))
+             imagenet_a_top1=top1("imagenet-a"), imagenet_r_top1=top1("imagenet-r"),
+             imagenet_v2_top1=top1("imagenet-v2"), imagenet_sketch_top1=top1("imagenet-sketch"))
+    real = _pick(mine, "imagenet", real_labels.VARIANT)
+    if real:
+        s["real_top1"], s["real_top5"] = real.top1, real.top5
+    cue = _pick(mine, shape_bias.DATASET)
+    if cue and cue.decisions:
+        s.update(shape_bias.summary(cue.n, cue.decisions["shape"], cue.decisions["texture"]))
     s["mCE_corruptions"] = len([c for c in full if c in metrics.ALEXNET_ERRORS])
     if any(r.key.dataset == IN9 for r in mine):
         s.update(in9_summary([r.to_json() for r in mine], label))
@@ -142,6 +154,7 @@ def markdown_report(records: list[CellRecord], summary: dict[str, dict], options
                   "ImageNet-C corruptions: not comparable with published mCE."]
     for label in summary:
         lines += _corruption_section(records, label)
+    lines += shape_bias.report_lines(records, list(summary))
     lines += in9_report_lines([r.to_json() for r in records], list(summary))
     n = sorted({r.n for r in records})
     skipped = sum(r.skipped for r in records)
