@@ -112,7 +112,9 @@ def geometry_lines(records: list[CellRecord]) -> list[str]:
 
 def comparison_table(summary: dict[str, dict], not_run: dict[str, str]) -> list[str]:
     """The paper-style table: a row per model, a column per number that was run (or that says "not run")."""
-    cols = [(t, k) for t, k in COLUMNS if k in not_run or any(s.get(k) is not None for s in summary.values())]
+    shown_with = {"shape_bias": "shape_fraction"}  # no shape or texture decision: the column says "–"
+    cols = [(t, k) for t, k in COLUMNS if k in not_run
+            or any(s.get(shown_with.get(k, k)) is not None for s in summary.values())]
     cols = [(t, k) for t, k in cols if k != "relative_mCE" or any(s.get("mCE") is not None for s in summary.values())]
     rows = [[label, *("not run" if k in not_run else fmt(s.get(k), DIGITS) for _, k in cols)]
             for label, s in summary.items()]
