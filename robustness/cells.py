@@ -14,13 +14,14 @@ from typing import Any
 
 from robustness import calibration
 
-DATASETS = ("imagenet", "imagenet-c", "imagenet-a", "imagenet-r", "in9")
+DATASETS = ("imagenet", "imagenet-c", "imagenet-a", "imagenet-r", "imagenet-v2", "imagenet-sketch", "cue-conflict", "in9")
 
 
 @dataclass(frozen=True)
 class CellKey:
-    """``dataset``: one of ``DATASETS``; ``variant``: "clean", "fgsm", "pgd", "occlusion_center",
-    "occlusion_random", or an IN-9 variant / "bg_challenge"; corruption and severity only for ImageNet-C."""
+    """``dataset``: one of ``DATASETS``; ``variant``: "clean", "real" (ReaL labels), "fgsm", "pgd",
+    "occlusion_center", "occlusion_random", or an IN-9 variant / "bg_challenge"; corruption and severity
+    only for ImageNet-C."""
 
     model: str
     dataset: str
@@ -53,7 +54,9 @@ class CellRecord:
     """A finished cell. ``n`` images read, ``skipped_files`` {path: [size, mtime_ns]} of unreadable ones;
     ``inputs`` a hash of the file list read; ``options`` what made the number (None: an older version's
     record); ``challenge`` the Background Challenge's statistics (IN-9 only); ``calibration`` the exact
-    ECE/NLL statistic (``robustness.calibration.to_record``; None for IN-9 and older versions' records)."""
+    ECE/NLL statistic (``robustness.calibration.to_record``; None for IN-9, ReaL, cue-conflict and older
+    versions' records); ``decisions`` the exact shape and texture decision counts (cue-conflict only:
+    ``top1_correct`` is the shape count, no top-5)."""
 
     key: CellKey
     model_name: str
@@ -66,6 +69,7 @@ class CellRecord:
     skipped_files: dict[str, Any] = field(default_factory=dict)
     challenge: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
+    decisions: dict[str, int] | None = None
 
     @property
     def top1(self) -> float | None:
@@ -102,6 +106,8 @@ class CellRecord:
             out["challenge"] = self.challenge
         if self.calibration is not None:
             out.update(ece=self.ece, nll=self.nll, calibration=self.calibration)
+        if self.decisions is not None:
+            out["decisions"] = self.decisions
         return out
 
     @classmethod
@@ -110,4 +116,5 @@ class CellRecord:
         ``calibration``)."""
         return cls(CellKey.parse(data["key"]), data.get("model_name", ""), int(data["n"]), int(data["top1_correct"]),
                    data.get("top5_correct"), data.get("root"), data.get("inputs"), data.get("options"),
-                   dict(data.get("skipped_files") or {}), data.get("challenge"), data.get("calibration"))
+                   dict(data.get("skipped_files") or {}), data.get("challenge"), calibration=data.get("calibration"),
+                   decisions=data.get("decisions"))

@@ -1,4 +1,5 @@
-"""``python eval.py robustness``: clean, ImageNet-C/A/R, IN-9, occlusion and FGSM/PGD evaluation with reports.
+"""``python eval.py robustness``: clean, ImageNet-C/A/R/V2/Sketch, ReaL, shape bias, IN-9, occlusion and FGSM/PGD
+evaluation with reports.
 
     python eval.py robustness --model pit_s     # the paper's table on the built-in generated set: a smoke run
     python eval.py robustness --model pit_s deit_small_patch16_224 resnet50 \\
@@ -7,8 +8,9 @@
     python eval.py robustness --model pit_s --in9 /data/bg_challenge   # IN-9 only, the model's 1000-class head
     torchrun --nproc_per_node=8 eval.py robustness ...   # same command, data sharded over GPUs
 
-What runs: every dataset given is evaluated (--data, --imagenet-c/-a/-r, --in9; none given: the built-in
-generated set). With no evaluation selected, the paper's table runs on the data given: clean, occlusion,
+What runs: every dataset given is evaluated (--data, --imagenet-c/-a/-r/-v2/-sketch, --imagenet-real,
+--cue-conflict, --in9; none given: the built-in generated set). With no evaluation selected, the paper's
+table runs on the data given: clean, occlusion,
 FGSM and PGD, and the 15 corruptions at severities 1-5 (on the fly from the clean images, or read from
 --imagenet-c). Any of --attacks, --occlusion, --corruptions, --corrupt-on-the-fly selects: only what is
 given runs besides clean (--attacks with no name: clean only). Run the same command again to resume;
@@ -118,6 +120,15 @@ def _add_data_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--imagenet-c", metavar="DIR", help="ImageNet-C on disk: DIR/<corruption>/<severity>/<wnid>/*.JPEG")
     g.add_argument("--imagenet-a", metavar="DIR", help="ImageNet-A folder (the authors' 200 classes; logits masked)")
     g.add_argument("--imagenet-r", metavar="DIR", help="ImageNet-R folder (the authors' 200 classes; logits masked)")
+    g.add_argument("--imagenet-v2", metavar="DIR",
+                   help="ImageNet-V2 matched-frequency folder (DIR/<class index 0..999>/*.jpeg; label = int(folder))")
+    g.add_argument("--imagenet-sketch", metavar="DIR", help="ImageNet-Sketch folder (DIR/<wnid>/*.JPEG, the sketch/ folder)")
+    g.add_argument("--imagenet-real", metavar="FILE",
+                   help="ReaL labels (real.json) scoring the --data ImageNet val images again: a prediction is right "
+                        "when it is any of the image's labels; unlabelled images are left out")
+    g.add_argument("--cue-conflict", metavar="DIR",
+                   help="Geirhos et al.'s cue-conflict stimuli (DIR/<category>/<shape><n>-<texture><m>.png, 224 px): "
+                        "shape bias, as model-vs-human scores it")
     g.add_argument("--in9", metavar="DIR", help="ImageNet-9 backgrounds test sets (DIR/<variant>/val/<class>/, "
                    "DIR/fg_mask/val/<class>/*.npy): variant accuracies, BG-gap and the Background Challenge")
     g.add_argument("--in9-challenge-limit", type=positive_int, default=default("in9_challenge_limit"), metavar="N",
@@ -182,7 +193,10 @@ def build_config(args: argparse.Namespace) -> dict:
     data, num_classes, data_note, limit = args.data, args.num_classes, None, args.limit
     class_map, img_size, crop_pct = args.class_map or "imagenet", args.img_size, args.crop_pct
     c_size = args.imagenet_c_size or default("imagenet_c_size")
-    if not (data or args.imagenet_c or args.imagenet_a or args.imagenet_r or args.in9):
+    if not (data or args.imagenet_c or args.imagenet_a or args.imagenet_r or args.in9 or args.imagenet_v2
+            or args.imagenet_sketch or args.cue_conflict):
+        if args.imagenet_real:
+            raise ValueError("--imagenet-real labels the clean ImageNet val images: pass --data DIR (the val set)")
         data, num_classes, data_note = generated_data(args.class_map, args.num_classes)
         class_map, limit = "folder", limit or GENERATED_LIMIT
         own = synthetic.ClassificationSpec().img_size
@@ -191,7 +205,8 @@ def build_config(args: argparse.Namespace) -> dict:
         models=model_specs(args.models, args.weights, num_classes), data=data, out=args.out or "",
         class_map=class_map, img_size=img_size, crop_pct=crop_pct, imagenet_c=args.imagenet_c,
         imagenet_c_size=c_size, imagenet_c_jpeg=args.imagenet_c_jpeg,
-        imagenet_a=args.imagenet_a, imagenet_r=args.imagenet_r, in9=args.in9,
+        imagenet_a=args.imagenet_a, imagenet_r=args.imagenet_r, in9=args.in9, imagenet_v2=args.imagenet_v2,
+        imagenet_sketch=args.imagenet_sketch, imagenet_real=args.imagenet_real, cue_conflict=args.cue_conflict,
         in9_challenge_limit=args.in9_challenge_limit, severities=parse_severities(args.severities),
         eps=args.eps, alpha=args.alpha, steps=args.steps, limit=limit, batch_size=args.batch_size,
         models_at_once=args.models_at_once, chunk_images=args.chunk_images,

@@ -44,7 +44,10 @@ class RobustnessConfig:
     """Everything one robustness run needs. Sizes in pixels, ``eps``/``alpha`` in [0,1] pixel units.
 
     ``data`` is the clean validation ImageFolder (None: no clean set; then only the other sets given are
-    evaluated, and the cells that need clean images are reported "not run"). ``corruptions`` is 'all',
+    evaluated, and the cells that need clean images are reported "not run"); ``imagenet_real`` the ReaL
+    labels file scoring it again (``robustness.real_labels``); ``imagenet_v2``, ``imagenet_sketch`` and
+    ``cue_conflict`` the folders of ImageNet-V2, ImageNet-Sketch and the cue-conflict stimuli
+    (``robustness.test_sets``, ``robustness.shape_bias``). ``corruptions`` is 'all',
     'extra' or names (``common.vocabulary.parse_corruptions``), run when ``imagenet_c`` or
     ``corrupt_on_the_fly`` gives them a source; ``severities`` anything ``parse_severities`` reads;
     ``imagenet_c_size`` is the benchmark's crop (ImageNet-C: 224), at which stored files are read and
@@ -70,6 +73,10 @@ class RobustnessConfig:
     imagenet_c_jpeg: bool = True
     imagenet_a: str | None = None
     imagenet_r: str | None = None
+    imagenet_v2: str | None = None
+    imagenet_sketch: str | None = None
+    imagenet_real: str | None = None
+    cue_conflict: str | None = None
     in9: str | None = None
     in9_challenge_limit: int | None = None
     corruptions: Sequence[str] | str = "all"
@@ -113,8 +120,13 @@ class RobustnessConfig:
             raise ValueError(f"unknown decoder {self.decode!r}: use --decode {' / '.join(DECODERS)}")
         if self.class_map not in CLASS_MAPS:
             raise ValueError(f"unknown class map {self.class_map!r}: use --class-map imagenet or folder")
-        if not (self.data or self.imagenet_c or self.imagenet_a or self.imagenet_r or self.in9):
-            raise ValueError("no dataset given: pass --data DIR (clean images) and/or --imagenet-c/-a/-r or --in9 DIR")
+        if not (self.data or self.imagenet_c or self.imagenet_a or self.imagenet_r or self.in9 or self.imagenet_v2
+                or self.imagenet_sketch or self.cue_conflict):
+            raise ValueError("no dataset given: pass --data DIR (clean images) and/or --imagenet-c/-a/-r/-v2/-sketch, "
+                             "--cue-conflict or --in9 DIR")
+        if self.imagenet_real and not self.data:
+            raise ValueError("--imagenet-real labels the clean ImageNet val images: pass --data DIR (the val set) "
+                             "or drop --imagenet-real")
         if self.class_map == "folder" and not self.data:
             raise ValueError("--class-map folder numbers the class folders of --data: pass --data DIR, or use "
                              "--class-map imagenet (wnid folders)")

@@ -104,7 +104,8 @@ def text(described: dict[str, Any]) -> str:
         return (f"the model's eval transform: resize the short side to {described['resize']} (bicubic), "
                 f"centre crop {size}{decoder}")
     if described["kind"] == "stored":
-        line = f"files read at their stored pixels: centre crop {size} only (ImageNet-C/test.py)"
+        line = (f"files read at their stored pixels: centre crop {size} only (as ImageNet-C/test.py and "
+                "model-vs-human read their 224-px sets)")
     else:
         jpeg = described.get("jpeg_quality")
         line = (f"ImageNet-C's own chain: resize the short side to {described['resize']} (bilinear), centre crop "

@@ -14,7 +14,7 @@ from typing import Any
 import timm
 from torch import nn
 
-from robustness import background
+from robustness import background, cue_conflict, real_labels
 from robustness import geometry as geo
 from robustness.cells import CellKey
 from robustness.config import ATTACKS, OCCLUSIONS, ModelSpec, RobustnessConfig, absolute
@@ -28,7 +28,9 @@ RANDOM_VARIANTS = ("pgd", "occlusion_random")
 class Pass:
     """One loop over ``root``; every cell gets the same batches. ``subset``: ImageNet-A/R, logits masked
     to its 200 classes; ``on_the_fly``: each cell corrupts the clean batch on the device; ``geometry``:
-    the kind of pixels the files become (``robustness.geometry``: model, stored or made)."""
+    the kind of pixels the files become (``robustness.geometry``: model, stored or made), ``size`` the
+    stored crop when it is not ImageNet-C's (the cue-conflict stimuli); ``labels``: how the folder's images
+    are labelled (``robustness.test_sets.LABELS``)."""
 
     name: str
     root: str
@@ -36,6 +38,8 @@ class Pass:
     subset: str | None = None
     on_the_fly: bool = False
     geometry: str = "model"
+    size: int | None = None
+    labels: str = "run"
 
 
 @dataclass
@@ -74,6 +78,7 @@ def plan_passes(label: str, config: RobustnessConfig) -> list[Pass]:
     if config.data:
         data = absolute(config.data)
         clean = [CellKey(label, "imagenet")]
+        clean += [CellKey(label, "imagenet", variant=real_labels.VARIANT)] if config.imagenet_real else []
         clean += [CellKey(label, "imagenet", variant=v) for v in (OCCLUSIONS if config.occlusion else ())]
         clean += [CellKey(label, "imagenet", variant=a) for a in config.attacks]
         passes.append(Pass("clean", data, clean))
@@ -87,6 +92,13 @@ def plan_passes(label: str, config: RobustnessConfig) -> list[Pass]:
     for subset, root in (("imagenet-a", config.imagenet_a), ("imagenet-r", config.imagenet_r)):
         if root:
             passes.append(Pass(subset, absolute(root), [CellKey(label, subset)], subset=subset))
+    for dataset, root, labels in (("imagenet-v2", config.imagenet_v2, "v2"),
+                                  ("imagenet-sketch", config.imagenet_sketch, "imagenet")):
+        if root:
+            passes.append(Pass(dataset, absolute(root), [CellKey(label, dataset)], labels=labels))
+    if config.cue_conflict:
+        passes.append(Pass("cue-conflict", absolute(config.cue_conflict), [CellKey(label, "cue-conflict")],
+                           geometry="stored", size=cue_conflict.SIZE, labels="cue-conflict"))
     return passes
 
 
@@ -100,6 +112,7 @@ class SharedPass:
     root: str
     subset: str | None
     members: list[tuple[ModelRun, Pass]]
+    labels: str = "run"
 
 
 def shared_passes(runs: list[ModelRun], plans: dict[str, list[Pass]]) -> list[SharedPass]:
@@ -110,7 +123,7 @@ def shared_passes(runs: list[ModelRun], plans: dict[str, list[Pass]]) -> list[Sh
         for p in plans[r.spec.display]:
             key = (p.root, p.subset)
             if key not in merged:
-                merged[key] = SharedPass(p.name, p.root, p.subset, [])
+                merged[key] = SharedPass(p.name, p.root, p.subset, [], p.labels)
             merged[key].members.append((r, p))
     for sp in merged.values():
         unique = {p.name: p for _, p in sp.members}
@@ -122,10 +135,11 @@ def shared_passes(runs: list[ModelRun], plans: dict[str, list[Pass]]) -> list[Sh
 
 
 def pass_geometry(p: Pass, r: ModelRun, config: RobustnessConfig) -> geo.Geometry:
-    """The pixels ``p``'s files become for ``r``: the model's eval view, or ImageNet-C's (the same for every model)."""
+    """The pixels ``p``'s files become for ``r``: the model's eval view, or ImageNet-C's (the same for every
+    model); the cue-conflict stimuli are read at their 224 stored pixels."""
     if p.geometry == "model":
         return geo.model_view(r.img_size, r.crop_pct)
-    return geo.benchmark_view(p.geometry, config.imagenet_c_size)
+    return geo.benchmark_view(p.geometry, p.size or config.imagenet_c_size)
 
 
 def corruptions_run(config: RobustnessConfig) -> list[str]:
@@ -152,8 +166,11 @@ def cell_options(cell: CellKey, p: Pass, r: ModelRun, config: RobustnessConfig, 
     processes are not among them; ``decoder`` is where files are decoded (``robustness.decoding``)."""
     geometry = geo.describe(pass_geometry(p, r, config), r.img_size, jpeg=p.on_the_fly and config.imagenet_c_jpeg,
                             decoder=decoder)
-    options: dict[str, Any] = {"model": r.identity, "root": p.root, "class_map": config.class_map,
+    options: dict[str, Any] = {"model": r.identity, "root": p.root,
+                               "class_map": config.class_map if p.labels == "run" else p.labels,
                                "geometry": geometry, "limit": config.limit, "amp": config.amp}
+    if cell.variant == real_labels.VARIANT:
+        options["real_labels"] = real_labels.identity(config.imagenet_real)
     if cell.variant in ATTACKS:
         options["eps"] = config.eps
     if cell.variant == "pgd":
@@ -170,6 +187,8 @@ def marker_options(config: RobustnessConfig) -> dict[str, Any]:
     options["models"] = [model_run(spec, config).identity | {"label": spec.display} for spec in config.models]
     options.update(data=absolute(config.data), imagenet_c=absolute(config.imagenet_c),
                    imagenet_a=absolute(config.imagenet_a), imagenet_r=absolute(config.imagenet_r),
+                   imagenet_v2=absolute(config.imagenet_v2), imagenet_sketch=absolute(config.imagenet_sketch),
+                   imagenet_real=absolute(config.imagenet_real), cue_conflict=absolute(config.cue_conflict),
                    in9=absolute(config.in9))
     return jsonable(options)
 
@@ -192,15 +211,18 @@ def describe(passes: list[Pass], in9_cells: int, models: int) -> str:
     parts = []
     clean = next((p for p in passes if p.name == "clean"), None)
     if clean:
-        parts += [{"clean": "clean", "occlusion_center": "occlusion (centre)", "occlusion_random": "occlusion (random patch)",
-                   "fgsm": "FGSM", "pgd": "PGD"}[c.variant] for c in clean.cells]
+        parts += [{"clean": "clean", real_labels.VARIANT: "ReaL", "occlusion_center": "occlusion (centre)",
+                   "occlusion_random": "occlusion (random patch)", "fgsm": "FGSM", "pgd": "PGD"}[c.variant]
+                  for c in clean.cells]
     corrupted = [p for p in passes if p.cells[0].dataset == "imagenet-c"]
     if corrupted:
         names = list(dict.fromkeys(c.corruption for p in corrupted for c in p.cells))
         severities = sorted({c.severity for p in corrupted for c in p.cells})
         source = "on the fly" if corrupted[0].on_the_fly else "from --imagenet-c"
         parts.append(f"{len(names)} corruption(s) × {len(severities)} severities {source}")
-    parts += [{"imagenet-a": "ImageNet-A", "imagenet-r": "ImageNet-R"}[p.subset] for p in passes if p.subset]
+    sets = {"imagenet-a": "ImageNet-A", "imagenet-r": "ImageNet-R", "imagenet-v2": "ImageNet-V2",
+            "imagenet-sketch": "ImageNet-Sketch", "cue-conflict": "cue-conflict (shape bias)"}
+    parts += [sets[p.cells[0].dataset] for p in passes if p.cells[0].dataset in sets]
     if in9_cells:
         parts.append(f"IN-9 ({in9_cells} cells)")
     return (f"robustness: {', '.join(parts)}: {per_model} cell(s) per model × {models} model(s) = "

@@ -1,7 +1,8 @@
 """Summaries, markdown tables and matplotlib plots (Agg backend) of robustness results.
 
 Records are the runner's cells (accuracies in percent). Summary values are percentages: top-1/top-5
-accuracies; ``mCE`` / ``relative_mCE`` are AlexNet-normalised corruption errors ×100 (Hendrycks &
+accuracies (ReaL: against the re-assessed label lists), shape bias and the shape/texture decision
+fractions; ``mCE`` / ``relative_mCE`` are AlexNet-normalised corruption errors ×100 (Hendrycks &
 Dietterich 2019, over the 15 ImageNet-C corruptions evaluated at all five severities);
 ``mean_corruption_error`` is the raw mean top-1 error over every corruption cell evaluated;
 ``clean_ece`` / ``corruption_ece`` the expected calibration error in percent (clean cell; mean over the
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from common.io import atomic_write_text
 from common.tables import fmt, markdown_table
-from robustness import metrics
+from robustness import metrics, real_labels, shape_bias
 from robustness.background.evaluate import DATASET as IN9
 from robustness.background.evaluate import in9_summary
 from robustness.background.report import in9_report_lines, plot_in9
@@ -22,9 +23,12 @@ from robustness.cells import CellRecord
 
 SUMMARY_KEYS = ("clean_top1", "clean_top5", "mCE", "relative_mCE", "mean_corruption_error", "corruption_top1",
                 "fgsm_top1", "pgd_top1", "occlusion_top1", "occlusion_random_top1", "imagenet_a_top1", "imagenet_r_top1",
-                "clean_ece", "clean_nll", "corruption_ece", "corruption_nll")
+                "imagenet_v2_top1", "imagenet_sketch_top1", "real_top1", "real_top5", "shape_bias", "shape_fraction",
+                "texture_fraction", "clean_ece", "clean_nll", "corruption_ece", "corruption_nll")
 COLUMNS = (("Clean top-1", "clean_top1"), ("Clean top-5", "clean_top5"), ("Occlusion", "occlusion_top1"),
            ("Random patch", "occlusion_random_top1"), ("IN-A", "imagenet_a_top1"), ("IN-R", "imagenet_r_top1"),
+           ("IN-V2", "imagenet_v2_top1"), ("IN-Sketch", "imagenet_sketch_top1"), ("ReaL", "real_top1"),
+           ("Shape bias", "shape_bias"),
            ("BGC", "bgc_top1"), ("BG-gap", "bg_gap"), ("FGSM", "fgsm_top1"), ("PGD", "pgd_top1"),
            ("Corruption top-1", "corruption_top1"), ("Mean corruption error (raw)", "mean_corruption_error"),
            ("mCE (AlexNet-norm.)", "mCE"), ("Relative mCE", "relative_mCE"),
@@ -76,7 +80,14 @@ def _summary(mine: list[CellRecord], label: str) -> dict:
     s.update(fgsm_top1=top1("imagenet", "fgsm"), pgd_top1=top1("imagenet", "pgd"),
              occlusion_top1=top1("imagenet", "occlusion_center"),
              occlusion_random_top1=top1("imagenet", "occlusion_random"),
-             imagenet_a_top1=top1("imagenet-a"), imagenet_r_top1=top1("imagenet-r"))
+             imagenet_a_top1=top1("imagenet-a"), imagenet_r_top1=top1("imagenet-r"),
+             imagenet_v2_top1=top1("imagenet-v2"), imagenet_sketch_top1=top1("imagenet-sketch"))
+    real = _pick(mine, "imagenet", real_labels.VARIANT)
+    if real:
+        s["real_top1"], s["real_top5"] = real.top1, real.top5
+    cue = _pick(mine, shape_bias.DATASET)
+    if cue and cue.decisions:
+        s.update(shape_bias.summary(cue.n, cue.decisions["shape"], cue.decisions["texture"]))
     s["mCE_corruptions"] = len([c for c in full if c in metrics.ALEXNET_ERRORS])
     s.update(calibration_summary(mine))
     if any(r.key.dataset == IN9 for r in mine):
@@ -120,7 +131,9 @@ def geometry_lines(records: list[CellRecord]) -> list[str]:
 
 def comparison_table(summary: dict[str, dict], not_run: dict[str, str]) -> list[str]:
     """The paper-style table: a row per model, a column per number that was run (or that says "not run")."""
-    cols = [(t, k) for t, k in COLUMNS if k in not_run or any(s.get(k) is not None for s in summary.values())]
+    shown_with = {"shape_bias": "shape_fraction"}  # no shape or texture decision: the column says "–"
+    cols = [(t, k) for t, k in COLUMNS if k in not_run
+            or any(s.get(shown_with.get(k, k)) is not None for s in summary.values())]
     cols = [(t, k) for t, k in cols if k != "relative_mCE" or any(s.get("mCE") is not None for s in summary.values())]
     rows = [[label, *("not run" if k in not_run else fmt(s.get(k), DIGITS) for _, k in cols)]
             for label, s in summary.items()]
@@ -164,6 +177,7 @@ def markdown_report(records: list[CellRecord], summary: dict[str, dict], options
                   "ImageNet-C corruptions: not comparable with published mCE."]
     for label in summary:
         lines += _corruption_section(records, label)
+    lines += shape_bias.report_lines(records, list(summary))
     lines += in9_report_lines([r.to_json() for r in records], list(summary))
     n = sorted({r.n for r in records})
     skipped = sum(r.skipped for r in records)

@@ -34,12 +34,12 @@ from common.progress import Progress
 from common.run import say_resumed
 from common.seeding import image_generators
 from robustness import attacks as attacks_lib
-from robustness import background
-from robustness import calibration
+from robustness import background, calibration, cue_conflict
 from robustness import datasets as ds
 from robustness import decoding
 from robustness import geometry as geo
 from robustness import occlusion as occ
+from robustness import real_labels, shape_bias, test_sets
 from robustness.cells import CellKey, CellRecord
 from robustness.config import ModelSpec, RobustnessConfig, absolute
 from robustness.metrics import reduce_counts
@@ -161,6 +161,24 @@ def check_paths(config: RobustnessConfig) -> None:
     for subset, root in (("imagenet-a", config.imagenet_a), ("imagenet-r", config.imagenet_r)):
         if root:
             _check_subset(subset, root, config.class_map, class_index)
+    _check_test_sets(config)
+
+
+def _check_test_sets(config: RobustnessConfig) -> None:
+    """ImageNet-V2, ImageNet-Sketch, the cue-conflict stimuli and the ReaL labels (matched to --data's file names)."""
+    notes = []
+    if config.imagenet_v2:
+        notes += test_sets.check_v2(config.imagenet_v2)
+    if config.imagenet_sketch:
+        notes += test_sets.check_sketch(config.imagenet_sketch)
+    if config.cue_conflict:
+        cue_conflict.check_stimuli(config.cue_conflict)
+    if config.imagenet_real:
+        real_labels.read_labels(config.imagenet_real)
+        listing = ImageFolderSet(config.data, build_class_index(config.class_map, config.data), 8, 1.0, limit=config.limit)
+        real_labels.check_names([path for path, _ in listing.samples])
+    for line in notes if is_main_process() else ():
+        rundir.note(line)
 
 
 def _check_subset(subset: str, root: str, class_map: str, class_index: dict[str, int]) -> None:
@@ -199,6 +217,9 @@ def _model_groups(runs: list[ModelRun], at_once: int | None) -> list[list[ModelR
     return [runs[i:i + size] for i in range(0, len(runs), size)]
 
 
+UNCHANGED = ("clean", real_labels.VARIANT)  # cells that read the model's view as it is
+
+
 @dataclass
 class _Member:
     """One model's part of a shared pass: its pass, the cells to compute, its view among the pass's views."""
@@ -208,6 +229,7 @@ class _Member:
     cells: list[CellKey]
     view: int
     mask: torch.Tensor | None = None
+    targets: torch.Tensor | None = None  # per image of the pass (by index): ReaL labels or texture category
 
 
 def _run_shared(sp: SharedPass, ctx: RunContext, wanted: dict[CellKey, dict]) -> None:
@@ -216,9 +238,11 @@ def _run_shared(sp: SharedPass, ctx: RunContext, wanted: dict[CellKey, dict]) ->
     What to compute is read from the disk on rank 0 and broadcast: a process whose view of a shared
     filesystem lags cannot skip a pass the others run (and leave them waiting in a collective)."""
     cells = [c for _, p in sp.members for c in p.cells]
-    samples, classes, root, fingerprint, todo = main_decides(lambda: _pass_todo(sp.root, cells, ctx, wanted))
+    listing, fingerprint, todo = main_decides(lambda: _pass_todo(sp, cells, ctx, wanted))
     if not todo:
         return
+    samples, classes, root = listing.samples, listing.classes, listing.root
+    targets = None if listing.targets is None else listing.targets.to(ctx.device)
     geometries: list[geo.Geometry] = []
     members = []
     for r, p in sp.members:
@@ -226,11 +250,12 @@ def _run_shared(sp: SharedPass, ctx: RunContext, wanted: dict[CellKey, dict]) ->
         if not mine:
             continue
         _ensure_model(r, ctx)
-        _check_labels(r.num_outputs, classes, root)  # before the loop: every process raises alike, none hangs
+        test_sets.check_outputs(sp.labels, r.spec.display, r.num_outputs)  # before the loop: every process
+        _check_labels(r.num_outputs, classes, root)  # raises alike, none hangs
         g = pass_geometry(p, r, ctx.config)
         if g not in geometries:
             geometries.append(g)
-        members.append(_Member(r, p, mine, geometries.index(g), _pass_mask(p, classes, r.num_outputs, ctx)))
+        members.append(_Member(r, p, mine, geometries.index(g), _pass_mask(p, classes, r.num_outputs, ctx), targets))
     keys = [(path, label, i, tuple(geometries)) for i, (path, label) in enumerate(samples)]
     order = [c for m in members for c in m.cells]
     pass_key = jsonable({"root": sp.root, "inputs": fingerprint, "cells": [str(c) for c in order],
@@ -239,18 +264,33 @@ def _run_shared(sp: SharedPass, ctx: RunContext, wanted: dict[CellKey, dict]) ->
     paths = [path for path, _ in samples]
     skipped = main_decides(lambda: {paths[i]: ds.file_state(paths[i]) for i in unread})
     by_cell = dict(zip(order, counts.tolist()))
-    ctx.store.add([CellRecord(cell, m.run.spec.name, *by_cell[cell][:3], sp.root, fingerprint, wanted[cell], skipped,
-                              calibration=calibration.to_record(by_cell[cell][3:]))
+    ctx.store.add([_record(cell, m.run.spec.name, by_cell[cell], sp.root, fingerprint, wanted[cell], skipped)
                    for m in members for cell in m.cells])
     ctx.store.save_partial(pass_key, {"finished": True})
     _advance(ctx, order, sp.name)
 
 
-def _pass_todo(root: str, cells: list[CellKey], ctx: RunContext, wanted: dict[CellKey, dict]
-               ) -> tuple[list, list[int], str, str, set[CellKey]]:
-    """(samples, classes, root, input fingerprint, cells to compute) of a folder, from this process's disk view."""
-    listing = ImageFolderSet(root, ctx.class_index, 8, 1.0, limit=ctx.config.limit)
-    fingerprint = ds.input_fingerprint(root, [path for path, _ in listing.samples])
+def _record(cell: CellKey, model_name: str, row: list[int], root: str, fingerprint: str, options: dict,
+            skipped: dict) -> CellRecord:
+    """A finished cell from its counts row [n, top-1, top-5, calibration statistic] (cue-conflict: [n, shape,
+    texture] decisions; ReaL: no calibration statistic)."""
+    n, first, second = row[:3]
+    if cell.dataset == shape_bias.DATASET:
+        return CellRecord(cell, model_name, n, first, None, root, fingerprint, options, skipped,
+                          decisions={"shape": first, "texture": second})
+    stat = None if cell.variant == real_labels.VARIANT else calibration.to_record(row[3:])
+    return CellRecord(cell, model_name, n, first, second, root, fingerprint, options, skipped, calibration=stat)
+
+
+def _pass_todo(sp: SharedPass, cells: list[CellKey], ctx: RunContext, wanted: dict[CellKey, dict]
+               ) -> tuple[test_sets.Listing, str, set[CellKey]]:
+    """(the folder's images, input fingerprint, cells to compute), from this process's disk view; the clean
+    pass with a ReaL cell gets each image's ReaL labels as its targets."""
+    listing = test_sets.list_pass(sp.labels, sp.root, ctx.class_index, ctx.config.limit)
+    if any(c.variant == real_labels.VARIANT for c in cells):
+        listing.targets = real_labels.targets([path for path, _ in listing.samples],
+                                              real_labels.read_labels(ctx.config.imagenet_real))
+    fingerprint = ds.input_fingerprint(sp.root, [path for path, _ in listing.samples])
     todo = set()
     for cell in cells:
         keep, why = ctx.store.reusable(cell, wanted[cell], fingerprint)
@@ -258,7 +298,7 @@ def _pass_todo(root: str, cells: list[CellKey], ctx: RunContext, wanted: dict[Ce
             todo.add(cell)
         if why:
             rundir.note(f"recomputing {cell.label}: {why}")
-    return listing.samples, listing.classes, str(listing.root), fingerprint, todo
+    return listing, fingerprint, todo
 
 
 def _advance(ctx: RunContext, cells: list[CellKey], label: str) -> None:
@@ -358,8 +398,15 @@ def _evaluate_chunk(cells: list[CellKey], keys: list[ds.Key], offset: int, membe
             if m.p.on_the_fly:
                 continue
             x = geo.to_model_size(views[m.view], m.run.img_size) if m.p.geometry == "stored" else views[m.view]
+            rows = None if m.targets is None else m.targets[index.to(device)]
+            plain = None  # the model's logits on the unchanged view: its clean and ReaL cells share one forward
             for cell in m.cells:
-                _score(m, _apply_variant(cell, x, labels, m.run.module, ctx, indices), labels, counts[row[cell]], ctx)
+                if cell.variant in UNCHANGED and plain is not None:
+                    _count(cell, plain, labels, rows, counts[row[cell]])
+                    continue
+                logits = _score(m, _apply_variant(cell, x, labels, m.run.module, ctx, indices), labels,
+                                counts[row[cell]], ctx, cell, rows)
+                plain = logits if cell.variant in UNCHANGED else plain
         for users in corruptions.values():
             x = _corrupted(users[0][1], views[users[0][0].view], indices, ctx)
             for m, cell in users:
@@ -367,16 +414,31 @@ def _evaluate_chunk(cells: list[CellKey], keys: list[ds.Key], offset: int, membe
     return reduce_counts(counts).cpu(), reduce_counts(seen).cpu() > 0
 
 
-def _score(m: _Member, x: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, ctx: RunContext) -> None:
-    """Add the batch's [n, top1, top5, calibration statistic] of ``m``'s model on input ``x`` to ``counts``
-    (in place)."""
+def _score(m: _Member, x: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, ctx: RunContext,
+           cell: CellKey | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Add the batch's counts of ``cell`` (``_count``) for ``m``'s model on input ``x`` to ``counts`` (in
+    place); returns the logits."""
     with torch.no_grad(), autocast(ctx.device, ctx.config.amp):
         logits = m.run.module(x).float()
     if m.mask is not None:  # ImageNet-A/R: only the subset's classes can be predicted
         logits = logits.masked_fill(~m.mask, float("-inf"))
-    counts[0] += labels.numel()
-    counts[1:3] += topk_correct(logits, labels)
-    counts[3:] += calibration.batch_statistic(logits, labels)
+    _count(cell, logits, labels, rows, counts)
+    return logits
+
+
+def _count(cell: CellKey | None, logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None,
+           counts: torch.Tensor) -> None:
+    """Add a batch's counts to ``counts`` (in place): [n, top1, top5, calibration statistic]; ReaL: [labelled
+    images, top1, top5] against each image's label list (``rows``); cue-conflict: [n, shape, texture]
+    decisions (``rows``: texture). ReaL and cue-conflict cells have no calibration statistic."""
+    if cell is not None and cell.variant == real_labels.VARIANT:
+        counts[:3] += real_labels.real_counts(logits, rows)
+    elif cell is not None and cell.dataset == shape_bias.DATASET:
+        counts[:3] += shape_bias.decision_counts(logits, labels, rows[:, 0])
+    else:
+        counts[0] += labels.numel()
+        counts[1:3] += topk_correct(logits, labels)
+        counts[3:] += calibration.batch_statistic(logits, labels)
 
 
 def _pass_mask(p: Pass, classes: list[int], num_outputs: int, ctx: RunContext) -> torch.Tensor | None:
@@ -409,7 +471,7 @@ def _apply_variant(cell: CellKey, images: torch.Tensor, labels: torch.Tensor, mo
                    indices: list[int]) -> torch.Tensor:
     """The input the model sees for a cell of its own view: float (B,3,H,W) in [0,1]."""
     config = ctx.config
-    if cell.variant == "clean":
+    if cell.variant in UNCHANGED:
         return images
     if cell.variant == "occlusion_center":
         return occ.occlude_center(images, 0.5)

@@ -151,9 +151,9 @@ def test_runner_records_the_ece_and_nll_of_the_models_logits(data, tmp_path, mon
     seen: dict[str, list] = {"clean": [], "imagenet-a": []}
     real = runner._score
 
-    def capture(m, x, labels, counts, ctx):
+    def capture(m, x, labels, counts, ctx, *rest):
         seen[m.p.subset or "clean"].append((m.run.module, x.clone(), labels.clone()))
-        return real(m, x, labels, counts, ctx)
+        return real(m, x, labels, counts, ctx, *rest)
 
     monkeypatch.setattr(runner, "_score", capture)
     result = run_robustness([MODEL], data["val"], str(tmp_path / "out"), **FAST, imagenet_a=data["a"])
