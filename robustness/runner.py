@@ -33,6 +33,7 @@ from common.progress import Progress
 from common.run import say_resumed
 from common.seeding import image_generators
 from robustness import attacks as attacks_lib
+from robustness import autoattack as aa
 from robustness import background
 from robustness import datasets as ds
 from robustness import geometry as geo
@@ -138,6 +139,8 @@ def check_paths(config: RobustnessConfig) -> None:
     """
     for spec in config.models:
         _check_model(spec)
+    if "autoattack" in config.attacks:
+        aa.require_torchattacks()
     if config.data:
         class_index = build_class_index(config.class_map, _existing_dir("--data", config.data))
         ImageFolderSet(config.data, class_index, 8, 1.0, limit=config.limit)
@@ -200,6 +203,7 @@ class _Member:
     cells: list[CellKey]
     view: int
     mask: torch.Tensor | None = None
+    attacked: frozenset[int] = frozenset()  # AutoAttack's images (pass indices, ``--attack-limit``)
 
 
 def _run_shared(sp: SharedPass, ctx: RunContext, wanted: dict[CellKey, dict]) -> None:
@@ -222,7 +226,8 @@ def _run_shared(sp: SharedPass, ctx: RunContext, wanted: dict[CellKey, dict]) ->
         g = pass_geometry(p, r, ctx.config)
         if g not in geometries:
             geometries.append(g)
-        members.append(_Member(r, p, mine, geometries.index(g), _pass_mask(p, classes, r.num_outputs, ctx)))
+        attacked = aa.spread(len(samples), ctx.config.attack_limit) if any(c.variant == "autoattack" for c in mine) else frozenset()
+        members.append(_Member(r, p, mine, geometries.index(g), _pass_mask(p, classes, r.num_outputs, ctx), attacked))
     keys = [(path, label, i, tuple(geometries)) for i, (path, label) in enumerate(samples)]
     order = [c for m in members for c in m.cells]
     pass_key = jsonable({"root": sp.root, "inputs": fingerprint, "cells": [str(c) for c in order],
@@ -343,7 +348,10 @@ def _evaluate_chunk(cells: list[CellKey], keys: list[ds.Key], offset: int, membe
                 continue
             x = geo.to_model_size(views[m.view], m.run.img_size) if m.p.geometry == "stored" else views[m.view]
             for cell in m.cells:
-                _score(m, _apply_variant(cell, x, labels, m.run.module, ctx, indices), labels, counts[row[cell]], ctx)
+                if cell.variant == "autoattack":
+                    _score_autoattack(m, cell, x, labels, indices, counts[row[cell]], ctx)
+                else:
+                    _score(m, _apply_variant(cell, x, labels, m.run.module, ctx, indices), labels, counts[row[cell]], ctx)
         for users in corruptions.values():
             x = _corrupted(users[0][1], views[users[0][0].view], indices, ctx)
             for m, cell in users:
@@ -351,14 +359,30 @@ def _evaluate_chunk(cells: list[CellKey], keys: list[ds.Key], offset: int, membe
     return reduce_counts(counts).cpu(), reduce_counts(seen).cpu() > 0
 
 
-def _score(m: _Member, x: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, ctx: RunContext) -> None:
-    """Add the batch's [n, top1, top5] of ``m``'s model on input ``x`` to ``counts`` (in place)."""
-    with torch.no_grad(), autocast(ctx.device, ctx.config.amp):
+def _score(m: _Member, x: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, ctx: RunContext,
+           amp: bool | None = None) -> None:
+    """Add the batch's [n, top1, top5] of ``m``'s model on input ``x`` to ``counts`` (in place); ``amp``
+    None: the run's --amp."""
+    with torch.no_grad(), autocast(ctx.device, ctx.config.amp if amp is None else amp):
         logits = m.run.module(x).float()
     if m.mask is not None:  # ImageNet-A/R: only the subset's classes can be predicted
         logits = logits.masked_fill(~m.mask, float("-inf"))
     counts[0] += labels.numel()
     counts[1:] += topk_correct(logits, labels)
+
+
+def _score_autoattack(m: _Member, cell: CellKey, images: torch.Tensor, labels: torch.Tensor, indices: list[int],
+                      counts: torch.Tensor, ctx: RunContext) -> None:
+    """AutoAttack on the batch's images among ``m.attacked`` (``--attack-limit``), scored like the attack judged
+    them: in float32 whatever --amp says. The cell's n counts those images only."""
+    keep = [j for j, i in enumerate(indices) if i in m.attacked]
+    if not keep:
+        return
+    pick = torch.tensor(keep, device=images.device)
+    seed = aa.batch_seed(ctx.config.seed, (cell.dataset, cell.variant), [indices[j] for j in keep])
+    result = aa.autoattack(m.run.module, images[pick], labels[pick], ctx.config.eps, ctx.config.norm,
+                           num_classes=m.run.num_outputs, seed=seed)
+    _score(m, result.adv, labels[pick], counts, ctx, amp=False)
 
 
 def _pass_mask(p: Pass, classes: list[int], num_outputs: int, ctx: RunContext) -> torch.Tensor | None:
