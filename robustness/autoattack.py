@@ -109,7 +109,8 @@ def autoattack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps
     """
     check_options(norm, eps)
     if images.ndim != 4 or labels.shape != images.shape[:1]:
-        raise ValueError(f"expected images (B,3,H,W) and labels (B,), got {tuple(images.shape)} and {tuple(labels.shape)}")
+        raise ValueError(f"expected images (B,3,H,W) and labels (B,), got {tuple(images.shape)} and "
+                         f"{tuple(labels.shape)}")
     images, labels = images.detach().float(), labels.detach()
     device = images.device
     with attack_mode(model), _float32(device), _own_rng(device), torch.no_grad():
@@ -137,8 +138,8 @@ def batch_seed(seed: int, key: Sequence[object], indices: Sequence[int]) -> int:
 
 
 def spread(total: int, limit: int | None) -> frozenset[int]:
-    """``limit`` evenly spaced indices of ``range(total)`` (all of them when ``limit`` is None or larger), as
-    ``--limit`` picks its images."""
+    """``limit`` evenly spaced indices of ``range(total)`` (all of them when ``limit`` is None or larger, none
+    when it is 0), as ``--limit`` picks its images."""
     if limit is None or limit >= total:
         return frozenset(range(total))
     return frozenset(i * total // limit for i in range(limit))

@@ -202,14 +202,15 @@ def build_config(args: argparse.Namespace) -> dict:
         img_size, crop_pct, c_size = img_size or own, crop_pct or 1.0, args.imagenet_c_size or own
     if args.norm == "L2" and not getattr(args, "eps_given", False):
         raise ValueError("--norm L2 needs --eps: the default radius is an L∞ one; give the L2 radius in [0,1] "
-                         "pixels, e.g. --eps 3 (RobustBench's ImageNet L2) or --eps 0.5 (CIFAR-10)")
+                         "pixels over the whole image, e.g. --eps 0.5 (RobustBench's CIFAR-10 L2 radius)")
     fields = dict(
         models=model_specs(args.models, args.weights, num_classes), data=data, out=args.out or "",
         class_map=class_map, img_size=img_size, crop_pct=crop_pct, imagenet_c=args.imagenet_c,
         imagenet_c_size=c_size, imagenet_c_jpeg=args.imagenet_c_jpeg,
         imagenet_a=args.imagenet_a, imagenet_r=args.imagenet_r, in9=args.in9,
         in9_challenge_limit=args.in9_challenge_limit, severities=parse_severities(args.severities),
-        eps=args.eps, norm=args.norm, attack_limit=args.attack_limit, alpha=args.alpha, steps=args.steps, limit=limit, batch_size=args.batch_size,
+        eps=args.eps, norm=args.norm, attack_limit=args.attack_limit, alpha=args.alpha, steps=args.steps,
+        limit=limit, batch_size=args.batch_size,
         models_at_once=args.models_at_once, chunk_images=args.chunk_images,
         device=args.device, amp=args.amp, num_workers=args.workers, seed=args.seed, progress=args.progress,
         overwrite=args.overwrite, resume=args.resume, data_note=data_note, **evaluations(args, bool(data)))

@@ -52,7 +52,8 @@ class RobustnessConfig:
     on-the-fly corruptions are made, with ``imagenet_c_jpeg`` the JPEG-85 storage step of the stored set
     (``robustness.geometry``); ``alpha`` None means 2.5·eps/steps; ``img_size``/``crop_pct`` None mean the model's own values;
     ``norm`` is AutoAttack's ball (FGSM/PGD are L∞ only); ``attack_limit`` runs AutoAttack on that many evenly
-    spaced images of the clean pass (None: all); ``num_workers`` None means ``common.vocabulary.default_workers()``; ``models_at_once`` caps how many models
+    spaced images of the clean pass (None: all);
+    ``num_workers`` None means ``common.vocabulary.default_workers()``; ``models_at_once`` caps how many models
 are held on the device together (None: all; each group of models re-reads the data); a pass saves its
 progress every ``chunk_images`` images (a stopped run resumes after the last saved chunk). ``data_note`` says in the report
     what data a run used. Random draws are keyed per image by ``seed`` (``common.seeding``).

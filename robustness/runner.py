@@ -226,7 +226,8 @@ def _run_shared(sp: SharedPass, ctx: RunContext, wanted: dict[CellKey, dict]) ->
         g = pass_geometry(p, r, ctx.config)
         if g not in geometries:
             geometries.append(g)
-        attacked = aa.spread(len(samples), ctx.config.attack_limit) if any(c.variant == "autoattack" for c in mine) else frozenset()
+        attacked = (aa.spread(len(samples), ctx.config.attack_limit) if any(c.variant == "autoattack" for c in mine)
+                    else frozenset())
         members.append(_Member(r, p, mine, geometries.index(g), _pass_mask(p, classes, r.num_outputs, ctx), attacked))
     keys = [(path, label, i, tuple(geometries)) for i, (path, label) in enumerate(samples)]
     order = [c for m in members for c in m.cells]
@@ -351,7 +352,8 @@ def _evaluate_chunk(cells: list[CellKey], keys: list[ds.Key], offset: int, membe
                 if cell.variant == "autoattack":
                     _score_autoattack(m, cell, x, labels, indices, counts[row[cell]], ctx)
                 else:
-                    _score(m, _apply_variant(cell, x, labels, m.run.module, ctx, indices), labels, counts[row[cell]], ctx)
+                    x_cell = _apply_variant(cell, x, labels, m.run.module, ctx, indices)
+                    _score(m, x_cell, labels, counts[row[cell]], ctx)
         for users in corruptions.values():
             x = _corrupted(users[0][1], views[users[0][0].view], indices, ctx)
             for m, cell in users:
