@@ -138,8 +138,8 @@ def batch_seed(seed: int, key: Sequence[object], indices: Sequence[int]) -> int:
 
 
 def spread(total: int, limit: int | None) -> frozenset[int]:
-    """``limit`` evenly spaced indices of ``range(total)`` (all of them when ``limit`` is None or larger, none
-    when it is 0), as ``--limit`` picks its images."""
+    """``limit`` evenly spaced indices of ``range(total)`` (all of them when ``limit`` is None or larger), as
+    ``--limit`` picks its images."""
     if limit is None or limit >= total:
         return frozenset(range(total))
     return frozenset(i * total // limit for i in range(limit))
@@ -155,6 +155,8 @@ def _float32(device: torch.device):
 @contextlib.contextmanager
 def _own_rng(device: torch.device):
     """Restore the global generators afterwards: torchattacks reseeds them."""
-    devices = [device] if device.type == "cuda" else []
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
     with torch.random.fork_rng(devices=devices):
         yield
