@@ -29,7 +29,8 @@ from common.distributed import cleanup_distributed, init_distributed, is_main_pr
 from common.options import positive_int
 from common.tables import fmt
 from common.vocabulary import add_shared_flags, parse_severities
-from robustness.config import ATTACKS, DECODERS, ModelSpec, RobustnessConfig, default, paper_table
+from robustness.autoattack import INSTALL
+from robustness.config import ATTACKS, DECODERS, NORMS, ModelSpec, RobustnessConfig, default, paper_table
 from robustness.plan import marker_options
 from robustness.runner import run_robustness
 from robustness.store import KIND
@@ -62,9 +63,17 @@ def _fraction_in(low: float, high: float, low_open: bool, what: str):
     return check
 
 
-eps_value = _fraction_in(0, 1, False, "a finite number in [0, 1] (pixels in [0,1]), e.g. 1/255")
+eps_value = _fraction_in(0, math.inf, False, "a finite number >= 0 (pixels in [0,1]), e.g. 1/255")
 step_value = _fraction_in(0, 1, True, "a finite number in (0, 1], e.g. 1/255")
 crop_value = _fraction_in(0, 1, True, "a fraction in (0, 1], e.g. 0.875")
+
+
+class _Given(argparse.Action):
+    """Store the value and note that the flag was given (``--norm L2`` needs an explicit ``--eps``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,8 +98,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--imagenet-c-jpeg", action=argparse.BooleanOptionalAction, default=default("imagenet_c_jpeg"),
                    help="on-the-fly corruptions end with ImageNet-C's storage step, a JPEG quality-85 round trip "
                         "(PIL's codec), as the stored set was saved")
-    g.add_argument("--attacks", nargs="*", default=None, choices=ATTACKS, help="adversarial attacks (L∞); --attacks with no name: no evaluation but clean")
-    g.add_argument("--eps", type=eps_value, default=default("eps"), help="attack radius in [0,1] pixels, e.g. 1/255")
+    g.add_argument("--attacks", nargs="*", default=None, choices=ATTACKS,
+                   help="adversarial attacks: fgsm and pgd (L∞; the paper's table), autoattack (standard AutoAttack, "
+                        f"Croce & Hein 2020; needs {INSTALL}); --attacks with no name: no evaluation but clean")
+    g.add_argument("--eps", type=eps_value, default=default("eps"), action=_Given,
+                   help="attack radius in [0,1] pixels, e.g. 1/255 (L∞); with --norm L2 an L2 radius, required")
+    g.add_argument("--norm", choices=NORMS, default=default("norm"),
+                   help="AutoAttack's ball (FGSM and PGD are L∞ only)")
+    g.add_argument("--attack-limit", type=positive_int, default=default("attack_limit"), metavar="N",
+                   help="AutoAttack on N evenly spaced images of the clean set only (RobustBench: 5000 for ImageNet); "
+                        "the other cells use every image")
     g.add_argument("--alpha", type=step_value, default=default("alpha"), help="PGD step size (default 2.5*eps/steps)")
     g.add_argument("--steps", type=positive_int, default=default("steps"), help="PGD steps")
     g.add_argument("--occlusion", action="store_true", default=None, help="centred-square and random-patch occlusion")
@@ -201,6 +218,9 @@ def build_config(args: argparse.Namespace) -> dict:
         class_map, limit = "folder", limit or GENERATED_LIMIT
         own = synthetic.ClassificationSpec().img_size
         img_size, crop_pct, c_size = img_size or own, crop_pct or 1.0, args.imagenet_c_size or own
+    if args.norm == "L2" and not getattr(args, "eps_given", False):
+        raise ValueError("--norm L2 needs --eps: the default radius is an L∞ one; give the L2 radius in [0,1] "
+                         "pixels over the whole image, e.g. --eps 0.5 (RobustBench's CIFAR-10 L2 radius)")
     fields = dict(
         models=model_specs(args.models, args.weights, num_classes), data=data, out=args.out or "",
         class_map=class_map, img_size=img_size, crop_pct=crop_pct, imagenet_c=args.imagenet_c,
@@ -208,7 +228,8 @@ def build_config(args: argparse.Namespace) -> dict:
         imagenet_a=args.imagenet_a, imagenet_r=args.imagenet_r, in9=args.in9, imagenet_v2=args.imagenet_v2,
         imagenet_sketch=args.imagenet_sketch, imagenet_real=args.imagenet_real, cue_conflict=args.cue_conflict,
         in9_challenge_limit=args.in9_challenge_limit, severities=parse_severities(args.severities),
-        eps=args.eps, alpha=args.alpha, steps=args.steps, limit=limit, batch_size=args.batch_size,
+        eps=args.eps, norm=args.norm, attack_limit=args.attack_limit, alpha=args.alpha, steps=args.steps,
+        limit=limit, batch_size=args.batch_size,
         models_at_once=args.models_at_once, chunk_images=args.chunk_images,
         device=args.device, decode=args.decode, amp=args.amp, num_workers=args.workers, seed=args.seed, progress=args.progress,
         overwrite=args.overwrite, resume=args.resume, data_note=data_note, **evaluations(args, bool(data)))

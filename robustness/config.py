@@ -14,7 +14,9 @@ from typing import Any, Sequence
 
 from common.vocabulary import default_workers, parse_corruptions, parse_severities
 
-ATTACKS = ("fgsm", "pgd")
+ATTACKS = ("fgsm", "pgd", "autoattack")
+PAPER_ATTACKS = ("fgsm", "pgd")  # the paper's table; AutoAttack is asked for by name
+NORMS = ("Linf", "L2")
 OCCLUSIONS = {"occlusion_center": "centred square, half of each side (25% of the area), zero fill",
               "occlusion_random": "one random square patch of 25% of the area, zero fill"}
 CLASS_MAPS = ("imagenet", "folder")
@@ -53,11 +55,13 @@ class RobustnessConfig:
     ``imagenet_c_size`` is the benchmark's crop (ImageNet-C: 224), at which stored files are read and
     on-the-fly corruptions are made, with ``imagenet_c_jpeg`` the JPEG-85 storage step of the stored set
     (``robustness.geometry``); ``alpha`` None means 2.5·eps/steps; ``img_size``/``crop_pct`` None mean the
-    model's own values; ``num_workers`` None means ``common.vocabulary.default_workers()``; ``models_at_once``
-    caps how many models are held on the device together (None: all; each group of models re-reads the data);
-    a pass saves its progress every ``chunk_images`` images (a stopped run resumes after the last saved chunk).
-    ``decode``: where JPEG files are decoded ("pil": the loader's workers, "device": ``robustness.decoding``,
-    "auto": device on CUDA). ``data_note`` says in the report
+    model's own values; ``norm`` is AutoAttack's ball (FGSM/PGD are L∞ only); ``attack_limit`` runs AutoAttack
+    on that many evenly spaced images of the clean pass (None: all); ``num_workers`` None means
+    ``common.vocabulary.default_workers()``; ``models_at_once`` caps how many models are held on the device
+    together (None: all; each group of models re-reads the data); a pass saves its progress every
+    ``chunk_images`` images (a stopped run resumes after the last saved chunk). ``decode``: where JPEG files
+    are decoded ("pil": the loader's workers, "device": ``robustness.decoding``, "auto": device on CUDA).
+    ``data_note`` says in the report
     what data a run used. Random draws are keyed per image by ``seed`` (``common.seeding``).
     """
 
@@ -83,6 +87,8 @@ class RobustnessConfig:
     severities: Sequence[int | str] | str = "1-5"
     attacks: Sequence[str] = ()
     eps: float = 1 / 255
+    norm: str = "Linf"
+    attack_limit: int | None = None
     alpha: float | None = None
     steps: int = 5
     occlusion: bool = False
@@ -136,18 +142,38 @@ class RobustnessConfig:
         unknown = sorted(set(self.attacks) - set(ATTACKS))
         if unknown:
             raise ValueError(f"unknown attack(s) {unknown}: choose --attacks from {' '.join(ATTACKS)}")
-        _check_number("--eps", self.eps, low=0.0, high=1.0, low_open=False)
+        self._check_attack_norm()
         if self.alpha is not None:
             _check_number("--alpha", self.alpha, low=0.0, high=1.0, low_open=True)
         _check_number("--crop-pct", self.crop_pct, low=0.0, high=1.0, low_open=True)
         for flag, value, low in (("--img-size", self.img_size, 1), ("--imagenet-c-size", self.imagenet_c_size, 1),
                                  ("--steps", self.steps, 1),
-                                 ("--limit", self.limit, 1), ("--batch-size", self.batch_size, 1),
+                                 ("--limit", self.limit, 1), ("--attack-limit", self.attack_limit, 1),
+                                 ("--batch-size", self.batch_size, 1),
                                  ("--in9-challenge-limit", self.in9_challenge_limit, 1),
                                  ("--workers", self.num_workers, 0), ("--models-at-once", self.models_at_once, 1),
                                  ("--chunk-images", self.chunk_images, 1)):
             if value is not None and (not isinstance(value, int) or value < low):
                 raise ValueError(f"{flag} must be an integer >= {low}, got {value!r}")
+
+    def _check_attack_norm(self) -> None:
+        """``eps`` is an L∞ radius in [0, 1], or with ``--norm L2`` (AutoAttack only) any L2 radius."""
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}: use --norm Linf or --norm L2")
+        if self.eps is None:
+            raise ValueError("--eps is missing: pass the attack radius in [0,1] pixels, e.g. --eps 4/255")
+        if self.norm == "L2":
+            others = [a for a in self.attacks if a != "autoattack"]
+            if others:
+                raise ValueError(f"--norm L2 applies to AutoAttack only ({' and '.join(others)} run in L∞): use "
+                                 "--attacks autoattack alone with --norm L2, or --norm Linf")
+            _check_number("--eps", self.eps, low=0.0, high=math.inf, low_open=False)
+        else:
+            _check_number("--eps", self.eps, low=0.0, high=1.0, low_open=False)
+        if "autoattack" in self.attacks and not self.eps > 0:
+            raise ValueError("AutoAttack needs a radius > 0: pass --eps, e.g. --eps 4/255")
+        if self.attack_limit is not None and "autoattack" not in self.attacks:
+            raise ValueError("--attack-limit sets AutoAttack's images: add --attacks autoattack, or drop --attack-limit")
 
     def _check_sources(self) -> None:
         """Corruptions need a source; occlusion, attacks and on-the-fly corruptions need clean images."""
@@ -177,7 +203,7 @@ def paper_table(has_clean: bool, imagenet_c: bool) -> dict[str, Any]:
     """The evaluations of the paper's robustness table on the data a run has (``eval.py robustness`` with no
     evaluation selected): occlusion, FGSM/PGD and the 15 corruptions on the fly need clean images;
     with ``--imagenet-c`` the corruptions are read from it instead."""
-    return {"attacks": list(ATTACKS) if has_clean else [], "occlusion": has_clean, "corruptions": "all",
+    return {"attacks": list(PAPER_ATTACKS) if has_clean else [], "occlusion": has_clean, "corruptions": "all",
             "corrupt_on_the_fly": has_clean and not imagenet_c}
 
 

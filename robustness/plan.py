@@ -14,7 +14,8 @@ from typing import Any
 import timm
 from torch import nn
 
-from robustness import background, cue_conflict, real_labels
+from common.distributed import get_world_size
+from robustness import autoattack, background, cue_conflict, real_labels
 from robustness import geometry as geo
 from robustness.cells import CellKey
 from robustness.config import ATTACKS, OCCLUSIONS, ModelSpec, RobustnessConfig, absolute
@@ -163,7 +164,8 @@ def cell_options(cell: CellKey, p: Pass, r: ModelRun, config: RobustnessConfig, 
     """The options that make ``cell``'s number: a finished cell is kept only if they are unchanged.
 
     Random draws are keyed per image (``common.seeding``), so the batch size and the number of
-    processes are not among them; ``decoder`` is where files are decoded (``robustness.decoding``)."""
+    processes are not among them, except for AutoAttack, whose components draw per batch; ``decoder`` is
+    where files are decoded (``robustness.decoding``)."""
     geometry = geo.describe(pass_geometry(p, r, config), r.img_size, jpeg=p.on_the_fly and config.imagenet_c_jpeg,
                             decoder=decoder)
     options: dict[str, Any] = {"model": r.identity, "root": p.root,
@@ -175,6 +177,10 @@ def cell_options(cell: CellKey, p: Pass, r: ModelRun, config: RobustnessConfig, 
         options["eps"] = config.eps
     if cell.variant == "pgd":
         options.update(alpha=config.step_size, steps=config.steps)
+    if cell.variant == "autoattack":  # torchattacks draws per batch: the batches are part of the number
+        options.update(autoattack.protocol(config.norm, config.eps), attack_limit=config.attack_limit,
+                       seed=config.seed, draws="per batch", batch_size=config.batch_size,
+                       chunk_images=config.chunk_images, processes=get_world_size())
     if cell.variant in RANDOM_VARIANTS or p.on_the_fly:
         options.update(seed=config.seed, draws="per image")
     return jsonable(options)
@@ -212,8 +218,8 @@ def describe(passes: list[Pass], in9_cells: int, models: int) -> str:
     clean = next((p for p in passes if p.name == "clean"), None)
     if clean:
         parts += [{"clean": "clean", real_labels.VARIANT: "ReaL", "occlusion_center": "occlusion (centre)",
-                   "occlusion_random": "occlusion (random patch)", "fgsm": "FGSM", "pgd": "PGD"}[c.variant]
-                  for c in clean.cells]
+                   "occlusion_random": "occlusion (random patch)", "fgsm": "FGSM", "pgd": "PGD",
+                   "autoattack": "AutoAttack"}[c.variant] for c in clean.cells]
     corrupted = [p for p in passes if p.cells[0].dataset == "imagenet-c"]
     if corrupted:
         names = list(dict.fromkeys(c.corruption for p in corrupted for c in p.cells))

@@ -22,14 +22,16 @@ from robustness.background.report import in9_report_lines, plot_in9
 from robustness.cells import CellRecord
 
 SUMMARY_KEYS = ("clean_top1", "clean_top5", "mCE", "relative_mCE", "mean_corruption_error", "corruption_top1",
-                "fgsm_top1", "pgd_top1", "occlusion_top1", "occlusion_random_top1", "imagenet_a_top1", "imagenet_r_top1",
-                "imagenet_v2_top1", "imagenet_sketch_top1", "real_top1", "real_top5", "shape_bias", "shape_fraction",
-                "texture_fraction", "clean_ece", "clean_nll", "corruption_ece", "corruption_nll")
+                "fgsm_top1", "pgd_top1", "autoattack_top1", "occlusion_top1", "occlusion_random_top1",
+                "imagenet_a_top1", "imagenet_r_top1", "imagenet_v2_top1", "imagenet_sketch_top1", "real_top1", "real_top5",
+                "shape_bias", "shape_fraction", "texture_fraction", "clean_ece", "clean_nll", "corruption_ece",
+                "corruption_nll")
 COLUMNS = (("Clean top-1", "clean_top1"), ("Clean top-5", "clean_top5"), ("Occlusion", "occlusion_top1"),
            ("Random patch", "occlusion_random_top1"), ("IN-A", "imagenet_a_top1"), ("IN-R", "imagenet_r_top1"),
            ("IN-V2", "imagenet_v2_top1"), ("IN-Sketch", "imagenet_sketch_top1"), ("ReaL", "real_top1"),
            ("Shape bias", "shape_bias"),
            ("BGC", "bgc_top1"), ("BG-gap", "bg_gap"), ("FGSM", "fgsm_top1"), ("PGD", "pgd_top1"),
+           ("AutoAttack", "autoattack_top1"),
            ("Corruption top-1", "corruption_top1"), ("Mean corruption error (raw)", "mean_corruption_error"),
            ("mCE (AlexNet-norm.)", "mCE"), ("Relative mCE", "relative_mCE"),
            ("Clean ECE", "clean_ece"), ("Corruption ECE", "corruption_ece"))
@@ -78,6 +80,7 @@ def _summary(mine: list[CellRecord], label: str) -> dict:
     if mean_err is not None:
         s["mean_corruption_error"], s["corruption_top1"] = 100 * mean_err, 100 * (1 - mean_err)
     s.update(fgsm_top1=top1("imagenet", "fgsm"), pgd_top1=top1("imagenet", "pgd"),
+             autoattack_top1=top1("imagenet", "autoattack"),
              occlusion_top1=top1("imagenet", "occlusion_center"),
              occlusion_random_top1=top1("imagenet", "occlusion_random"),
              imagenet_a_top1=top1("imagenet-a"), imagenet_r_top1=top1("imagenet-r"),
@@ -146,6 +149,20 @@ def comparison_table(summary: dict[str, dict], not_run: dict[str, str]) -> list[
     return lines
 
 
+def autoattack_note(records: list[CellRecord]) -> list[str]:
+    """The note beside the AutoAttack column: its protocol, ball and how many images each model's cell has."""
+    mine = [r for r in records if r.key.variant == "autoattack"]
+    if not mine:
+        return []
+    o = mine[0].options or {}
+    ball = f"{o.get('norm', 'Linf').replace('inf', '∞')} eps {o.get('eps', 0) * 255:.3g}/255"
+    n = ", ".join(f"{r.key.model} {r.n}" for r in mine)
+    return ["", f"*AutoAttack*: the standard version (Croce & Hein 2020; APGD-CE, APGD-T and FAB-T with 9 target "
+            f"classes, Square with 5,000 queries, each on the images still correctly classified), {ball}; robust "
+            f"accuracy on the images per model: {n}" + (f" (--attack-limit {o['attack_limit']}, evenly spaced)"
+                                                       if o.get("attack_limit") else "") + "."]
+
+
 def _corruption_section(records: list[CellRecord], label: str) -> list[str]:
     table = corruption_table(records, label)
     if not table:
@@ -169,7 +186,7 @@ def markdown_report(records: list[CellRecord], summary: dict[str, dict], options
              "corruptions evaluated at all five severities. Occlusion: centred square of half of each side "
              "(zero fill); random patch: one 25 %-area square. FGSM/PGD: L∞ eps "
              f"{options.get('eps', 0) * 255:.2g}/255, PGD {options.get('steps')} steps of {options.get('alpha', 0) * 255:.3g}/255.",
-             "", *geometry_lines(records), *comparison_table(summary, not_run or {})]
+             "", *geometry_lines(records), *comparison_table(summary, not_run or {}), *autoattack_note(records)]
     partial = {label: s["mCE_corruptions"] for label, s in summary.items() if s.get("mCE") is not None
                and s["mCE_corruptions"] < len(metrics.ALEXNET_ERRORS)}
     if partial:
@@ -181,7 +198,9 @@ def markdown_report(records: list[CellRecord], summary: dict[str, dict], options
     lines += in9_report_lines([r.to_json() for r in records], list(summary))
     n = sorted({r.n for r in records})
     skipped = sum(r.skipped for r in records)
-    lines += ["", f"Images per cell: {', '.join(map(str, n))}" + (f" ({skipped} unreadable images skipped over all "
+    attacked = sorted({r.n for r in records if r.key.variant == "autoattack"})
+    lines += ["", f"Images per cell: {', '.join(map(str, n))}"
+              + (f" (AutoAttack cells: {', '.join(map(str, attacked))})" if attacked else "") + (f" ({skipped} unreadable images skipped over all "
               "cells, see results.json)." if skipped else "."), "", "Options:", "", "```json",
               json.dumps(options, indent=1), "```", ""]
     return "\n".join(lines)

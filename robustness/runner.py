@@ -34,6 +34,7 @@ from common.progress import Progress
 from common.run import say_resumed
 from common.seeding import image_generators
 from robustness import attacks as attacks_lib
+from robustness import autoattack as aa
 from robustness import background, calibration, cue_conflict
 from robustness import datasets as ds
 from robustness import decoding
@@ -146,6 +147,8 @@ def check_paths(config: RobustnessConfig) -> None:
     """
     for spec in config.models:
         _check_model(spec)
+    if "autoattack" in config.attacks:
+        aa.require_torchattacks()
     if config.data:
         class_index = build_class_index(config.class_map, _existing_dir("--data", config.data))
         ImageFolderSet(config.data, class_index, 8, 1.0, limit=config.limit)
@@ -230,6 +233,7 @@ class _Member:
     view: int
     mask: torch.Tensor | None = None
     targets: torch.Tensor | None = None  # per image of the pass (by index): ReaL labels or texture category
+    attacked: frozenset[int] = frozenset()  # AutoAttack's images (pass indices, ``--attack-limit``)
 
 
 def _run_shared(sp: SharedPass, ctx: RunContext, wanted: dict[CellKey, dict]) -> None:
@@ -255,7 +259,10 @@ def _run_shared(sp: SharedPass, ctx: RunContext, wanted: dict[CellKey, dict]) ->
         g = pass_geometry(p, r, ctx.config)
         if g not in geometries:
             geometries.append(g)
-        members.append(_Member(r, p, mine, geometries.index(g), _pass_mask(p, classes, r.num_outputs, ctx), targets))
+        attacked = (aa.spread(len(samples), ctx.config.attack_limit) if any(c.variant == "autoattack" for c in mine)
+                    else frozenset())
+        members.append(_Member(r, p, mine, geometries.index(g), _pass_mask(p, classes, r.num_outputs, ctx), targets,
+                               attacked))
     keys = [(path, label, i, tuple(geometries)) for i, (path, label) in enumerate(samples)]
     order = [c for m in members for c in m.cells]
     pass_key = jsonable({"root": sp.root, "inputs": fingerprint, "cells": [str(c) for c in order],
@@ -401,6 +408,9 @@ def _evaluate_chunk(cells: list[CellKey], keys: list[ds.Key], offset: int, membe
             rows = None if m.targets is None else m.targets[index.to(device)]
             plain = None  # the model's logits on the unchanged view: its clean and ReaL cells share one forward
             for cell in m.cells:
+                if cell.variant == "autoattack":
+                    _score_autoattack(m, cell, x, labels, indices, counts[row[cell]], ctx)
+                    continue
                 if cell.variant in UNCHANGED and plain is not None:
                     _count(cell, plain, labels, rows, counts[row[cell]])
                     continue
@@ -415,10 +425,10 @@ def _evaluate_chunk(cells: list[CellKey], keys: list[ds.Key], offset: int, membe
 
 
 def _score(m: _Member, x: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, ctx: RunContext,
-           cell: CellKey | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+           cell: CellKey | None = None, rows: torch.Tensor | None = None, amp: bool | None = None) -> torch.Tensor:
     """Add the batch's counts of ``cell`` (``_count``) for ``m``'s model on input ``x`` to ``counts`` (in
-    place); returns the logits."""
-    with torch.no_grad(), autocast(ctx.device, ctx.config.amp):
+    place); returns the logits. ``amp`` None: the run's --amp."""
+    with torch.no_grad(), autocast(ctx.device, ctx.config.amp if amp is None else amp):
         logits = m.run.module(x).float()
     if m.mask is not None:  # ImageNet-A/R: only the subset's classes can be predicted
         logits = logits.masked_fill(~m.mask, float("-inf"))
@@ -439,6 +449,20 @@ def _count(cell: CellKey | None, logits: torch.Tensor, labels: torch.Tensor, row
         counts[0] += labels.numel()
         counts[1:3] += topk_correct(logits, labels)
         counts[3:] += calibration.batch_statistic(logits, labels)
+
+
+def _score_autoattack(m: _Member, cell: CellKey, images: torch.Tensor, labels: torch.Tensor, indices: list[int],
+                      counts: torch.Tensor, ctx: RunContext) -> None:
+    """AutoAttack on the batch's images among ``m.attacked`` (``--attack-limit``), scored like the attack judged
+    them: in float32 whatever --amp says. The cell's n counts those images only."""
+    keep = [j for j, i in enumerate(indices) if i in m.attacked]
+    if not keep:
+        return
+    pick = torch.tensor(keep, device=images.device)
+    seed = aa.batch_seed(ctx.config.seed, (cell.dataset, cell.variant), [indices[j] for j in keep])
+    result = aa.autoattack(m.run.module, images[pick], labels[pick], ctx.config.eps, ctx.config.norm,
+                           num_classes=m.run.num_outputs, seed=seed)
+    _score(m, result.adv, labels[pick], counts, ctx, cell, amp=False)
 
 
 def _pass_mask(p: Pass, classes: list[int], num_outputs: int, ctx: RunContext) -> torch.Tensor | None:

@@ -1,0 +1,162 @@
+"""AutoAttack, standard version (Croce & Hein, ICML 2020), on models that take [0,1] pixel images.
+
+The protocol is that of the authors' ``autoattack.AutoAttack(version='standard')`` (fra31/auto-attack,
+the one RobustBench runs): the images the model classifies correctly are attacked by APGD-CE (100
+iterations, 1 restart), then the ones still correct by APGD-T (DLR-targeted loss, 9 target classes, 100
+iterations each), then FAB-T (9 target classes, 100 iterations), then Square (5,000 queries, p_init 0.8,
+no schedule rescaling); an image is robust when it survives all four. The component attacks are
+torchattacks 3.5.1's ports (the ``autoattack`` optional extra). Its own ``torchattacks.AutoAttack``
+is not used: its 'standard' version runs 10 iterations instead of 100, ``n_classes - 1`` target classes
+instead of 9 (999 on ImageNet), and Square with the rescaled schedule, so the components are built here
+with the authors' settings (``COMPONENTS``).
+
+Everything runs in float32 (autocast off) with the model in eval mode and its parameters frozen
+(``robustness.attacks.attack_mode``). The components seed the global generator (``torch.manual_seed``
+inside torchattacks); the caller's generator state is restored afterwards. Their random draws are made
+for the whole batch at once, so an image's outcome can depend on the images attacked with it:
+``batch_seed`` derives the seed from the batch's image indices, so the same batches give the same result.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from common.seeding import image_seed
+from robustness.attacks import attack_mode
+
+NORMS = ("Linf", "L2")
+ITERATIONS = 100  # APGD-CE, APGD-T (per target) and FAB-T (per target)
+TARGET_CLASSES = 9  # APGD-T and FAB-T: the 9 highest-scoring wrong classes, one after the other
+SQUARE_QUERIES = 5000
+SQUARE_P_INIT = 0.8
+TORCHATTACKS_VERSION = "3.5.1"
+INSTALL = 'pip install -e ".[autoattack]"'
+COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square")
+
+
+@dataclass
+class AutoAttackResult:
+    """``adv``: (B,3,H,W) in [0,1], the first successful attack's image, else the clean image; ``robust``
+    (B,) bool, survived every component; ``clean_correct`` (B,) bool; ``survivors``: images still robust
+    after each component, in ``COMPONENTS`` order (the first entry counts the clean-correct images)."""
+
+    adv: torch.Tensor
+    robust: torch.Tensor
+    clean_correct: torch.Tensor
+    survivors: list[int]
+
+
+def require_torchattacks() -> ModuleType:
+    """torchattacks, or RuntimeError saying how to install it (an optional extra; eval.py prints the line)."""
+    try:
+        import torchattacks
+    except ImportError as e:
+        raise RuntimeError(f"--attacks autoattack needs torchattacks {TORCHATTACKS_VERSION}: {INSTALL}") from e
+    if torchattacks.__version__ != TORCHATTACKS_VERSION:
+        raise RuntimeError(f"AutoAttack was checked against torchattacks {TORCHATTACKS_VERSION} (its component "
+                          f"attacks' settings), found {torchattacks.__version__}: {INSTALL}")
+    return torchattacks
+
+
+def protocol(norm: str, eps: float) -> dict[str, Any]:
+    """What makes an AutoAttack number, for a cell's options and the report."""
+    return {"version": "standard", "norm": norm, "eps": eps, "attacks": list(COMPONENTS), "iterations": ITERATIONS,
+            "target_classes": TARGET_CLASSES, "square_queries": SQUARE_QUERIES,
+            "implementation": f"torchattacks {TORCHATTACKS_VERSION} components"}
+
+
+def check_options(norm: str, eps: float | None) -> None:
+    """ValueError naming the flag for an unknown norm or a missing / out-of-range radius."""
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}: use --norm Linf or --norm L2")
+    if eps is None:
+        raise ValueError("AutoAttack needs a radius: pass --eps (e.g. --eps 4/255 for Linf)")
+    if not (isinstance(eps, (int, float)) and 0 < eps < float("inf")):
+        raise ValueError(f"--eps must be a finite number > 0 for AutoAttack, got {eps!r}")
+
+
+def standard_components(model: nn.Module, norm: str, eps: float, num_classes: int, seed: int,
+                        device: torch.device) -> list[tuple[str, Callable]]:
+    """The four attacks of the standard version with the authors' settings, in order: (name, attack)."""
+    ta = require_torchattacks()
+    targets = min(TARGET_CLASSES, num_classes - 1)
+    n_classes = targets + 1  # torchattacks attacks n_classes - 1 target classes
+    attacks = [
+        ("apgd-ce", ta.APGD(model, norm=norm, eps=eps, steps=ITERATIONS, n_restarts=1, seed=seed, loss="ce", rho=0.75)),
+        ("apgd-t", ta.APGDT(model, norm=norm, eps=eps, steps=ITERATIONS, n_restarts=1, seed=seed, rho=0.75,
+                            n_classes=n_classes)),
+        ("fab-t", ta.FAB(model, norm=norm, eps=eps, steps=ITERATIONS, n_restarts=1, seed=seed, multi_targeted=True,
+                         n_classes=n_classes)),
+        ("square", ta.Square(model, norm=norm, eps=eps, n_queries=SQUARE_QUERIES, n_restarts=1, p_init=SQUARE_P_INIT,
+                             loss="margin", resc_schedule=False, seed=seed)),
+    ]
+    for _, attack in attacks:
+        attack.set_device(device)
+    return attacks
+
+
+def autoattack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, norm: str = "Linf", *,
+               num_classes: int | None = None, seed: int = 0) -> AutoAttackResult:
+    """Standard AutoAttack on a batch: images (B,3,H,W) float in [0,1], labels (B,) int64.
+
+    Only the clean-correct images are attacked; each component runs on the images no earlier one has
+    fooled. ``num_classes``: the model's outputs (default: read from the clean pass). Float32 throughout.
+    """
+    check_options(norm, eps)
+    if images.ndim != 4 or labels.shape != images.shape[:1]:
+        raise ValueError(f"expected images (B,3,H,W) and labels (B,), got {tuple(images.shape)} and "
+                         f"{tuple(labels.shape)}")
+    images, labels = images.detach().float(), labels.detach()
+    device = images.device
+    with attack_mode(model), _float32(device), _own_rng(device), torch.no_grad():
+        clean_pred = model(images).float()
+        n_classes = num_classes or clean_pred.shape[1]
+        if n_classes < 4:
+            raise ValueError(f"AutoAttack's targeted DLR loss needs at least 4 classes, the model has {n_classes}")
+        correct = clean_pred.argmax(1) == labels
+        robust, adv, survivors = correct.clone(), images.clone(), [int(correct.sum())]
+        for _, attack in standard_components(model, norm, eps, n_classes, seed, device):
+            todo = robust.nonzero().flatten()
+            if todo.numel():
+                with torch.enable_grad():
+                    x = attack(images[todo], labels[todo]).detach()
+                fooled = model(x).float().argmax(1) != labels[todo]
+                adv[todo[fooled]] = x[fooled]
+                robust[todo[fooled]] = False
+            survivors.append(int(robust.sum()))
+    return AutoAttackResult(adv, robust, correct, survivors)
+
+
+def batch_seed(seed: int, key: Sequence[object], indices: Sequence[int]) -> int:
+    """The components' seed for a batch: keyed by the run's seed, the cell and the batch's image indices."""
+    return image_seed(seed, *key, "autoattack", ",".join(map(str, indices)))
+
+
+def spread(total: int, limit: int | None) -> frozenset[int]:
+    """``limit`` evenly spaced indices of ``range(total)`` (all of them when ``limit`` is None or larger), as
+    ``--limit`` picks its images."""
+    if limit is None or limit >= total:
+        return frozenset(range(total))
+    return frozenset(i * total // limit for i in range(limit))
+
+
+@contextlib.contextmanager
+def _float32(device: torch.device):
+    """Autocast off on ``device`` (AutoAttack runs in float32 whatever --amp says)."""
+    with torch.autocast(device.type, enabled=False):
+        yield
+
+
+@contextlib.contextmanager
+def _own_rng(device: torch.device):
+    """Restore the global generators afterwards: torchattacks reseeds them."""
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        yield
