@@ -8,9 +8,9 @@ FFN 1024, 4 levels × 4 points, 300 queries), randomly initialised, inference or
 step (forward + backward) per iteration.
 
 ``--attention lean reference`` runs Deformable DETR twice: the default (sampling that recomputes its
-samples in backward, encoder layers that keep only their input and recompute their activations in
-backward) and the suite before that (plain-autograd sampling, ``ms_deform_attn_reference``, keeping every
-sample; encoder layers keeping every activation), switched for that subprocess only.
+samples in backward; encoder layers that recompute everything after the sampling in backward) and the
+suite before that (plain-autograd sampling, ``ms_deform_attn_reference``, keeping every sample; encoder
+layers keeping every activation), switched for that subprocess only.
 
     python benchmarks/bench_deformable.py                      # GPU at 800×1216 if available
     python benchmarks/bench_deformable.py --size 320 --min-run-time 3 # CPU at a reduced size
@@ -103,8 +103,8 @@ def main() -> int:
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
     parser.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
     parser.add_argument("--attention", nargs="+", default=["lean"], choices=ATTENTIONS,
-                        help="Deformable DETR training path(s): lean (default: samples and encoder activations "
-                             "recomputed in backward), reference (plain autograd, keeps them: the suite before)")
+                        help="Deformable DETR training path(s): lean (default: samples and the encoder's post-sampling "
+                             "activations recomputed in backward), reference (plain autograd, keeps them: the suite before)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--one", nargs=3, metavar=("ARCH", "BACKBONE", "ATTENTION"), help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -298,3 +298,25 @@ def test_transformer_reads_level_shapes_without_host_sync(monkeypatch):
                             proposal_heads=(model.class_embed[-1], model.bbox_embed[-1]))
     out.hs.sum().backward()
     assert reads == []
+
+
+def test_encoder_recompute_in_backward_changes_no_number(monkeypatch):
+    """Training with dropout: the encoder layers that recompute their post-sampling activations in backward
+    give the predictions and every gradient of layers that keep them (the dropout masks are replayed)."""
+    from detection.deformable.transformer import DeformableEncoderLayer
+
+    torch.manual_seed(0)
+    model = build_deformable_detector(backbone="pit_ti", num_classes=3, num_feature_levels=4,
+                                      **{**TINY, "dropout": 0.1}).train()
+    images, mask = _padded_batch()
+    results = []
+    for recompute in (True, False):
+        monkeypatch.setattr(DeformableEncoderLayer, "recompute_in_backward", recompute)
+        torch.manual_seed(1)
+        results.append(_detector_outputs_and_grads(model, images, mask))
+    got, want = results
+    torch.testing.assert_close(got[0], want[0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(got[1], want[1], atol=1e-6, rtol=1e-6)
+    assert got[2].keys() == want[2].keys()
+    for name in want[2]:
+        torch.testing.assert_close(got[2][name], want[2][name], atol=1e-6, rtol=1e-6, msg=lambda m, n=name: f"{n}: {m}")

@@ -42,11 +42,13 @@ class _FFN(nn.Module):
 class DeformableEncoderLayer(_FFN):
     """Deformable self-attention over all levels (``self_attn``, ``norm1``) then the FFN (``norm2``).
 
-    While training, the layer keeps only its input for backward and recomputes its activations there
-    (``torch.utils.checkpoint``, random state restored: the same values and gradients). At 800×1333 its
-    (B, S, ·) activations — projections, sampling locations, attention weights, the FFN's d_ffn hidden
-    layer — are about 0.3 GB per image per layer, which the official CUDA kernel's training also does not
-    keep; ``recompute_in_backward = False`` keeps them (a faster backward for about twice the memory)."""
+    While training, the layer keeps only its inputs for backward and recomputes its activations there
+    (``torch.utils.checkpoint``, random state restored: the same values and gradients). At 800×1333 a
+    layer's activations — the projections, sampling locations and attention weights, the FFN's d_ffn
+    hidden layer, the norms' inputs, dropout masks — are about 0.2 GB per image besides the samples, which
+    the sampling never keeps (``ms_deform_attn_pytorch``), as the official CUDA kernel does not. The price
+    is one more forward of each encoder layer per step. ``recompute_in_backward = False`` keeps every
+    activation of every layer (a faster step for more memory: docs/deformable.md)."""
 
     recompute_in_backward = True
 
