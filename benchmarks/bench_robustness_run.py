@@ -10,8 +10,8 @@ evaluated by three models (pit_ti, deit_tiny_patch16_224, resnet18; random init:
 the weights) on clean + the 15 ImageNet-C corruptions × 5 severities on the fly, with one loader process
 (``--workers 0``) so that the counters see every call: JPEG decodes (the loader's ``default_loader``, or
 ``robustness.decoding.decode_views`` for files decoded on the device, the default on CUDA),
-corrupted images (``corruptions.corrupt``), and the seconds inside the models' forward passes (a timing
-wrapper around each model). Each runner runs in its own subprocess (its own imports); the rows print as a
+corrupted images (``corruptions.corrupt``), and the images and seconds inside the models' forward passes (a
+timing wrapper around each model). Each runner runs in its own subprocess (its own imports); the rows print as a
 table and, with ``--json``, as JSON.
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ def measure(data: str, out: str, device: str, batch_size: int) -> dict:
     import corruptions
     from robustness import datasets, runner
 
-    tally = {"decodes": 0, "corrupted_images": 0, "forward_s": 0.0}
+    tally = {"decodes": 0, "corrupted_images": 0, "forwarded_images": 0, "forward_s": 0.0}
     decode, corrupt, build = datasets.default_loader, corruptions.corrupt, runner._build_model
 
     def counting_decode(path):
@@ -74,6 +74,7 @@ def measure(data: str, out: str, device: str, batch_size: int) -> dict:
             if x.device.type == "cuda":
                 torch.cuda.synchronize()
             tally["forward_s"] += time.perf_counter() - start
+            tally["forwarded_images"] += x.shape[0]
             return y
 
     datasets.default_loader = counting_decode
@@ -129,11 +130,11 @@ def main() -> int:
     cells = 1 + 15 * 5
     print(f"{args.images} images of {args.size[0]}×{args.size[1]}, {len(MODELS)} models, {cells} cells each, "
           f"device {args.device}\n")
-    print("| runner | JPEG decodes | corrupted images | wall (s) | forward (s) | outside forward (s) |")
-    print("|---|---|---|---|---|---|")
+    print("| runner | JPEG decodes | corrupted images | images forwarded | wall (s) | forward (s) | outside forward (s) |")
+    print("|---|---|---|---|---|---|---|")
     for label, r in rows.items():
-        print(f"| {label} | {r['decodes']} | {r['corrupted_images']} | {r['wall_s']:.1f} | {r['forward_s']:.1f} | "
-              f"{r['outside_forward_s']:.1f} |")
+        print(f"| {label} | {r['decodes']} | {r['corrupted_images']} | {r['forwarded_images']} | {r['wall_s']:.1f} | "
+              f"{r['forward_s']:.1f} | {r['outside_forward_s']:.1f} |")
     if len(rows) == 2:
         before, now = rows["before"], rows["this checkout"]
         print(f"\nspeed-up {before['wall_s'] / now['wall_s']:.2f}× (wall), "
