@@ -123,8 +123,7 @@ def imagenet_c_storage(images: torch.Tensor, jpeg: bool = True) -> torch.Tensor:
     the input's device."""
     u8 = images.float().mul(255).add_(_QUANTUM_TOLERANCE).floor_().clamp_(0, 255).to(torch.uint8)
     if jpeg and u8.shape[0]:
-        # decoded channels-last; made contiguous (NCHW) once here, not by every model's first layer
-        u8 = jpeg_decode(jpeg_bytes(u8, STORAGE_QUALITY)).to(images.device).permute(0, 3, 1, 2).contiguous()
+        u8 = jpeg_decode(jpeg_bytes(u8, STORAGE_QUALITY)).to(images.device).permute(0, 3, 1, 2)
     return u8.to(images.dtype).div_(255)
 
 
