@@ -154,7 +154,7 @@ def _setup_lines(config, models, data: dict, device: str, quick: bool) -> list[s
         f"{det_spec.radius[0] * det_spec.img_size:.0f}–{det_spec.radius[1] * det_spec.img_size:.0f} px), 5 shape "
         f"categories with non-contiguous ids: `{data['detection']}`.",
         "- Models: " + ", ".join(f"{label} = `{name}`" + (f" with {kw}" if kw else "") for label, name, kw in models)
-        + f", trained from scratch with one recipe for both: {classifier_text(rec, device)} "
+        + f", trained from scratch with one recipe for both: {classifier_text(rec)} "
         "(`python eval.py train-classifier`). "
         + ("Both at full depth and width: the matched-cost pair of the paper's Table 1." if not any(kw for _, _, kw in models)
            else "Depth/width reduced through the kwargs shown, to fit the time budget, keeping the pair's costs matched."),
@@ -166,11 +166,11 @@ def _setup_lines(config, models, data: dict, device: str, quick: bool) -> list[s
     ]
 
 
-def classifier_text(recipe: ClassifierRecipe, device: str) -> str:
-    """One line describing the classifiers' recipe on ``device``."""
+def classifier_text(recipe: ClassifierRecipe) -> str:
+    """One line describing the classifiers' recipe."""
     return (f"{recipe.img_size} px, {recipe.epochs} epochs at batch {recipe.batch_size}, AdamW lr {recipe.lr:g} "
             f"(cosine, {recipe.warmup_epochs:g} warm-up epoch(s)), label smoothing 0.1, random-resized crop and flip, "
-            f"{'autocast (bfloat16 on CPU)' if recipe.uses_amp(device) else 'fp32'}, one seed per model")
+            "fp32, one seed per model")
 
 
 def _models_section(config, models, classifiers: dict[str, dict], plots: Path) -> list[str]:
