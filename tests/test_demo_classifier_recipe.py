@@ -1,8 +1,10 @@
 """The demo classifiers' recipe: its tuning split holds out train images only, and the recipe learns.
 
 ``test_reduced_recipe_learns_well_above_chance`` trains both demo models (PiT-Ti, DeiT-Ti) with the demo's
-``ClassifierRecipe`` on a reduced budget (fewer images and epochs, see ``REDUCED``) on generated images of
-another seed than the demo's, and checks held-out top-1 well above chance (10 %) for both. Not a timing test.
+``ClassifierRecipe`` on a reduced budget (600 images of another seed than the demo's, 4 epochs) and checks
+held-out top-1 well above chance (10 %) for both. Today's recipe does not: measured 11.0 (PiT-Ti) and 11.5
+(DeiT-Ti), 194 s for both on a loaded 2-core machine, so the test is a strict xfail (issue 25's ≥ 60 % goal is
+open, docs/demo.md); it turns into a failure, to be made a plain test, once a recipe learns. Not a timing test.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ REDUCED_EPOCHS = 4
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 25 open: the demo's classifier recipe learns too slowly (docs/demo.md)")
 @pytest.mark.parametrize("label,name", [("PiT-Ti", "pit_ti"), ("DeiT-Ti", "deit_tiny_patch16_224")])
 def test_reduced_recipe_learns_well_above_chance(tmp_path, label, name):
     from dataclasses import replace
