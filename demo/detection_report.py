@@ -74,9 +74,8 @@ def plot_detection_curves(runs: dict[str, list[dict]], path: Path) -> Path:
     ap_ax.set(xlabel="epoch", ylabel="val AP %", title="Val AP (COCOeval)", ylim=(0, 100))
     for ax in (loss_ax, ap_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ap_ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    ap_ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)  # beside the data
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -149,12 +148,12 @@ def detection_summary(runs: dict[str, list[dict]]) -> dict[str, Any]:
 
 
 def detection_section(runs: dict[str, list[dict]], recipe: DetectionRecipe, spec, data_root: str, plots: Path,
-                      device: str, quick: bool) -> list[str]:
-    """Markdown lines of the report's detection section; writes ``detection_curves.png`` and
-    ``detection_examples.png`` into ``plots``."""
+                      device: str, quick: bool, number: int) -> list[str]:
+    """Markdown lines of the report's detection section (section ``number``); writes ``detection_curves.png``
+    and ``detection_examples.png`` into ``plots``."""
     seeds = min(len(r) for r in runs.values())
     summaries = {label: seed_summary(seed_runs) for label, seed_runs in runs.items()}
-    lines = ["## 3. Detection (paper Table 5 style, COCO AP %)", "", RECIPE_WHY, ""]
+    lines = [f"## {number}. Detection (paper Table 5 style, COCO AP %)", "", RECIPE_WHY, ""]
     lines += markdown_table(["Backbone"] + list(STATS) + ["FPS"],
                             [[label] + [_cell(summaries[label][k]) for k in STATS]
                              + [fmt(sum(r["fps"] for r in seed_runs) / len(seed_runs))]
