@@ -48,9 +48,12 @@ class DeformableEncoderLayer(_FFN):
     hidden layer, the norms' inputs, dropout masks — are about 0.2 GB per image besides the samples, which
     the sampling never keeps (``ms_deform_attn_pytorch``), as the official CUDA kernel does not. The price
     is one more forward of each encoder layer per step. ``recompute_in_backward = False`` keeps every
-    activation of every layer (a faster step for more memory: docs/deformable.md)."""
+    activation of every layer (a faster step for more memory: docs/deformable.md). Layers whose input has
+    fewer than ``recompute_min_elements`` values (small images or batches, e.g. the demo's 96-px detectors)
+    keep their activations: there the recomputation costs more time than its memory is worth."""
 
     recompute_in_backward = True
+    recompute_min_elements = 2**21  # 8 MB per (B, S, C) float32 activation; pit_s at 800×1333: 5.6 M per image
 
     def __init__(self, d_model: int, d_ffn: int, dropout: float, n_levels: int, n_heads: int, n_points: int) -> None:
         super().__init__(d_model, d_ffn, dropout)
@@ -61,7 +64,8 @@ class DeformableEncoderLayer(_FFN):
     def forward(self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: Tensor,
                 level_shapes: LevelShapes, padding_mask: Tensor) -> Tensor:
         args = (src, pos, reference_points, spatial_shapes, level_shapes, padding_mask)
-        if self.recompute_in_backward and self.training and torch.is_grad_enabled():
+        if (self.recompute_in_backward and self.training and torch.is_grad_enabled()
+                and src.numel() >= self.recompute_min_elements):
             return checkpoint(self._layer, *args, use_reentrant=False)
         return self._layer(*args)
 
