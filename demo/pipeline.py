@@ -61,7 +61,7 @@ class DemoConfig:
     eps: float = 4 / 255
     pgd_steps: int = 5
     # AutoAttack (standard version) on this many evenly spaced val images per model (0: off)
-    autoattack_images: int = 16
+    autoattack_images: int = 4
     detector: DetectionRecipe = field(default_factory=DetectionRecipe)
     num_workers: int = 1
     in9_per_class: int = 4  # Background Challenge section: generated IN-9-style objects (and backgrounds) per class
