@@ -47,6 +47,7 @@ class ClassificationSpec:
     val_per_class: int = 50
     img_size: int = 64
     seed: int = 0
+    upright: bool = False  # True: every shape at angle 0 (stripes horizontal); False: at a uniformly random angle
 
 
 @dataclass(frozen=True)
@@ -140,12 +141,14 @@ def paint_objects(canvas: np.ndarray, mask: np.ndarray, pattern: np.ndarray, rng
     np.copyto(canvas, fill, where=mask[..., None])
 
 
-def draw_classification_batch(rng: np.random.Generator, labels: np.ndarray, size: int) -> np.ndarray:
-    """(B, H, W, 3) uint8 images of the given class labels (class k = texture k % 2 on shape k // 2)."""
+def draw_classification_batch(rng: np.random.Generator, labels: np.ndarray, size: int,
+                              upright: bool = False) -> np.ndarray:
+    """(B, H, W, 3) uint8 images of the given class labels (class k = texture k % 2 on shape k // 2);
+    ``upright``: every shape at angle 0 (the angles are still drawn, so the other parameters do not change)."""
     batch = len(labels)
     radius = rng.uniform(0.28, 0.42, batch).astype(np.float32) * size
     cx, cy = (rng.uniform(0.0, 1.0, (2, batch)).astype(np.float32) * (size - 2 * radius) + radius)
-    angle = rng.uniform(0, 2 * np.pi, batch).astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi, batch).astype(np.float32) * (0.0 if upright else 1.0)
     u, v = _local_coords(size, cx, cy, radius, angle)
     mask = shape_masks(labels // 2, u, v)
     pattern = texture_patterns(labels % 2, u, v, rng.uniform(1.5, 2.2, batch).astype(np.float32))
@@ -208,7 +211,7 @@ def make_classification(cache: str | os.PathLike | None = None, spec: Classifica
                 (root / split / wnid).mkdir(parents=True)
             for start in range(0, len(labels), chunk):
                 batch_labels = labels[start:start + chunk]
-                images = draw_classification_batch(rng, batch_labels, spec.img_size)
+                images = draw_classification_batch(rng, batch_labels, spec.img_size, spec.upright)
                 for offset, (label, image) in enumerate(zip(batch_labels, images)):
                     index = start + offset
                     _save_jpeg(image, root / split / wnids[label] / f"{wnids[label]}_{index:06d}.JPEG")

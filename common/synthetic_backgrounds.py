@@ -43,14 +43,16 @@ class BackgroundsSpec:
     distractor_rate: float = 0.5
     seed: int = 0
     variants: tuple[str, ...] = IN9_VARIANTS
+    upright: bool = False  # as ``ClassificationSpec.upright``: the classifiers' world
 
 
-def _objects(rng: np.random.Generator, labels: np.ndarray, size: int, scale: tuple[float, float]):
-    """Masks bool (B,H,W), texture patterns bool (B,H,W) and bounding boxes (B,4) of objects of ``labels``."""
+def _objects(rng: np.random.Generator, labels: np.ndarray, size: int, scale: tuple[float, float], upright: bool):
+    """Masks bool (B,H,W) and texture patterns bool (B,H,W) of objects of ``labels`` (at angle 0 if ``upright``)."""
     batch = len(labels)
     radius = rng.uniform(*scale, batch).astype(np.float32) * size
     cx, cy = rng.uniform(0.0, 1.0, (2, batch)).astype(np.float32) * (size - 2 * radius) + radius
-    u, v = synthetic._local_coords(size, cx, cy, radius, rng.uniform(0, 2 * np.pi, batch).astype(np.float32))
+    angle = rng.uniform(0, 2 * np.pi, batch).astype(np.float32) * (0.0 if upright else 1.0)
+    u, v = synthetic._local_coords(size, cx, cy, radius, angle)
     masks = synthetic.shape_masks(labels // 2, u, v)
     patterns = synthetic.texture_patterns(labels % 2, u, v, rng.uniform(1.5, 2.2, batch).astype(np.float32))
     return masks, patterns
@@ -79,10 +81,10 @@ def draw_in9_world(spec: BackgroundsSpec) -> dict[str, np.ndarray]:
     labels = np.repeat(np.arange(9), spec.per_class)
     backgrounds = synthetic.textured_backgrounds(rng, n, size)
     distractor = (labels + rng.integers(1, 9, n)) % 9
-    d_masks, d_patterns = _objects(rng, distractor, size, (0.12, 0.2))
+    d_masks, d_patterns = _objects(rng, distractor, size, (0.12, 0.2), spec.upright)
     d_masks &= (rng.uniform(size=n) < spec.distractor_rate)[:, None, None]
     synthetic.paint_objects(backgrounds, d_masks, d_patterns, rng)
-    masks, patterns = _objects(rng, labels, size, (0.28, 0.42))
+    masks, patterns = _objects(rng, labels, size, (0.28, 0.42), spec.upright)
     objects = np.zeros_like(backgrounds)
     synthetic.paint_objects(objects, masks, patterns, rng)
     same = np.array([rng.choice(np.flatnonzero((labels == labels[i]) & (np.arange(n) != i))) for i in range(n)])

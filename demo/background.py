@@ -23,10 +23,12 @@ VARIANT_COLUMNS = (("Original", "in9_original_top1"), ("Only-FG", "in9_only_fg_t
 
 
 def background_rows(classifiers: dict[str, dict], models: tuple, *, num_classes: int, img_size: int,
-                    per_class: int, out: Path, cache: str | Path | None, device: str) -> list[dict[str, Any]]:
+                    per_class: int, out: Path, cache: str | Path | None, device: str,
+                    upright: bool = False) -> list[dict[str, Any]]:
     """One row per demo model: IN-9 variant accuracies, BG-gap, challenge accuracy (percent) and the
-    challenge's forward passes vs the authors' loop's. ``classifiers[label]["checkpoint"]``: the trained weights."""
-    spec = BackgroundsSpec(per_class=per_class, img_size=img_size, variants=DEMO_VARIANTS)
+    challenge's forward passes vs the authors' loop's. ``classifiers[label]["checkpoint"]``: the trained weights;
+    ``upright``: the objects drawn as the classifiers' training images were (``ClassificationSpec.upright``)."""
+    spec = BackgroundsSpec(per_class=per_class, img_size=img_size, variants=DEMO_VARIANTS, upright=upright)
     root = make_in9_style(cache, spec)
     class_map = [k if k < 9 else -1 for k in range(num_classes)]
     rows = []

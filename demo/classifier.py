@@ -20,10 +20,10 @@ class ClassifierRecipe:
     """How each demo classifier trains (``classification.train.ClassifierTrainConfig`` fields)."""
 
     img_size: int = 64
-    epochs: int = 10
+    epochs: int = 20
     batch_size: int = 32
     lr: float = 5e-4
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = 2.0
 
     def train_kwargs(self) -> dict[str, Any]:
         """Fields of ``ClassifierTrainConfig`` (all but model, data, out and the run's own options); fp32: bfloat16

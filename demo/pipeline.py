@@ -23,9 +23,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -81,11 +84,13 @@ class DemoConfig:
 DEMO_DETECTION = synthetic.DetectionSpec(num_train=4000, num_val=100, img_size=96, max_objects=3,
                                          radius=(0.2, 0.35), cut_by_border=False)
 DEFAULT_CONFIG = DemoConfig(
-    classification=synthetic.ClassificationSpec(num_classes=10, train_per_class=200, val_per_class=50, img_size=64),
+    classification=synthetic.ClassificationSpec(num_classes=10, train_per_class=200, val_per_class=50, img_size=64,
+                                              upright=True),
     detection=DEMO_DETECTION,
 )
 QUICK_CONFIG = DemoConfig(
-    classification=synthetic.ClassificationSpec(num_classes=10, train_per_class=20, val_per_class=4, img_size=64),
+    classification=synthetic.ClassificationSpec(num_classes=10, train_per_class=20, val_per_class=4, img_size=64,
+                                              upright=True),
     detection=replace(DEMO_DETECTION, num_train=16, num_val=8), in9_per_class=3, coco_c_corruptions=("fog",),
     classifier=ClassifierRecipe(epochs=2, warmup_epochs=0.5), pgd_steps=2, autoattack_images=2,
     detector=DetectionRecipe(epochs=1, lr_drop=None, seeds=(0,)),
@@ -118,14 +123,58 @@ class StageLog:
         _say(f"{name}: starting (stage {self.count} of {self.total})")
         started = time.perf_counter()
         result = fn()
-        seconds = time.perf_counter() - started
-        self.stages[name] = {"result": result, "seconds": seconds}
+        self._save(name, result, time.perf_counter() - started)
+        return result
+
+    def run_side_by_side(self, jobs: list[tuple[str, Callable[[], Any]]], device: str) -> list[Any]:
+        """Run the stages of ``jobs`` (name, picklable callable) like :meth:`run`, returning their results in
+        order; the unfinished ones run side by side when :func:`side_by_side_processes` allows, each in its own
+        process with an equal share of this process's threads, and are saved as each finishes."""
+        pending = [(name, fn) for name, fn in jobs if name not in self.stages]
+        processes = side_by_side_processes(device, len(pending))
+        if processes < 2:
+            return [self.run(name, fn) for name, fn in jobs]
+        threads = max(1, torch.get_num_threads() // processes)
+        for name, _ in jobs:
+            self.count += 1
+            if name in self.stages:
+                _say(f"{name}: already done ({self.stages[name]['seconds']:.0f} s), reusing its results")
+        names = ", ".join(name for name, _ in pending)
+        _say(f"{names}: starting side by side ({processes} processes of {threads} thread(s); stages up to "
+             f"{self.count} of {self.total})")
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(processes, mp_context=context, initializer=torch.set_num_threads,
+                                 initargs=(threads,)) as pool:
+            futures = {pool.submit(_timed, fn): name for name, fn in pending}
+            for future in as_completed(futures):
+                result, seconds = future.result()
+                self._save(futures[future], result, seconds, side_by_side=True)
+        return [self.stages[name]["result"] for name, _ in jobs]
+
+    def _save(self, name: str, result: Any, seconds: float, side_by_side: bool = False) -> None:
+        self.stages[name] = {"result": result, "seconds": seconds, **({"side_by_side": True} if side_by_side else {})}
         atomic_write_json(self.path, {"stages": self.stages})
         _say(f"{name}: done in {seconds:.0f} s")
-        return result
+
+    def side_by_side(self) -> list[str]:
+        """The stages that ran beside others (their seconds overlap)."""
+        return [name for name, stage in self.stages.items() if stage.get("side_by_side")]
 
     def seconds(self) -> dict[str, float]:
         return {name: stage["seconds"] for name, stage in self.stages.items()}
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    return fn(), time.perf_counter() - started
+
+
+def side_by_side_processes(device: str, stages: int) -> int:
+    """How many per-model stages (training, detection) run at once: on a CPU, one process per stage up to one per
+    thread (these small models use two cores poorly: a classifier trains only ~10 % faster on 2 threads
+    than on 1, a demo detector 1.6× — docs/demo.md); on other devices one at a time."""
+    processes = min(stages, torch.get_num_threads())
+    return processes if torch.device(device).type == "cpu" and processes >= 2 else 1
 
 
 def _config_hash(config: DemoConfig, device: str) -> str:
@@ -183,17 +232,21 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, device: str 
         "classification": str(synthetic.make_classification(cache, config.classification)),
         "detection": str(synthetic.make_detection(cache, config.detection)),
     })
-    classifiers = {label: stages.run(f"train {label}", lambda label=label, name=name, kwargs=kwargs: _train(
-        config, data["classification"], out / "classifiers" / label, name, kwargs, env))
-        for label, name, kwargs in DEMO_MODELS}
+    trained = stages.run_side_by_side([(f"train {label}", partial(
+        _train, config, data["classification"], out / "classifiers" / label, name, kwargs, env))
+        for label, name, kwargs in DEMO_MODELS], device)
+    classifiers = {label: result for (label, _, _), result in zip(DEMO_MODELS, trained)}
     robustness = stages.run("robustness", lambda: _robustness(config, data["classification"], classifiers,
                                                               out / "robustness", env))
     backgrounds = stages.run("background challenge", lambda: background_rows(
         classifiers, DEMO_MODELS, num_classes=config.classification.num_classes, img_size=config.img_size,
-        per_class=config.in9_per_class, out=out / "backgrounds", cache=cache, device=device))
-    detection = {label: [stages.run(f"detection {label} seed {seed}", lambda label=label, name=name, seed=seed: _detect(
-        config, data["detection"], classifiers[label]["checkpoint"], out / "detection" / f"{label}-seed{seed}", name,
-        seed, env)) for seed in config.detector.seeds] for label, name, _ in DEMO_MODELS}
+        per_class=config.in9_per_class, out=out / "backgrounds", cache=cache, device=device,
+        upright=config.classification.upright))
+    detectors = [(label, seed, name) for seed in config.detector.seeds for label, name, _ in DEMO_MODELS]
+    detected = stages.run_side_by_side([(f"detection {label} seed {seed}", partial(
+        _detect, config, data["detection"], classifiers[label]["checkpoint"],
+        out / "detection" / f"{label}-seed{seed}", name, seed, env)) for label, seed, name in detectors], device)
+    detection = {label: [r for (lab, _, _), r in zip(detectors, detected) if lab == label] for label, _, _ in DEMO_MODELS}
     coco_c = stages.run("coco-c", lambda: _coco_c(config, data["detection"], detection, out / "coco_c", env))
     _say_numbers(classifiers, detection, coco_c)
 
@@ -201,7 +254,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, device: str 
 
     report = write_demo_report(out, config=config, models=DEMO_MODELS, data=data, classifiers=classifiers,
                                robustness=robustness, backgrounds=backgrounds, detection=detection, coco_c=coco_c,
-                               stage_seconds=stages.seconds(),
+                               stage_seconds=stages.seconds(), side_by_side=stages.side_by_side(),
                                wall_seconds=time.perf_counter() - started, device=device, quick=quick)
     _say(f"report written: {report}")
     return report

@@ -271,11 +271,15 @@ def _coco_c_section(config, coco_c: dict[str, dict], number: int) -> list[str]:
                "Per-cell tables: `coco_c/`.", ""])
 
 
-def _closing_lines(stage_seconds: dict[str, float], wall_seconds: float, number: int) -> list[str]:
+def _closing_lines(stage_seconds: dict[str, float], side_by_side: list[str], wall_seconds: float,
+                   number: int) -> list[str]:
     """Time per stage and where the raw results are."""
-    return ([f"## {number}. Time per stage", ""] + _table(["Stage", "Seconds"], [[n, f"{s:.0f}"] for n, s in stage_seconds.items()])
+    rows = [[n + (" ‖" if n in side_by_side else ""), f"{s:.0f}"] for n, s in stage_seconds.items()]
+    beside = (" Stages marked ‖ ran side by side, one process per model sharing the CPU cores, so their seconds "
+              "overlap and the sum exceeds the time they took." if side_by_side else "")
+    return ([f"## {number}. Time per stage", ""] + _table(["Stage", "Seconds"], rows)
             + ["", f"Sum of the stages: {sum(stage_seconds.values()):.0f} s. Wall time of this invocation: "
-               f"{wall_seconds:.0f} s (finished stages are reused on a re-run).", "",
+               f"{wall_seconds:.0f} s (finished stages are reused on a re-run).{beside}", "",
                "The same evaluation on ImageNet / COCO with the official checkpoints: the README's *Reproduce the "
                "paper* section (nothing is downloaded by the suite).", "",
                "Stage results of this run: `stages.json`; raw robustness records: `robustness/results.json`; "
@@ -285,7 +289,8 @@ def _closing_lines(stage_seconds: dict[str, float], wall_seconds: float, number:
 
 def write_demo_report(out: Path, *, config, models, data: dict, classifiers: dict[str, dict], robustness: dict,
                       backgrounds: list[dict], detection: dict[str, list[dict]], coco_c: dict[str, dict],
-                      stage_seconds: dict[str, float], wall_seconds: float, device: str, quick: bool) -> Path:
+                      stage_seconds: dict[str, float], wall_seconds: float, device: str, quick: bool,
+                      side_by_side: list[str] = ()) -> Path:
     """Write ``out/report.md``, ``out/summary.json`` and ``out/plots/*.png``; returns the report path."""
     out = Path(out)
     plots = out / "plots"
@@ -298,7 +303,7 @@ def write_demo_report(out: Path, *, config, models, data: dict, classifiers: dic
     lines += detection_section(detection, config.detector, config.detection, data["detection"], plots, device, quick, 5)
     lines += _coco_c_section(config, coco_c, 6)
     lines += real_data_lines(7)
-    lines += _closing_lines(stage_seconds, wall_seconds, 8)
+    lines += _closing_lines(stage_seconds, list(side_by_side), wall_seconds, 8)
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
     atomic_write_text(out / "summary.json", json.dumps({"classifiers": classifiers, "robustness": robustness["summary"],
