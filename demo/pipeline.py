@@ -232,10 +232,9 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, device: str 
         "classification": str(synthetic.make_classification(cache, config.classification)),
         "detection": str(synthetic.make_detection(cache, config.detection)),
     })
-    trained = stages.run_side_by_side([(f"train {label}", partial(
+    classifiers = {label: stages.run(f"train {label}", partial(
         _train, config, data["classification"], out / "classifiers" / label, name, kwargs, env))
-        for label, name, kwargs in DEMO_MODELS], device)
-    classifiers = {label: result for (label, _, _), result in zip(DEMO_MODELS, trained)}
+        for label, name, kwargs in DEMO_MODELS}
     robustness = stages.run("robustness", lambda: _robustness(config, data["classification"], classifiers,
                                                               out / "robustness", env))
     backgrounds = stages.run("background challenge", lambda: background_rows(
