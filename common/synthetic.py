@@ -68,6 +68,7 @@ class DetectionSpec:
     seed: int = 0
     radius: tuple[float, float] = (0.06, 0.45)
     cut_by_border: bool = True
+    upright: bool = False  # True: every object at angle 0, as ``ClassificationSpec.upright``
 
 
 def class_wnids(num_classes: int) -> list[str]:
@@ -239,7 +240,8 @@ def _draw_detection_image(rng: np.random.Generator, spec: DetectionSpec) -> tupl
     idx = np.array(kept)
     n = len(idx)
     shape = rng.integers(0, len(DETECTION_CATEGORY_IDS), n)
-    u, v = _local_coords(size, centre[0, idx], centre[1, idx], radius[idx], rng.uniform(0, 2 * np.pi, n).astype(np.float32))
+    angle = rng.uniform(0, 2 * np.pi, n).astype(np.float32) * (0.0 if spec.upright else 1.0)
+    u, v = _local_coords(size, centre[0, idx], centre[1, idx], radius[idx], angle)
     masks = shape_masks(shape, u, v)
     patterns = texture_patterns(rng.integers(0, 2, n), u, v, rng.uniform(1.5, 3.0, n).astype(np.float32))
     canvas = textured_backgrounds(rng, 1, size)

@@ -57,11 +57,11 @@ class DetectionRecipe:
     """The demo detector's architecture and training schedule (see the module docstring for why)."""
 
     arch: str = "deformable"
-    epochs: int = 5
+    epochs: int = 3
     batch_size: int = 16
     lr: float = 1e-3
     lr_backbone: float = 4e-4
-    lr_drop: int | None = 4  # the learning rates drop ×0.1 after this many epochs
+    lr_drop: int | None = 2  # the learning rates drop ×0.1 after this many epochs
     augment: bool = False
     eval_every: int = 1
     amp: bool = True  # autocast where the device makes it faster (common.autocast.fast_autocast), fp32 elsewhere
@@ -90,9 +90,11 @@ class DetectionRecipe:
 
 def train_demo_detector(recipe: DetectionRecipe, data_root: str | Path, img_size: int, out: str | Path, *,
                         backbone: str, backbone_weights: str | None, seed: int, device: str, num_workers: int = 1,
-                        progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+                        progress: bool = True, overwrite: bool = False,
+                        backbone_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train and evaluate one detector of ``recipe`` on the set at ``data_root``; resumes a stopped run
-    (``overwrite``: starts over).
+    (``overwrite``: starts over). ``backbone_kwargs``: the classifier's model kwargs (e.g. its depth), so that
+    the backbone has the shape of ``backbone_weights``.
 
     Returns COCO AP/AR in percent (``None`` where COCOeval gives -1), ``fps``, the run's
     ``checkpoint`` path and its per-epoch ``curve`` (epoch, train loss, AP/AP50 in percent or None).
@@ -103,9 +105,12 @@ def train_demo_detector(recipe: DetectionRecipe, data_root: str | Path, img_size
     from detection.data import coco_paths
 
     out = Path(out)
+    kwargs = recipe.train_kwargs(img_size, device)
+    if backbone_kwargs:
+        kwargs["model_kwargs"]["backbone_kwargs"] = dict(backbone_kwargs)
     config = DetectionTrainConfig(backbone=backbone, backbone_weights=backbone_weights, out=str(out), seed=seed,
                                   device=device, num_workers=num_workers, progress=progress, overwrite=overwrite,
-                                  **coco_paths(data_root), **recipe.train_kwargs(img_size, device))
+                                  **coco_paths(data_root), **kwargs)
     stats = train_detector(config)  # a folder holding this run's checkpoint resumes it (detection.resume)
     result = {k: _percent(stats[k]) for k in STAT_NAMES}
     return {**result, "fps": stats["fps"], "checkpoint": str(out / "checkpoint.pth"),

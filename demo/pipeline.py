@@ -58,13 +58,15 @@ class DemoConfig:
     detection: synthetic.DetectionSpec
     classifier: ClassifierRecipe = field(default_factory=ClassifierRecipe)
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)
-    robustness_limit: int | None = None
+    # the robustness suite on this many evenly spaced val images (None: all); 250 halves the stage on a CPU
+    robustness_limit: int | None = 250
     # 4/255: at 1/255 and 2/255 the attacks sit in the models' linear regime, where PGD's steps end on FGSM's
     # corner (95 % / 90 % of its pixels) and the two columns agree to an image or two (docs/demo.md, tuning split).
     eps: float = 4 / 255
     pgd_steps: int = 5
-    # AutoAttack (standard version) on this many evenly spaced val images per model (0: off)
-    autoattack_images: int = 4
+    # AutoAttack (standard version) on this many evenly spaced val images per model (0: off); each image the
+    # model holds costs all four attacks in full (~50 s for a 64-px PiT-Ti on 2 AVX2 cores)
+    autoattack_images: int = 2
     detector: DetectionRecipe = field(default_factory=DetectionRecipe)
     num_workers: int = 1
     in9_per_class: int = 4  # Background Challenge section: generated IN-9-style objects (and backgrounds) per class
@@ -79,10 +81,10 @@ class DemoConfig:
         return self.classifier.img_size
 
 
-# Detection images from the classifiers' world: whole textured shapes of 19-34 px radius, 1-3 per 96 px image
-# (the placement keeps them apart, so most images hold one or two); why: demo/detection.py.
-DEMO_DETECTION = synthetic.DetectionSpec(num_train=4000, num_val=100, img_size=96, max_objects=3,
-                                         radius=(0.2, 0.35), cut_by_border=False)
+# Detection images from the classifiers' world: whole upright textured shapes of 19-34 px radius, 1-3 per 96 px
+# image (the placement keeps them apart, so most images hold one or two); why: demo/detection.py.
+DEMO_DETECTION = synthetic.DetectionSpec(num_train=1200, num_val=100, img_size=96, max_objects=3,
+                                         radius=(0.2, 0.35), cut_by_border=False, upright=True)
 DEFAULT_CONFIG = DemoConfig(
     classification=synthetic.ClassificationSpec(num_classes=10, train_per_class=200, val_per_class=50, img_size=64,
                                               upright=True),
@@ -241,11 +243,12 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, device: str 
         classifiers, DEMO_MODELS, num_classes=config.classification.num_classes, img_size=config.img_size,
         per_class=config.in9_per_class, out=out / "backgrounds", cache=cache, device=device,
         upright=config.classification.upright))
-    detectors = [(label, seed, name) for seed in config.detector.seeds for label, name, _ in DEMO_MODELS]
+    detectors = [(label, seed, name, kwargs) for seed in config.detector.seeds for label, name, kwargs in DEMO_MODELS]
     detected = stages.run_side_by_side([(f"detection {label} seed {seed}", partial(
         _detect, config, data["detection"], classifiers[label]["checkpoint"],
-        out / "detection" / f"{label}-seed{seed}", name, seed, env)) for label, seed, name in detectors], device)
-    detection = {label: [r for (lab, _, _), r in zip(detectors, detected) if lab == label] for label, _, _ in DEMO_MODELS}
+        out / "detection" / f"{label}-seed{seed}", name, kwargs, seed, env))
+        for label, seed, name, kwargs in detectors], device)
+    detection = {label: [r for (lab, *_), r in zip(detectors, detected) if lab == label] for label, _, _ in DEMO_MODELS}
     coco_c = stages.run("coco-c", lambda: _coco_c(config, data["detection"], detection, out / "coco_c", env))
     _say_numbers(classifiers, detection, coco_c)
 
@@ -325,13 +328,15 @@ def autoattack_plan(config: DemoConfig) -> tuple[tuple[str, ...], int | None]:
     return ("fgsm", "pgd"), None
 
 
-def _detect(config: DemoConfig, root: str, backbone_weights: str, out: Path, name: str, seed: int, env: _Env) -> dict:
+def _detect(config: DemoConfig, root: str, backbone_weights: str, out: Path, name: str, kwargs: dict, seed: int,
+            env: _Env) -> dict:
     """Train and evaluate one detector of the demo's recipe (``demo.detection``); COCO AP in percent, curve, FPS."""
     from demo.detection import train_demo_detector
 
     result = train_demo_detector(config.detector, root, config.detection.img_size, out, backbone=name,
                                  backbone_weights=backbone_weights, seed=seed, device=env.device,
-                                 num_workers=config.num_workers, progress=env.progress, overwrite=env.overwrite)
+                                 num_workers=config.num_workers, progress=env.progress, overwrite=env.overwrite,
+                                 backbone_kwargs=kwargs)
     return {**result, "seed": seed}
 
 

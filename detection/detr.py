@@ -5,6 +5,8 @@ Module names mirror the official implementation (``input_proj``, ``query_embed``
 ``bbox_embed.layers.i`` = our ``bbox_embed.{3i}``)."""
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 from torchvision.ops import MLP
 
@@ -57,10 +59,11 @@ def build_detr(*, backbone: str, num_classes: int, backbone_weights: str | None 
                enc_layers: int = _OFFICIAL["enc_layers"], dec_layers: int = _OFFICIAL["dec_layers"],
                dim_feedforward: int = _OFFICIAL["dim_feedforward"], dropout: float = _OFFICIAL["dropout"],
                pre_norm: bool = _OFFICIAL["pre_norm"], num_queries: int = _OFFICIAL["num_queries"],
-               aux_loss: bool = True, dilation: bool = False) -> DETR:
+               aux_loss: bool = True, dilation: bool = False, backbone_kwargs: dict[str, Any] | None = None) -> DETR:
     """DETR with the official DETR defaults (the ``detr-r50`` preset's model keywords, docs/detection.md); every
-    size is a keyword so tests can build tiny models."""
+    size is a keyword so tests can build tiny models; ``backbone_kwargs`` go to ``pit.create_model``."""
     check_detector_args(num_classes, hidden_dim, nheads, num_queries)
-    net = build_backbone(backbone, weights=backbone_weights, freeze_patch_embed=freeze_patch_embed, dilation=dilation)
+    net = build_backbone(backbone, weights=backbone_weights, freeze_patch_embed=freeze_patch_embed, dilation=dilation,
+                         **(backbone_kwargs or {}))
     transformer = Transformer(hidden_dim, nheads, enc_layers, dec_layers, dim_feedforward, dropout, pre_norm)
     return DETR(net, transformer, num_classes, num_queries, aux_loss)

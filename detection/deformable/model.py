@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -177,19 +178,20 @@ def build_deformable_detector(
     num_queries: int = _OFFICIAL["num_queries"], aux_loss: bool = True,
     with_box_refine: bool = _OFFICIAL["with_box_refine"], two_stage: bool = _OFFICIAL["two_stage"],
     dilation: bool = False, lr_linear_proj_mult: float = _OFFICIAL["lr_linear_proj_mult"],
+    backbone_kwargs: dict[str, Any] | None = None,
 ) -> DeformableDETR:
     """Deformable DETR over a named multi-scale backbone (``detection.backbones``: PiT, DeiT/ViT,
     ResNet-50 give strides 8/16/32; extra levels up to ``num_feature_levels`` are added by
     stride-2 convs). Defaults are the paper's, read from the ``deformable`` preset (hidden 256, 8 heads,
     6+6 layers, FFN 1024, 4 levels × 4 points, 300 queries); every size is a keyword so tests can build
-    tiny models."""
+    tiny models; ``backbone_kwargs`` go to ``pit.create_model`` (e.g. ``{"depth": 6}``)."""
     from detection.backbones import build_backbone
     from detection.build import check_detector_args
     from detection.position_encoding import deformable_position_embedding
 
     check_detector_args(num_classes, hidden_dim, nheads, num_queries)
     net = build_backbone(backbone, weights=backbone_weights, multi_scale=num_feature_levels > 1,
-                         freeze_patch_embed=freeze_patch_embed, dilation=dilation)
+                         freeze_patch_embed=freeze_patch_embed, dilation=dilation, **(backbone_kwargs or {}))
     transformer = DeformableTransformer(
         d_model=hidden_dim, nhead=nheads, num_encoder_layers=enc_layers, num_decoder_layers=dec_layers,
         dim_feedforward=dim_feedforward, dropout=dropout, num_feature_levels=num_feature_levels,
