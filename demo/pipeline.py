@@ -6,11 +6,11 @@ the same command again resumes it stage by stage (saying which stages were done)
 refused unless ``--overwrite`` (start over: every stage and the runs inside them are redone).
 
 1. generate the synthetic classification ImageFolder and COCO-format detection set (cached);
-2. train two tiny classifiers of matched cost, PiT-Ti and DeiT-Ti, at a small image size;
+2. train two tiny classifiers of matched cost, PiT-Ti and DeiT-Ti, at a small image size, one after the other;
 3. robustness suite on both: clean, the 15 ImageNet-C corruptions on the fly at 5 severities,
    occlusion, FGSM and PGD (``robustness.runner.run_robustness``);
-4. detection suite: a small Deformable DETR on each backbone (and each seed of the recipe), started
-   from the classifiers' weights, trained on a detection set from the classifiers' world and
+4. detection suite: a small Deformable DETR on each backbone (and each seed of the recipe; side by side on a
+   CPU), started from the classifiers' weights, trained on a detection set from the classifiers' world and
    evaluated with pycocotools on held-out images (``demo.detection``, whose docstring says why
    this recipe);
 5. ``OUT/report.md`` with the paper-style tables, PNG plots and the commands for the real datasets.
@@ -172,9 +172,10 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def side_by_side_processes(device: str, stages: int) -> int:
-    """How many per-model stages (training, detection) run at once: on a CPU, one process per stage up to one per
-    thread (these small models use two cores poorly: a classifier trains only ~10 % faster on 2 threads
-    than on 1, a demo detector 1.6× — docs/demo.md); on other devices one at a time."""
+    """How many per-model detection stages run at once: on a CPU, one process per stage up to one per thread (the
+    demo's small detectors use two cores poorly: two side by side on one thread each train ~1.3× faster than one
+    after the other on two; the classifiers do not gain, so they train in turn — docs/demo.md); on other
+    devices one at a time."""
     processes = min(stages, torch.get_num_threads())
     return processes if torch.device(device).type == "cpu" and processes >= 2 else 1
 

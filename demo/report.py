@@ -207,8 +207,10 @@ def robustness_notes(config, summary: dict[str, dict], not_run: dict[str, str], 
         lines.append(f"- *AutoAttack*: the standard AutoAttack (four attacks one after another, each on the images "
                      f"the earlier ones did not fool) at the same ε on {config.autoattack_images} evenly spaced "
                      f"val images per model (one image = {100 / config.autoattack_images:.0f} points, so only "
-                     "large gaps mean anything); it is the strongest attack of the table and bounds the others "
-                     "from below.")
+                     "large gaps mean anything). On the same images it is the strongest attack of the table (its "
+                     "accuracy is at most PGD's); on so few images it cannot be compared with the PGD column, which "
+                     "counts all the images above. Each image a model still classifies right after the first attack "
+                     "costs all four attacks in full, which is why the demo runs so few.")
     lines += ["- *Corruption top-1*: the mean over the 15 ImageNet-C corruptions and their severities.",
               "- *mCE*: each corruption's error divided by AlexNet's error on the same ImageNet-C corruption, "
               "averaged (×100, lower is better). AlexNet was never run on this generated set, so the column cannot "

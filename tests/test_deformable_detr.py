@@ -60,6 +60,28 @@ def test_builds_over_each_backbone(backbone):
     _check_detector(model, levels_extra=False)
 
 
+@pytest.mark.parametrize("backbone,kwargs,blocks", [("deit_tiny_patch16_224", {"depth": 6}, 6),
+                                                    ("pit_ti", {"depth": [1, 3, 2]}, 6)])
+def test_backbone_kwargs_shape_the_backbone_and_take_its_weights(tmp_path, backbone, kwargs, blocks):
+    """``backbone_kwargs`` reach ``pit.create_model``: a classifier of another depth loads as the backbone, and
+    its weights arrive (compared with timm's own state dict of the same model)."""
+    import pit
+
+    torch.manual_seed(0)
+    classifier = pit.create_model(backbone, num_classes=10, img_size=64, **kwargs)
+    torch.save({"model": classifier.state_dict()}, tmp_path / "classifier.pth")
+    model = build_deformable_detector(backbone=backbone, num_classes=5, num_feature_levels=3,
+                                      backbone_weights=str(tmp_path / "classifier.pth"), backbone_kwargs=kwargs, **TINY)
+    body = model.backbone.body
+    count = len(body.blocks) if hasattr(body, "blocks") else sum(len(t.blocks) for t in body.transformers)
+    assert count == blocks
+    theirs = classifier.state_dict()
+    for name, value in body.state_dict().items():
+        if name in theirs and "pos_embed" not in name:  # the position grid is resampled to the detector's size
+            torch.testing.assert_close(value, theirs[name], msg=name)
+    _check_detector(model.eval(), levels_extra=False)
+
+
 def test_box_refinement_and_two_stage():
     torch.manual_seed(0)
     model = build_deformable_detector(

@@ -140,3 +140,19 @@ def test_bad_parameters_raise_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="at least 1"):
         synthetic.make_detection(tmp_path, synthetic.DetectionSpec(num_train=0))
     assert not any(tmp_path.glob("detection-*"))  # nothing half-written left behind
+
+
+@pytest.mark.parametrize("upright", [True, False])
+def test_upright_objects_are_not_rotated(tmp_path, upright):
+    """``upright=True``: every square is axis-aligned, so it fills its box (area / box area ≈ 1); at random
+    angles most squares fill at most ~0.9 of theirs (a square at 45° fills half)."""
+    spec = synthetic.DetectionSpec(num_train=30, num_val=1, img_size=96, max_objects=3, radius=(0.2, 0.35),
+                                   cut_by_border=False, upright=upright)
+    coco = COCO(str(synthetic.make_detection(tmp_path, spec) / "annotations" / "instances_train2017.json"))
+    square = synthetic.DETECTION_CATEGORY_IDS[synthetic.SHAPES.index("square")]
+    fill = np.array([a["area"] / (a["bbox"][2] * a["bbox"][3]) for a in coco.loadAnns(coco.getAnnIds(catIds=[square]))])
+    assert len(fill) >= 5
+    if upright:
+        assert (fill > 0.95).all(), fill
+    else:
+        assert (fill < 0.9).mean() > 0.5, fill
