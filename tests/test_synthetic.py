@@ -146,7 +146,7 @@ def test_bad_parameters_raise_clear_errors(tmp_path):
 def test_upright_objects_are_not_rotated(tmp_path, upright):
     """``upright=True``: every square is axis-aligned, so it fills its box (area / box area ≈ 1); at random
     angles most squares fill at most ~0.9 of theirs (a square at 45° fills half)."""
-    spec = synthetic.DetectionSpec(num_train=30, num_val=1, img_size=96, max_objects=3, radius=(0.2, 0.35),
+    spec = synthetic.DetectionSpec(num_train=80, num_val=1, img_size=96, max_objects=3, radius=(0.2, 0.35),
                                    cut_by_border=False, upright=upright)
     coco = COCO(str(synthetic.make_detection(tmp_path, spec) / "annotations" / "instances_train2017.json"))
     square = synthetic.DETECTION_CATEGORY_IDS[synthetic.SHAPES.index("square")]
