@@ -95,19 +95,22 @@ def train_classifier(config: ClassifierTrainConfig) -> dict[str, Any]:
     config = main_decides(lambda: _resolve_data(config))
     out = Path(config.out) if config.out else main_decides(
         lambda: default_out(KIND, [config.model], KIND, config.options()))
-    if is_main_process():
-        announce(out)
-    run, state = open_run_state(config, out)
-    if state is not None:
-        say_resumed(run, done_text(state, config.epochs))
-        write_log(out, state["history"])  # the log matches the checkpoint, whatever was interrupted
-        if state["epoch"] + 1 >= config.epochs and "partial" not in state:
-            if is_main_process():
-                print(f"{out} already holds this finished run ({state['epoch'] + 1} epochs): nothing to train",
-                      flush=True)
-            return result(state, out)
-    s = build_session(config, device, state)
+    # The handler is in place before the first line is printed: a Ctrl-C while the run is set up only sets the
+    # flag, and the run stops after its first step, all processes together (a KeyboardInterrupt raised inside
+    # library set-up code can be swallowed there, e.g. by a finalizer, and the Ctrl-C lost: seen once under load).
     with StopRequest() as stop:
+        if is_main_process():
+            announce(out)
+        run, state = open_run_state(config, out)
+        if state is not None:
+            say_resumed(run, done_text(state, config.epochs))
+            write_log(out, state["history"])  # the log matches the checkpoint, whatever was interrupted
+            if state["epoch"] + 1 >= config.epochs and "partial" not in state:
+                if is_main_process():
+                    print(f"{out} already holds this finished run ({state['epoch'] + 1} epochs): nothing to train",
+                          flush=True)
+                return result(state, out)
+        s = build_session(config, device, state)
         state = run_epochs(s, out, state, stop)
     return result(state, out)
 

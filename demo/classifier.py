@@ -1,9 +1,11 @@
 """The demo classifiers' training recipe, and the tuning split it was chosen on.
 
 Both classifiers (PiT-Ti and DeiT-Ti, the paper's matched-cost pair) train with the same recipe, as the
-paper's Table 1 compares matched training. The recipe was chosen on a tuning split cut from the demo's
-*train* images (``tuning_split``: the last images of every train class held out as tuning-val), never on
-the demo's val split; docs/demo.md holds every tuning run. What was chosen and why: ``CLASSIFIER_WHY``.
+paper's Table 1 compares matched training. The recipe was chosen on tuning sets, never on the demo's val
+split: a set drawn with another generator seed, and a split cut from the demo's *train* images
+(``tuning_split``: the last images of every train class held out as tuning-val;
+``benchmarks/tune_demo_classifier.py`` runs the recipe on it). docs/demo.md holds every tuning run; what
+was chosen and why: ``CLASSIFIER_WHY``.
 """
 from __future__ import annotations
 
