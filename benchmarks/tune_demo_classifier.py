@@ -51,7 +51,7 @@ def main() -> None:
     out = Path(args.out) / tag
     started = time.perf_counter()
     result = train_classifier(ClassifierTrainConfig(model=args.model, data=str(split), out=str(out),
-                                                    model_kwargs=kwargs, workers=1, progress=False,
+                                                    model_kwargs=kwargs, workers=DEFAULT_CONFIG.num_workers, progress=False,
                                                     **recipe.train_kwargs()))
     seconds = time.perf_counter() - started
     curve = [r["top1"] for r in read_jsonl(out / "log.jsonl") if "top1" in r]

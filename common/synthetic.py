@@ -88,6 +88,12 @@ def class_names(num_classes: int) -> list[str]:
 # (B, H, W) masks or (B, H, W, 3) float images in [0, 1].
 # ---------------------------------------------------------------------------------------------
 
+def draw_angles(rng: np.random.Generator, count: int, upright: bool) -> np.ndarray:
+    """(count,) float32 object angles, uniform in [0, 2π); all 0 if ``upright``. The angles are drawn either way, so
+    the random stream, and every later parameter drawn from it, is the same for both worlds."""
+    return rng.uniform(0, 2 * np.pi, count).astype(np.float32) * (0.0 if upright else 1.0)
+
+
 def _local_coords(size: int, cx: np.ndarray, cy: np.ndarray, radius: np.ndarray, angle: np.ndarray):
     """Pixel-centre coordinates rotated by ``angle`` about (cx, cy) and divided by ``radius``: (B, H, W) each."""
     grid = np.arange(size, dtype=np.float32) + 0.5
@@ -149,8 +155,7 @@ def draw_classification_batch(rng: np.random.Generator, labels: np.ndarray, size
     batch = len(labels)
     radius = rng.uniform(0.28, 0.42, batch).astype(np.float32) * size
     cx, cy = (rng.uniform(0.0, 1.0, (2, batch)).astype(np.float32) * (size - 2 * radius) + radius)
-    angle = rng.uniform(0, 2 * np.pi, batch).astype(np.float32) * (0.0 if upright else 1.0)
-    u, v = _local_coords(size, cx, cy, radius, angle)
+    u, v = _local_coords(size, cx, cy, radius, draw_angles(rng, batch, upright))
     mask = shape_masks(labels // 2, u, v)
     pattern = texture_patterns(labels % 2, u, v, rng.uniform(1.5, 2.2, batch).astype(np.float32))
     images = textured_backgrounds(rng, batch, size)
@@ -240,8 +245,7 @@ def _draw_detection_image(rng: np.random.Generator, spec: DetectionSpec) -> tupl
     idx = np.array(kept)
     n = len(idx)
     shape = rng.integers(0, len(DETECTION_CATEGORY_IDS), n)
-    angle = rng.uniform(0, 2 * np.pi, n).astype(np.float32) * (0.0 if spec.upright else 1.0)
-    u, v = _local_coords(size, centre[0, idx], centre[1, idx], radius[idx], angle)
+    u, v = _local_coords(size, centre[0, idx], centre[1, idx], radius[idx], draw_angles(rng, n, spec.upright))
     masks = shape_masks(shape, u, v)
     patterns = texture_patterns(rng.integers(0, 2, n), u, v, rng.uniform(1.5, 3.0, n).astype(np.float32))
     canvas = textured_backgrounds(rng, 1, size)

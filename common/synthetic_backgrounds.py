@@ -51,8 +51,7 @@ def _objects(rng: np.random.Generator, labels: np.ndarray, size: int, scale: tup
     batch = len(labels)
     radius = rng.uniform(*scale, batch).astype(np.float32) * size
     cx, cy = rng.uniform(0.0, 1.0, (2, batch)).astype(np.float32) * (size - 2 * radius) + radius
-    angle = rng.uniform(0, 2 * np.pi, batch).astype(np.float32) * (0.0 if upright else 1.0)
-    u, v = synthetic._local_coords(size, cx, cy, radius, angle)
+    u, v = synthetic._local_coords(size, cx, cy, radius, synthetic.draw_angles(rng, batch, upright))
     masks = synthetic.shape_masks(labels // 2, u, v)
     patterns = synthetic.texture_patterns(labels % 2, u, v, rng.uniform(1.5, 2.2, batch).astype(np.float32))
     return masks, patterns

@@ -84,13 +84,16 @@ class DetectionRecipe:
 
         return self.amp and fast_autocast(device)
 
-    def train_kwargs(self, img_size: int, device: str) -> dict[str, Any]:
-        """Fields of ``detection.config.DetectionTrainConfig`` (all but data, backbone, seed, out, device)."""
+    def train_kwargs(self, img_size: int, device: str,
+                     backbone_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Fields of ``detection.config.DetectionTrainConfig`` (all but data, backbone, seed, out, device);
+        ``backbone_kwargs`` (the classifier's model kwargs, e.g. its depth) join the model kwargs."""
+        model_kwargs = {**self.model_kwargs, **({"backbone_kwargs": dict(backbone_kwargs)} if backbone_kwargs else {})}
         return {"arch": self.arch, "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                 "lr_backbone": self.lr_backbone, "lr_drop": self.lr_drop, "augment": self.augment,
                 "amp": self.uses_amp(device),
                 "eval_every": self.eval_every, "scales": [img_size], "max_size": 2 * img_size, "test_size": img_size,
-                "model_kwargs": dict(self.model_kwargs), "loss_kwargs": dict(self.loss_kwargs),
+                "model_kwargs": model_kwargs, "loss_kwargs": dict(self.loss_kwargs),
                 "label_space": "contiguous"}  # the generated set's 5 categories, not COCO's 91 ids
 
 
@@ -111,12 +114,9 @@ def train_demo_detector(recipe: DetectionRecipe, data_root: str | Path, img_size
     from detection.data import coco_paths
 
     out = Path(out)
-    kwargs = recipe.train_kwargs(img_size, device)
-    if backbone_kwargs:
-        kwargs["model_kwargs"]["backbone_kwargs"] = dict(backbone_kwargs)
     config = DetectionTrainConfig(backbone=backbone, backbone_weights=backbone_weights, out=str(out), seed=seed,
                                   device=device, num_workers=num_workers, progress=progress, overwrite=overwrite,
-                                  **coco_paths(data_root), **kwargs)
+                                  **coco_paths(data_root), **recipe.train_kwargs(img_size, device, backbone_kwargs))
     stats = train_detector(config)  # a folder holding this run's checkpoint resumes it (detection.resume)
     result = {k: _percent(stats[k]) for k in STAT_NAMES}
     return {**result, "fps": stats["fps"], "checkpoint": str(out / "checkpoint.pth"),
